@@ -1,0 +1,26 @@
+"""KeyContext: everything the hot path needs to know about a verified key, cached in process."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    key_id: int
+    key_prefix: str
+    key_name: str
+    owner_id: int
+    is_staff: bool
+    tier_name: str
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    daily_tokens: int | None
+    max_output_tokens: int | None
+    max_compare_models: int
+    # None = every enabled model is allowed.
+    allowed_models: frozenset[str] | None = None
+    expires_at: datetime | None = field(default=None)
+
+    def may_use(self, model_name: str) -> bool:
+        return self.allowed_models is None or model_name in self.allowed_models

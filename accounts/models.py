@@ -1,0 +1,116 @@
+"""Tiers, API keys (stored as SHA-256 hashes only), and usage records with daily aggregates."""
+
+from django.conf import settings
+from django.db import models
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens")
+
+
+class Tier(models.Model):
+    """Limits sold to a key; a null limit means unlimited."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute")
+    tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="tokens / minute")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, verbose_name="max concurrent requests")
+    daily_tokens = models.PositiveBigIntegerField(null=True, blank=True, verbose_name="daily token quota")
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_compare_models = models.PositiveIntegerField(default=4)
+    allowed_models = models.ManyToManyField(
+        "providers.Model", blank=True, related_name="tiers", help_text="Allowed models; none selected = all."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=128)
+    tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="api_keys")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False, help_text="Display prefix of the key.")
+    enabled = models.BooleanField(default=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Per-key overrides of the tier's limits; null = use the tier's value.
+    rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute override")
+    tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="tokens / minute override")
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, verbose_name="max concurrent override")
+    daily_tokens = models.PositiveBigIntegerField(null=True, blank=True, verbose_name="daily tokens override")
+    max_output_tokens = models.PositiveIntegerField(null=True, blank=True, verbose_name="max output tokens override")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}...)"
+
+
+class UsageRecord(models.Model):
+    request_id = models.CharField(max_length=64, unique=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    model = models.CharField(max_length=128, db_index=True)
+    provider = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    deployment = models.ForeignKey(
+        "providers.Deployment", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    endpoint = models.CharField(max_length=64)
+    stream = models.BooleanField(default=False)
+    status_code = models.PositiveSmallIntegerField()
+    error_type = models.CharField(max_length=64, blank=True, default="")
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    tokens_estimated = models.BooleanField(default=False)
+    cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    ttfb_upstream_ms = models.FloatField(null=True, blank=True, verbose_name="upstream time to first byte (ms)")
+    ttfb_ms = models.FloatField(null=True, blank=True, verbose_name="time to first byte (ms)")
+    duration_ms = models.FloatField(null=True, blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    interval_mean_ms = models.FloatField(null=True, blank=True)
+    interval_p50_ms = models.FloatField(null=True, blank=True)
+    interval_p95_ms = models.FloatField(null=True, blank=True)
+    interval_max_ms = models.FloatField(null=True, blank=True)
+    zero_interval_share = models.FloatField(null=True, blank=True, help_text="Share of chunk intervals under 1 ms.")
+    attempts = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["api_key", "created_at"]),
+            models.Index(fields=["model", "created_at"]),
+            models.Index(fields=["provider", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.request_id
+
+
+class UsageDaily(models.Model):
+    """Per key, per model, per UTC day totals, maintained by the usage flush."""
+
+    date = models.DateField()
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="daily_usage")
+    model = models.CharField(max_length=128)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=8, default=0)
+
+    class Meta:
+        ordering = ["-date", "model"]
+        verbose_name_plural = "usage daily"
+        constraints = [models.UniqueConstraint(fields=["date", "api_key", "model"], name="unique_usage_daily")]
+        indexes = [models.Index(fields=["api_key", "date"])]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.model}"

@@ -1,0 +1,48 @@
+"""Writes for accounts: issuing and revoking API keys."""
+
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+
+from accounts.keys import key_display_prefix, key_generate, key_hash
+from accounts.models import ApiKey, Tier
+from aigateway.config_version import config_version_bump
+
+SERVICE_USERNAME = "gateway-service"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    plaintext: str
+
+
+def service_user_get_or_create():
+    User = get_user_model()
+    user, created = User.objects.get_or_create(username=SERVICE_USERNAME, defaults={"is_active": True})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+@transaction.atomic
+def api_key_issue(*, owner, tier: Tier, name: str, **overrides) -> IssuedKey:
+    """Create a key; the plaintext exists only in the returned value."""
+    plaintext = key_generate()
+    api_key = ApiKey.objects.create(
+        owner=owner,
+        tier=tier,
+        name=name,
+        key_hash=key_hash(plaintext),
+        prefix=key_display_prefix(plaintext),
+        **overrides,
+    )
+    return IssuedKey(api_key=api_key, plaintext=plaintext)
+
+
+def api_key_set_enabled(*, api_key: ApiKey, enabled: bool) -> None:
+    api_key.enabled = enabled
+    api_key.save(update_fields=["enabled"])
+    config_version_bump()

@@ -1,0 +1,30 @@
+"""Shared Redis clients (async for the hot path, sync for admin, tasks and commands)."""
+
+import redis
+import redis.asyncio as aredis
+from django.conf import settings
+
+_sync_clients: dict[str, redis.Redis] = {}
+_async_clients: dict[tuple[str, int], aredis.Redis] = {}
+
+
+def redis_sync() -> redis.Redis:
+    url = settings.REDIS_URL
+    client = _sync_clients.get(url)
+    if client is None:
+        client = _sync_clients[url] = redis.Redis.from_url(url, socket_timeout=5, health_check_interval=30)
+    return client
+
+
+def redis_async() -> aredis.Redis:
+    """One async client per event loop (a connection pool cannot cross loops)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    cache_key = (settings.REDIS_URL, id(loop))
+    client = _async_clients.get(cache_key)
+    if client is None:
+        client = _async_clients[cache_key] = aredis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=5, max_connections=500
+        )
+    return client

@@ -1,0 +1,7 @@
+"""Shared fixtures: a real Redis server, the upstream simulator, gateway processes."""
+
+pytest_plugins = [
+    "tests.support.redis",
+    "tests.support.simulator",
+    "tests.support.gateway",
+]

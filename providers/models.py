@@ -1,0 +1,110 @@
+"""Providers (upstream endpoints), public models, and deployments mapping one onto the other."""
+
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from providers.secrets import secret_decrypt, secret_encrypt
+
+
+class Dialect(models.TextChoices):
+    OPENAI = "openai", "OpenAI-compatible"
+    ANTHROPIC = "anthropic", "Anthropic"
+
+
+class HealthStatus(models.TextChoices):
+    UNKNOWN = "unknown", "Unknown"
+    UP = "up", "Up"
+    DOWN = "down", "Down"
+
+
+class Provider(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.OPENAI)
+    base_url = models.URLField(
+        max_length=500,
+        help_text="SDK convention: https://api.openai.com/v1 for openai, https://api.anthropic.com for anthropic.",
+    )
+    api_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    extra_headers = models.JSONField(default=dict, blank=True)
+    timeout_connect = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
+    timeout_read = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
+    max_connections = models.PositiveIntegerField(default=200, validators=[MinValueValidator(1)])
+    enabled = models.BooleanField(default=True)
+
+    health_status = models.CharField(max_length=16, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    health_latency_ms = models.FloatField(null=True, blank=True)
+    health_consecutive_failures = models.PositiveIntegerField(default=0)
+    health_last_error = models.TextField(blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def api_key(self) -> str:
+        return secret_decrypt(self.api_key_encrypted)
+
+    @api_key.setter
+    def api_key(self, value: str) -> None:
+        self.api_key_encrypted = secret_encrypt(value or "")
+
+    @property
+    def has_api_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+
+class Model(models.Model):
+    name = models.CharField(max_length=128, unique=True, help_text="Public model name consumers send.")
+    enabled = models.BooleanField(default=True)
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    context_window = models.PositiveIntegerField(null=True, blank=True)
+    description = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Deployment(models.Model):
+    model = models.ForeignKey(Model, on_delete=models.CASCADE, related_name="deployments")
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="deployments")
+    upstream_model = models.CharField(max_length=255)
+    priority = models.IntegerField(default=0, help_text="Lower is tried first.")
+    weight = models.PositiveIntegerField(default=1, help_text="Relative share within one priority.")
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["model", "priority", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "provider", "upstream_model"], name="unique_deployment"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name} -> {self.provider.name}/{self.upstream_model}"
+
+
+class HealthCheck(models.Model):
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="health_checks")
+    checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    ok = models.BooleanField()
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.FloatField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-checked_at"]
+        indexes = [models.Index(fields=["provider", "-checked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name} {'ok' if self.ok else 'fail'} @ {self.checked_at:%Y-%m-%d %H:%M:%S}"

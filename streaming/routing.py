@@ -1,0 +1,3 @@
+"""Websocket routes (the playground consumer)."""
+
+websocket_urlpatterns: list = []
