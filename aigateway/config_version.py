@@ -2,6 +2,7 @@
 when it sees a new value (checked at most once per GATEWAY_CONFIG_CHECK_SECONDS)."""
 
 import logging
+import uuid
 
 from aigateway.redis import redis_sync
 
@@ -11,6 +12,8 @@ logger = logging.getLogger(__name__)
 
 def config_version_bump() -> None:
     try:
-        redis_sync().incr(CONFIG_VERSION_KEY)
+        # A fresh unique value, not a counter: a counter reset (Redis restarted or flushed) could
+        # land on a value a process already saw and leave its caches stale.
+        redis_sync().set(CONFIG_VERSION_KEY, uuid.uuid4().hex)
     except Exception as exc:  # Redis down: caches still expire by TTL.
         logger.warning("could not bump config version: %s", type(exc).__name__)

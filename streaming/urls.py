@@ -4,4 +4,6 @@ from streaming import views
 
 urlpatterns = [
     path("health", views.health, name="health"),
+    path("v1/chat/completions", views.chat_completions, name="chat-completions"),
+    path("v1/models", views.models, name="models"),
 ]

@@ -1,7 +1,126 @@
-"""Async HTTP views of the gateway."""
+"""Async HTTP views of the gateway: the OpenAI-compatible API and health."""
 
-from django.http import JsonResponse
+import time
+
+import orjson
+from django.http import HttpResponse, JsonResponse
+
+from accounts.auth import key_context_resolve, key_from_headers
+from accounts.limits import limits_admit
+from aigateway.errors import GatewayError
+from providers.dialects.openai import openai
+from providers.routing import router
+from streaming.edge import authenticate, check_chat_body, read_json_body, speaks
+from streaming.meter import StreamMeter
+from streaming.relay import RelayCall, spawn, call_finish, new_request_id, relay_openai_chat
+from streaming.tokens import rough_prompt_estimate
+
+
+async def _admit(call: RelayCall, body_size: int) -> None:
+    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or call.ctx.max_output_tokens
+    if call.ctx.max_output_tokens and max_output:
+        max_output = min(max_output, call.ctx.max_output_tokens)
+    call.admission = await limits_admit(
+        call.ctx, estimate_tokens=rough_prompt_estimate(body_size, max_output), request_id=call.request_id
+    )
+    if not call.admission.allowed:
+        headers = dict(call.admission.headers)
+        headers["x-request-id"] = call.request_id
+        raise GatewayError(429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code)
+
+
+async def _check_model(ctx, model: str) -> None:
+    table = await router.table()
+    if model not in table.models:
+        raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+    if not ctx.may_use(model):
+        raise GatewayError(403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model")
+
+
+@speaks(openai)
+async def chat_completions(request):
+    started = time.perf_counter()
+    request.gateway_request_id = request_id = new_request_id()
+    if request.method != "POST":
+        raise GatewayError(405, "method_not_allowed", "use POST for /v1/chat/completions")
+    ctx = await authenticate(request)
+    body = read_json_body(request)
+    check_chat_body(body)
+    stream = bool(body.get("stream"))
+    await _check_model(ctx, body["model"])
+    options = body.get("stream_options") or {}
+    call = RelayCall(
+        request_id=request_id,
+        ctx=ctx,
+        endpoint="chat.completions",
+        model=body["model"],
+        body=body,
+        stream=stream,
+        client_wants_usage=bool(options.get("include_usage")),
+        meter=StreamMeter(started),
+    )
+    await _admit(call, len(request.body))
+    try:
+        response = await relay_openai_chat(call)
+    except GatewayError as error:
+        call.status, call.error_type = error.status, error.code
+        await call_finish(call)
+        error.headers = {**call.headers(), **error.headers}
+        raise
+    except BaseException:
+        if not call.finished:
+            call.status, call.error_type = 499, "client_disconnected"
+        spawn(call_finish(call))
+        raise
+    if not stream:
+        await call_finish(call)
+    return response
+
+
+@speaks(openai)
+async def models(request):
+    request.gateway_request_id = new_request_id()
+    ctx = await authenticate(request)
+    table = await router.table()
+    data = [
+        {"id": name, "object": "model", "created": int(created), "owned_by": "gateway"}
+        for name, created in sorted(table.models.items())
+        if ctx.may_use(name)
+    ]
+    return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
 
 async def health(request):
-    return JsonResponse({"status": "ok"})
+    """Liveness for everyone; with a staff key, a summary of provider health as well."""
+    payload: dict = {"status": "ok"}
+    plaintext = key_from_headers(request.headers)
+    if plaintext:
+        ctx = await key_context_resolve(plaintext)
+        if ctx is not None and ctx.is_staff:
+            payload["providers"] = await _provider_health()
+    elif getattr(request, "user", None) is not None and await _is_staff_session(request):
+        payload["providers"] = await _provider_health()
+    return JsonResponse(payload)
+
+
+async def _is_staff_session(request) -> bool:
+    user = await request.auser()
+    return bool(user.is_authenticated and user.is_staff)
+
+
+async def _provider_health() -> list[dict]:
+    from providers.models import Provider
+
+    rows = []
+    async for p in Provider.objects.order_by("name"):
+        rows.append(
+            {
+                "name": p.name,
+                "enabled": p.enabled,
+                "status": p.health_status,
+                "checked_at": p.health_checked_at.isoformat() if p.health_checked_at else None,
+                "latency_ms": p.health_latency_ms,
+                "consecutive_failures": p.health_consecutive_failures,
+            }
+        )
+    return rows

@@ -1,0 +1,110 @@
+"""Key verification for the hot path: plaintext key -> KeyContext, cached in process.
+
+A warm key costs no database query: contexts are cached by key hash for GATEWAY_KEY_CACHE_SECONDS
+and the whole cache is dropped when the config version in Redis moves (admin disabled a key,
+changed a tier, ...), which every process notices within GATEWAY_CONFIG_CHECK_SECONDS.
+"""
+
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from accounts.context import KeyContext
+from accounts.keys import key_hash, key_looks_valid
+from accounts.models import LIMIT_FIELDS, ApiKey
+from aigateway.config_watch import config_watch
+
+_MISSING = object()
+# key hash -> (expires_at_monotonic, KeyContext | None); None caches "unknown key" briefly.
+_cache: dict[str, tuple[float, KeyContext | None]] = {}
+_NEGATIVE_TTL = 2.0
+
+
+def _cache_reset() -> None:
+    _cache.clear()
+
+
+config_watch.on_change(_cache_reset)
+
+
+def key_context_build(api_key: ApiKey) -> KeyContext:
+    tier = api_key.tier
+    limits = {name: getattr(api_key, name) if getattr(api_key, name) is not None else getattr(tier, name)
+              for name in LIMIT_FIELDS}
+    allowed = frozenset(m.name for m in tier.allowed_models.all())
+    return KeyContext(
+        key_id=api_key.id,
+        key_prefix=api_key.prefix,
+        key_name=api_key.name,
+        owner_id=api_key.owner_id,
+        is_staff=api_key.owner.is_staff,
+        tier_name=tier.name,
+        max_compare_models=tier.max_compare_models,
+        allowed_models=allowed or None,
+        expires_at=api_key.expires_at,
+        **limits,
+    )
+
+
+def key_context_load(hashed: str) -> KeyContext | None:
+    api_key = (
+        ApiKey.objects.select_related("tier", "owner")
+        .prefetch_related("tier__allowed_models")
+        .filter(key_hash=hashed, enabled=True, owner__is_active=True)
+        .first()
+    )
+    return key_context_build(api_key) if api_key else None
+
+
+def _usable(ctx: KeyContext | None) -> KeyContext | None:
+    if ctx is not None and ctx.expires_at is not None and ctx.expires_at <= timezone.now():
+        return None
+    return ctx
+
+
+def _cached(hashed: str):
+    entry = _cache.get(hashed)
+    if entry is not None and entry[0] > time.monotonic():
+        return entry[1]
+    return _MISSING
+
+
+def _store(hashed: str, ctx: KeyContext | None) -> None:
+    ttl = settings.GATEWAY_KEY_CACHE_SECONDS if ctx is not None else _NEGATIVE_TTL
+    _cache[hashed] = (time.monotonic() + ttl, ctx)
+
+
+async def key_context_resolve(plaintext: str) -> KeyContext | None:
+    """The KeyContext of an enabled, unexpired key, or None."""
+    if not key_looks_valid(plaintext):
+        return None
+    await config_watch.check()
+    hashed = key_hash(plaintext)
+    ctx = _cached(hashed)
+    if ctx is _MISSING:
+        ctx = await sync_to_async(key_context_load, thread_sensitive=False)(hashed)
+        _store(hashed, ctx)
+    return _usable(ctx)
+
+
+def key_context_resolve_sync(plaintext: str) -> KeyContext | None:
+    """Same for sync callers (DRF views); checks the config version synchronously."""
+    if not key_looks_valid(plaintext):
+        return None
+    config_watch.check_sync()
+    hashed = key_hash(plaintext)
+    ctx = _cached(hashed)
+    if ctx is _MISSING:
+        ctx = key_context_load(hashed)
+        _store(hashed, ctx)
+    return _usable(ctx)
+
+
+def key_from_headers(headers) -> str:
+    """Our key from `Authorization: Bearer ...` or `x-api-key` (Anthropic SDK style)."""
+    auth = headers.get("authorization") or headers.get("Authorization") or ""
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return (headers.get("x-api-key") or headers.get("X-Api-Key") or "").strip()

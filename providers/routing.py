@@ -1,0 +1,202 @@
+"""Route table (public model -> deployments), candidate ordering, and the passive circuit breaker.
+
+The table lives in process and is rebuilt when the config version moves. Provider availability
+(breaker open, health check down) lives in Redis so every gateway process agrees; it is read with
+one MGET and cached for a short moment.
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from aigateway.config_watch import config_watch
+from aigateway.redis import redis_async
+
+logger = logging.getLogger(__name__)
+
+BREAKER_FAILURES_KEY = "gw:breaker:failures:{provider_id}"
+BREAKER_OPEN_KEY = "gw:breaker:open:{provider_id}"
+HEALTH_DOWN_KEY = "gw:health:down:{provider_id}"
+_AVAILABILITY_CACHE_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    id: int
+    name: str
+    dialect: str
+    base_url: str
+    api_key: str
+    extra_headers: tuple[tuple[str, str], ...]
+    timeout_connect: float
+    timeout_read: float
+    max_connections: int
+
+    def __repr__(self) -> str:  # never print the key
+        return f"ProviderRoute({self.name!r}, {self.dialect}, {self.base_url!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    deployment_id: int
+    model: str
+    upstream_model: str
+    priority: int
+    weight: int
+    provider: ProviderRoute
+    input_price: float | None
+    output_price: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    routes: dict[str, tuple[Route, ...]]
+    # Every enabled model, including ones with no enabled deployment (they answer 503, not 404).
+    models: dict[str, int]
+
+
+def route_table_load() -> RouteTable:
+    from providers.models import Deployment, Model
+
+    models = {m.name: m.created_at.timestamp() for m in Model.objects.filter(enabled=True)}
+    routes: dict[str, list[Route]] = {}
+    deployments = Deployment.objects.filter(enabled=True, model__enabled=True, provider__enabled=True).select_related(
+        "model", "provider"
+    )
+    for dep in deployments:
+        p = dep.provider
+        provider = ProviderRoute(
+            id=p.id,
+            name=p.name,
+            dialect=p.dialect,
+            base_url=p.base_url.rstrip("/"),
+            api_key=p.api_key,
+            extra_headers=tuple(sorted((str(k), str(v)) for k, v in (p.extra_headers or {}).items())),
+            timeout_connect=p.timeout_connect,
+            timeout_read=p.timeout_read,
+            max_connections=p.max_connections,
+        )
+        price_in = dep.model.input_price_per_million
+        price_out = dep.model.output_price_per_million
+        routes.setdefault(dep.model.name, []).append(
+            Route(
+                deployment_id=dep.id,
+                model=dep.model.name,
+                upstream_model=dep.upstream_model,
+                priority=dep.priority,
+                weight=dep.weight,
+                provider=provider,
+                input_price=float(price_in) if price_in is not None else None,
+                output_price=float(price_out) if price_out is not None else None,
+            )
+        )
+    return RouteTable(routes={k: tuple(v) for k, v in routes.items()}, models=models)
+
+
+class Router:
+    def __init__(self) -> None:
+        self._table: RouteTable | None = None
+        self._availability: dict[int, tuple[float, bool]] = {}
+        self._failed_locally: set[int] = set()
+        config_watch.on_change(self.reset)
+
+    def reset(self) -> None:
+        self._table = None
+
+    async def table(self) -> RouteTable:
+        await config_watch.check()
+        if self._table is None:
+            self._table = await sync_to_async(route_table_load, thread_sensitive=False)()
+        return self._table
+
+    async def candidates(self, model: str) -> list[Route]:
+        """Deployments to try, in order: priority ascending, weighted random within a priority,
+        unavailable providers left out (unless every one is unavailable: then try them all)."""
+        table = await self.table()
+        routes = table.routes.get(model, ())
+        if not routes:
+            return []
+        ordered = order_routes(routes)
+        available = await self._available({r.provider.id for r in ordered})
+        healthy = [r for r in ordered if available.get(r.provider.id, True)]
+        return healthy or ordered
+
+    async def _available(self, provider_ids: set[int]) -> dict[int, bool]:
+        now = time.monotonic()
+        result: dict[int, bool] = {}
+        missing = []
+        for pid in provider_ids:
+            cached = self._availability.get(pid)
+            if cached and cached[0] > now:
+                result[pid] = cached[1]
+            else:
+                missing.append(pid)
+        if missing:
+            keys = []
+            for pid in missing:
+                keys += [BREAKER_OPEN_KEY.format(provider_id=pid), HEALTH_DOWN_KEY.format(provider_id=pid)]
+            try:
+                values = await redis_async().mget(keys)
+            except Exception as exc:
+                logger.warning("availability lookup failed: %s", type(exc).__name__)
+                values = [None] * len(keys)
+            for index, pid in enumerate(missing):
+                up = values[2 * index] is None and values[2 * index + 1] is None
+                result[pid] = up
+                self._availability[pid] = (now + _AVAILABILITY_CACHE_SECONDS, up)
+        return result
+
+    async def record_failure(self, provider: ProviderRoute, reason: str) -> None:
+        """Count a failure; N in a row (within the cool-down window) opens the breaker everywhere."""
+        self._failed_locally.add(provider.id)
+        failures_key = BREAKER_FAILURES_KEY.format(provider_id=provider.id)
+        cooldown = settings.GATEWAY_BREAKER_COOLDOWN_SECONDS
+        try:
+            redis = redis_async()
+            pipe = redis.pipeline(transaction=False)
+            pipe.incr(failures_key)
+            pipe.expire(failures_key, max(int(cooldown * 2), 1))
+            count, _ = await pipe.execute()
+            if count >= settings.GATEWAY_BREAKER_FAILURES:
+                await redis.set(BREAKER_OPEN_KEY.format(provider_id=provider.id), reason[:200], px=int(cooldown * 1000))
+                await redis.delete(failures_key)
+                self._availability[provider.id] = (time.monotonic() + _AVAILABILITY_CACHE_SECONDS, False)
+                logger.warning("circuit opened for provider %s for %.0fs after %d failures (%s)",
+                               provider.name, cooldown, count, reason)
+        except Exception as exc:
+            logger.warning("breaker update failed: %s", type(exc).__name__)
+
+    async def record_success(self, provider: ProviderRoute) -> None:
+        # Only a process that saw failures pays the round trip to clear the shared counter.
+        if provider.id in self._failed_locally:
+            self._failed_locally.discard(provider.id)
+            try:
+                await redis_async().delete(BREAKER_FAILURES_KEY.format(provider_id=provider.id))
+            except Exception as exc:
+                logger.warning("breaker reset failed: %s", type(exc).__name__)
+
+
+def order_routes(routes, rng: random.Random | None = None) -> list:
+    """Priority ascending; within one priority a weighted random order (weight 0 = last resort)."""
+    rng = rng or random
+    by_priority: dict[int, list] = {}
+    for route in routes:
+        by_priority.setdefault(route.priority, []).append(route)
+    ordered = []
+    for priority in sorted(by_priority):
+        pool = list(by_priority[priority])
+        while pool:
+            weights = [max(r.weight, 0) for r in pool]
+            if sum(weights) <= 0:
+                ordered.extend(pool)
+                break
+            pick = rng.choices(range(len(pool)), weights=weights)[0]
+            ordered.append(pool.pop(pick))
+    return ordered
+
+
+router = Router()

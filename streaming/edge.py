@@ -1,0 +1,118 @@
+"""The edge of the API: authenticate, read and check the body, admit, and render every
+GatewayError in the client's dialect (the one place errors become responses)."""
+
+import logging
+from functools import wraps
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpResponse
+
+from accounts.auth import key_context_resolve, key_from_headers
+from accounts.context import KeyContext
+from aigateway.errors import GatewayError, bad_request
+
+logger = logging.getLogger(__name__)
+
+
+def error_response(dialect, error: GatewayError, request_id: str | None = None) -> HttpResponse:
+    headers = dict(error.headers)
+    if request_id:
+        headers["x-request-id"] = request_id
+    return HttpResponse(
+        orjson.dumps(dialect.error_body(error)), status=error.status, content_type="application/json", headers=headers
+    )
+
+
+def speaks(dialect):
+    """View decorator: any GatewayError (or unexpected exception) leaves in `dialect`'s error shape."""
+
+    def decorator(view):
+        @wraps(view)
+        async def wrapper(request, *args, **kwargs):
+            try:
+                return await view(request, *args, **kwargs)
+            except GatewayError as error:
+                return error_response(dialect, error, getattr(request, "gateway_request_id", None))
+            except Exception:
+                request_id = getattr(request, "gateway_request_id", None)
+                logger.exception("unhandled error in %s (request %s)", view.__name__, request_id)
+                return error_response(
+                    dialect, GatewayError(500, "internal_error", "the gateway failed to handle this request"), request_id
+                )
+
+        wrapper.csrf_exempt = True
+        return wrapper
+
+    return decorator
+
+
+async def authenticate(request) -> KeyContext:
+    plaintext = key_from_headers(request.headers)
+    if not plaintext:
+        raise GatewayError(
+            401, "missing_api_key", "no API key provided: send it as 'Authorization: Bearer <key>' or 'x-api-key'"
+        )
+    ctx = await key_context_resolve(plaintext)
+    if ctx is None:
+        # Never echo the key back; the prefix alone is not a secret but adds nothing either.
+        raise GatewayError(401, "invalid_api_key", "invalid, disabled or expired API key")
+    return ctx
+
+
+def read_json_body(request) -> dict:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    declared = request.META.get("CONTENT_LENGTH")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise GatewayError(413, "request_too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise GatewayError(413, "request_too_large", f"request body exceeds the limit of {limit} bytes") from None
+    if len(raw) > limit:
+        raise GatewayError(413, "request_too_large", f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+    if not raw:
+        raise bad_request("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def check_chat_body(body: dict) -> None:
+    """The checks we must make before routing; everything else is the provider's to judge."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' is required and must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages")
+    if not isinstance(messages, list):
+        raise bad_request(f"'messages' must be an array, got {type(messages).__name__}", param="messages")
+    if not messages:
+        raise bad_request("'messages' must contain at least one message", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{index}]' must be an object", param=f"messages[{index}]")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise bad_request(f"'messages[{index}].role' is required and must be a string", param=f"messages[{index}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(
+                f"'messages[{index}].content' must be a string or an array of content parts",
+                param=f"messages[{index}].content",
+            )
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("'stream' must be a boolean", param="stream")
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise bad_request(f"'{name}' must be a positive integer", param=name)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", param="stream_options")
