@@ -112,7 +112,8 @@ CHANNEL_LAYERS = {
     }
 }
 
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL)
+# Kombu spells a unix socket "redis+socket://", redis-py "unix://".
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL.replace("unix://", "redis+socket://", 1))
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -2,8 +2,14 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from accounts.dashboard import dashboard
 
 urlpatterns = [
+    path("admin/dashboard/", dashboard, name="admin-dashboard"),
     path("admin/", admin.site.urls),
+    path("api/v1/", include("accounts.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include("streaming.urls")),
 ]

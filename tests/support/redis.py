@@ -18,7 +18,7 @@ def redis_server():
     url = f"unix://{socket_path}"
     previous = settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS
     settings.REDIS_URL = url
-    settings.CELERY_BROKER_URL = url
+    settings.CELERY_BROKER_URL = url.replace("unix://", "redis+socket://", 1)
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}}
     yield url
     settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS = previous

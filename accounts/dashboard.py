@@ -1,0 +1,160 @@
+"""Ops dashboard in the admin: traffic, errors, tokens and time to first byte per provider and model,
+top keys, and provider health, over the last hour or day. Charts are inline SVG built here, so the
+page needs nothing from the internet."""
+
+from django.contrib import admin
+from django.contrib.admin.views.decorators import staff_member_required
+from django.shortcuts import render
+
+from accounts.selectors import DASHBOARD_WINDOWS, dashboard_data
+from providers.health import providers_health_overview
+
+CHART_WIDTH = 640
+_LABEL_WIDTH = 170
+_VALUE_WIDTH = 90
+_BAR_HEIGHT = 14
+_GROUP_GAP = 10
+_WINDOW_LABELS = {"1h": "Last hour", "24h": "Last 24 hours"}
+
+
+def _number(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return f"{value:,}"
+
+
+def hbar_chart(rows: list[dict], *, series: list[tuple[str, str, str]], label: str = "name") -> dict:
+    """Horizontal grouped bars: one group per row, one bar per (field, legend, css class) in series."""
+    bar_area = CHART_WIDTH - _LABEL_WIDTH - _VALUE_WIDTH
+    group_height = _BAR_HEIGHT * len(series) + _GROUP_GAP
+    peak = max((row[field] or 0 for row in rows for field, _, _ in series), default=0) or 1
+    groups = []
+    for index, row in enumerate(rows):
+        top = index * group_height + _GROUP_GAP // 2
+        bars = []
+        for position, (field, legend, css) in enumerate(series):
+            value = row[field]
+            width = round(bar_area * (value or 0) / peak, 1)
+            bars.append(
+                {
+                    "y": top + position * _BAR_HEIGHT,
+                    "width": width,
+                    "text_x": _LABEL_WIDTH + width + 4,
+                    "text_y": top + position * _BAR_HEIGHT + _BAR_HEIGHT - 3,
+                    "text": _number(value),
+                    "legend": legend,
+                    "css": css,
+                }
+            )
+        groups.append(
+            {"label": row[label] or "(none)", "label_y": top + len(series) * _BAR_HEIGHT / 2 + 4, "bars": bars}
+        )
+    return {
+        "width": CHART_WIDTH,
+        "height": max(len(rows) * group_height, group_height),
+        "label_width": _LABEL_WIDTH,
+        "bar_height": _BAR_HEIGHT - 2,
+        "groups": groups,
+        "legend": [(legend, css) for _, legend, css in series],
+    }
+
+
+def timeseries_chart(points: list[dict], *, bucket: str) -> dict:
+    """Vertical bars of requests per bucket, errors stacked on top of successes."""
+    left, top, bottom = 44, 10, 22
+    height = 190
+    plot_height = height - top - bottom
+    slot = (CHART_WIDTH - left) / max(len(points), 1)
+    peak = max((point["requests"] for point in points), default=0) or 1
+    every = max(1, round(len(points) / 6))
+    bars = []
+    for index, point in enumerate(points):
+        x = left + index * slot
+        total_height = plot_height * point["requests"] / peak
+        error_height = plot_height * point["errors"] / peak
+        label = point["start"].strftime("%H:%M")
+        bars.append(
+            {
+                "x": round(x + slot * 0.1, 2),
+                "width": round(max(slot * 0.8, 1), 2),
+                "ok_y": round(top + plot_height - total_height, 2),
+                "ok_height": round(total_height - error_height, 2),
+                "error_y": round(top + plot_height - total_height, 2),
+                "error_height": round(error_height, 2),
+                "title": f"{label} UTC: {point['requests']} requests, {point['errors']} errors",
+                "tick": label if index % every == 0 else "",
+                "tick_x": round(x + slot / 2, 2),
+            }
+        )
+    return {
+        "width": CHART_WIDTH,
+        "height": height,
+        "left": left,
+        "baseline": top + plot_height,
+        "top": top,
+        "peak": peak,
+        "tick_y": height - 6,
+        "bars": bars,
+        "unit": "minute" if bucket == "minute" else "hour",
+    }
+
+
+def _breakdown_charts(rows: list[dict]) -> list[tuple[str, dict]]:
+    return [
+        ("Requests", hbar_chart(rows, series=[("requests", "requests", "bar-req"), ("errors", "errors", "bar-err")])),
+        (
+            "Tokens",
+            hbar_chart(
+                rows,
+                series=[("prompt_tokens", "prompt", "bar-prompt"), ("completion_tokens", "completion", "bar-compl")],
+            ),
+        ),
+        (
+            "Time to first byte (ms)",
+            hbar_chart(rows, series=[("ttfb_p50_ms", "p50", "bar-p50"), ("ttfb_p95_ms", "p95", "bar-p95")]),
+        ),
+    ]
+
+
+@staff_member_required
+def dashboard(request):
+    window = request.GET.get("window", "1h")
+    if window not in DASHBOARD_WINDOWS:
+        window = "1h"
+    data = dashboard_data(window=window)
+    for row in data["top_keys"]:
+        row["label"] = f"{row['key_name']} ({row['key_prefix']}...)"
+    context = {
+        **admin.site.each_context(request),
+        "title": "Gateway dashboard",
+        "window": window,
+        "windows": list(_WINDOW_LABELS.items()),
+        **data,
+        "health": providers_health_overview(),
+        "timeseries_chart": timeseries_chart(data["timeseries"], bucket="minute" if window == "1h" else "hour"),
+        "sections": [
+            {
+                "kind": "breakdown",
+                "title": "Per provider",
+                "rows": data["providers"],
+                "charts": _breakdown_charts(data["providers"]),
+            },
+            {
+                "kind": "breakdown",
+                "title": "Per model",
+                "rows": data["models"],
+                "charts": _breakdown_charts(data["models"]),
+            },
+            {
+                "kind": "keys",
+                "title": "Top keys by tokens",
+                "rows": data["top_keys"],
+                "charts": [
+                    ("Tokens", hbar_chart(data["top_keys"], series=[("tokens", "tokens", "bar-prompt")], label="label"))
+                ],
+            },
+        ],
+    }
+    return render(request, "admin/dashboard.html", context)

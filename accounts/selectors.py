@@ -1,0 +1,203 @@
+"""Reads over usage: a key's own usage report (UsageDaily plus events still queued in Redis) and the
+ops dashboard's breakdowns of recent UsageRecord rows."""
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+from asgiref.sync import async_to_sync
+from django.db.models import BigIntegerField, Count, DecimalField, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncHour, TruncMinute
+from django.utils import timezone
+
+from accounts.context import KeyContext
+from accounts.limits import limits_remaining
+from accounts.models import LIMIT_FIELDS, UsageDaily, UsageRecord
+from accounts.usage import usage_cost, usage_pending_totals
+from providers.models import Model
+
+USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens")
+
+
+def usage_daily_rows(*, api_key_id: int, start: date, end: date) -> list[dict]:
+    """Flushed per-day, per-model totals of one key, start and end inclusive."""
+    return list(
+        UsageDaily.objects.filter(api_key_id=api_key_id, date__gte=start, date__lte=end)
+        .order_by("date", "model")
+        .values("date", "model", *USAGE_FIELDS, "cost")
+    )
+
+
+def model_prices(names) -> dict[str, tuple[Decimal, Decimal]]:
+    """Per-million input and output prices of the named public models (unset = free)."""
+    rows = Model.objects.filter(name__in=list(names)).values_list(
+        "name", "input_price_per_million", "output_price_per_million"
+    )
+    return {name: (price_in or Decimal(0), price_out or Decimal(0)) for name, price_in, price_out in rows}
+
+
+def usage_report_rows(*, api_key_id: int, start: date, end: date) -> list[dict]:
+    """Per-day, per-model usage of one key: flushed rows plus events not yet flushed from Redis.
+
+    Queued events carry no cost yet; they are priced here as the flush will price them.
+    """
+    merged: dict[tuple[date, str], dict] = {}
+    for row in usage_daily_rows(api_key_id=api_key_id, start=start, end=end):
+        merged[(row["date"], row["model"])] = {**row, "cost": Decimal(row["cost"])}
+
+    pending = usage_pending_totals(api_key_id=api_key_id, start=start, end=end)
+    prices = model_prices({model for _, model in pending}) if pending else {}
+    for (day, model), totals in pending.items():
+        row = merged.setdefault(
+            (day, model), {"date": day, "model": model, **dict.fromkeys(USAGE_FIELDS, 0), "cost": Decimal(0)}
+        )
+        for name in USAGE_FIELDS:
+            row[name] += int(totals.get(name, 0))
+        row["cost"] += usage_cost(
+            prompt_tokens=int(totals.get("prompt_tokens", 0)),
+            completion_tokens=int(totals.get("completion_tokens", 0)),
+            prices=prices.get(model),
+        )
+    return [merged[key] for key in sorted(merged)]
+
+
+def usage_totals(rows: Sequence[dict]) -> dict:
+    totals = {name: sum(row[name] for row in rows) for name in USAGE_FIELDS}
+    totals["cost"] = sum((row["cost"] for row in rows), Decimal(0))
+    return totals
+
+
+def key_usage_report(*, ctx: KeyContext, start: date, end: date) -> dict:
+    """Everything a key may know about itself: limits in force, what is left today, usage over start..end."""
+    rows = usage_report_rows(api_key_id=ctx.key_id, start=start, end=end)
+    return {
+        "key": {"name": ctx.key_name, "prefix": ctx.key_prefix, "tier": ctx.tier_name},
+        "tier": {
+            "name": ctx.tier_name,
+            **{name: getattr(ctx, name) for name in LIMIT_FIELDS},
+            "max_compare_models": ctx.max_compare_models,
+            "models": sorted(ctx.allowed_models) if ctx.allowed_models is not None else None,
+        },
+        "remaining_today": async_to_sync(limits_remaining)(ctx),
+        "start": start,
+        "end": end,
+        "totals": usage_totals(rows),
+        "rows": rows,
+    }
+
+
+DASHBOARD_WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) with linear interpolation between closest ranks, as numpy's default."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _error_filter() -> Q:
+    # 499 = the client went away; that is not a failure of the gateway or the provider.
+    return Q(status_code__gte=400) & ~Q(status_code=499)
+
+
+def _window_records(since: datetime):
+    return UsageRecord.objects.filter(created_at__gte=since)
+
+
+def _aggregates() -> dict:
+    return {
+        "requests": Count("id"),
+        "errors": Count("id", filter=_error_filter()),
+        "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0, output_field=BigIntegerField()),
+        "completion_tokens": Coalesce(Sum("completion_tokens"), 0, output_field=BigIntegerField()),
+        "cost": Coalesce(Sum("cost"), Decimal(0), output_field=DecimalField(max_digits=20, decimal_places=8)),
+    }
+
+
+def _with_ttfb(row: dict, ttfb: list[float]) -> dict:
+    row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    row["ttfb_p50_ms"] = percentile(ttfb, 50)
+    row["ttfb_p95_ms"] = percentile(ttfb, 95)
+    return row
+
+
+def usage_ttfb_samples(*, since: datetime) -> list[tuple[str, str, float]]:
+    """(provider, model, ttfb_ms) of every request since `since` that got a first byte."""
+    return list(_window_records(since).filter(ttfb_ms__isnull=False).values_list("provider", "model", "ttfb_ms"))
+
+
+def usage_window_summary(*, since: datetime, ttfb_samples: list[tuple[str, str, float]]) -> dict:
+    row = _window_records(since).aggregate(**_aggregates())
+    return _with_ttfb(row, [ttfb for _, _, ttfb in ttfb_samples])
+
+
+def usage_breakdown(*, since: datetime, by: str, ttfb_samples: list[tuple[str, str, float]]) -> list[dict]:
+    """Requests, errors, tokens and TTFB p50/p95 per provider or per model since `since`, busiest first."""
+    position = {"provider": 0, "model": 1}[by]
+    ttfb: dict[str, list[float]] = defaultdict(list)
+    for sample in ttfb_samples:
+        ttfb[sample[position]].append(sample[2])
+    rows = _window_records(since).values(by).annotate(**_aggregates()).order_by("-requests", by)
+    breakdown = []
+    for row in rows:
+        name = row.pop(by)
+        breakdown.append(_with_ttfb({"name": name, **row}, ttfb.get(name, [])))
+    return breakdown
+
+
+def usage_timeseries(*, since: datetime, until: datetime, bucket: str) -> list[dict]:
+    """Requests and errors per minute or per hour (UTC) from since to until, empty buckets included."""
+    trunc, step = {"minute": (TruncMinute, timedelta(minutes=1)), "hour": (TruncHour, timedelta(hours=1))}[bucket]
+    counted = (
+        _window_records(since)
+        .filter(created_at__lte=until)
+        .annotate(bucket=trunc("created_at", tzinfo=UTC))
+        .values("bucket")
+        .annotate(requests=Count("id"), errors=Count("id", filter=_error_filter()))
+    )
+    by_bucket = {row["bucket"]: row for row in counted}
+    first = since.astimezone(UTC).replace(second=0, microsecond=0)
+    if bucket == "hour":
+        first = first.replace(minute=0)
+    series = []
+    moment = first
+    while moment <= until:
+        row = by_bucket.get(moment, {})
+        series.append({"start": moment, "requests": row.get("requests", 0), "errors": row.get("errors", 0)})
+        moment += step
+    return series
+
+
+def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
+    """Keys with the most tokens since `since`."""
+    rows = (
+        _window_records(since)
+        .filter(api_key__isnull=False)
+        .values("api_key_id", key_name=F("api_key__name"), key_prefix=F("api_key__prefix"))
+        .annotate(**_aggregates())
+        .annotate(tokens=F("prompt_tokens") + F("completion_tokens"))
+        .order_by("-tokens", "-requests", "api_key_id")[:limit]
+    )
+    return list(rows)
+
+
+def dashboard_data(*, window: str, now: datetime | None = None) -> dict:
+    now = now or timezone.now()
+    since = now - DASHBOARD_WINDOWS[window]
+    # One read of the TTFB values serves the summary and both breakdowns.
+    samples = usage_ttfb_samples(since=since)
+    return {
+        "since": since,
+        "until": now,
+        "summary": usage_window_summary(since=since, ttfb_samples=samples),
+        "providers": usage_breakdown(since=since, by="provider", ttfb_samples=samples),
+        "models": usage_breakdown(since=since, by="model", ttfb_samples=samples),
+        "timeseries": usage_timeseries(since=since, until=now, bucket="minute" if window == "1h" else "hour"),
+        "top_keys": usage_top_keys(since=since),
+    }

@@ -1,0 +1,139 @@
+"""Serializers of the key self-service API: query parameters in, the usage report out.
+
+Money is a decimal string with 8 decimal places (e.g. "0.00123400", in the currency of the model
+prices) so clients never see float rounding; parse it with a decimal type.
+"""
+
+from datetime import timedelta
+
+from django.utils import timezone
+from rest_framework import serializers
+
+USAGE_DEFAULT_DAYS = 30
+USAGE_MAX_DAYS = 366
+
+
+def _cost_field(**kwargs) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=20,
+        decimal_places=8,
+        coerce_to_string=True,
+        help_text="Cost as a decimal string with 8 decimal places.",
+        **kwargs,
+    )
+
+
+class UsageQuerySerializer(serializers.Serializer):
+    start = serializers.DateField(
+        required=False,
+        input_formats=["%Y-%m-%d"],
+        help_text="First UTC day, inclusive (YYYY-MM-DD); default 29 days before end (30 days in all).",
+    )
+    end = serializers.DateField(
+        required=False, input_formats=["%Y-%m-%d"], help_text="Last UTC day, inclusive (YYYY-MM-DD); default today."
+    )
+
+    def validate(self, attrs):
+        end = attrs.get("end") or timezone.now().date()
+        start = attrs.get("start") or end - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+        if start > end:
+            raise serializers.ValidationError(
+                {"start": f"must not be after end ({end}); got {start}."}, code="invalid_range"
+            )
+        days = (end - start).days + 1
+        if days > USAGE_MAX_DAYS:
+            raise serializers.ValidationError(
+                {"start": f"the range {start}..{end} spans {days} days; at most {USAGE_MAX_DAYS} are allowed."},
+                code="range_too_long",
+            )
+        return {"start": start, "end": end}
+
+
+class UsageKeySerializer(serializers.Serializer):
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="Display prefix of the key; the key itself is never returned.")
+    tier = serializers.CharField()
+
+
+class UsageTierSerializer(serializers.Serializer):
+    """Limits in force for the key: the tier's values with the key's own overrides applied; null = unlimited."""
+
+    name = serializers.CharField()
+    rpm = serializers.IntegerField(allow_null=True, help_text="Requests per minute.")
+    tpm = serializers.IntegerField(allow_null=True, help_text="Tokens per minute.")
+    max_concurrent = serializers.IntegerField(allow_null=True)
+    daily_tokens = serializers.IntegerField(allow_null=True, help_text="Token quota per UTC day.")
+    max_output_tokens = serializers.IntegerField(allow_null=True)
+    max_compare_models = serializers.IntegerField()
+    models = serializers.ListField(
+        child=serializers.CharField(), allow_null=True, help_text="Models the key may call; null = every model."
+    )
+
+
+class UsageTotalsSerializer(serializers.Serializer):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField(help_text="Requests answered with an HTTP status of 400 or more.")
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost = _cost_field()
+
+
+class UsageRowSerializer(UsageTotalsSerializer):
+    date = serializers.DateField(help_text="UTC day.")
+    model = serializers.CharField()
+
+    field_order = ["date", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"]
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        return {name: data[name] for name in self.field_order}
+
+
+class RateBucketSerializer(serializers.Serializer):
+    limit = serializers.IntegerField()
+    remaining = serializers.IntegerField(help_text="Left right now; refills continuously over 60 seconds.")
+    reset_seconds = serializers.FloatField(help_text="Seconds until the bucket is full again.")
+
+
+class DailyTokensSerializer(serializers.Serializer):
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    reset_seconds = serializers.FloatField(help_text="Seconds until the quota resets at 00:00 UTC.")
+
+
+class ConcurrencySerializer(serializers.Serializer):
+    limit = serializers.IntegerField()
+    in_flight = serializers.IntegerField()
+
+
+class RemainingSerializer(serializers.Serializer):
+    """What the key may still use right now; a limit that is not set (unlimited) is null."""
+
+    requests = RateBucketSerializer(allow_null=True, help_text="Requests per minute.")
+    tokens = RateBucketSerializer(allow_null=True, help_text="Tokens per minute.")
+    daily_tokens = DailyTokensSerializer(allow_null=True)
+    concurrent = ConcurrencySerializer(allow_null=True)
+
+
+class UsageReportSerializer(serializers.Serializer):
+    key = UsageKeySerializer()
+    tier = UsageTierSerializer()
+    remaining_today = RemainingSerializer()
+    start = serializers.DateField(help_text="First UTC day of the report, inclusive.")
+    end = serializers.DateField(help_text="Last UTC day of the report, inclusive.")
+    totals = UsageTotalsSerializer()
+    rows = UsageRowSerializer(many=True, help_text="One row per UTC day and model, oldest first.")
+
+
+class ApiErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField(help_text="invalid_request_error, rate_limit_error or server_error.")
+    param = serializers.CharField(allow_null=True, help_text="The query parameter at fault, if any.")
+    code = serializers.CharField(allow_null=True, help_text="Stable machine-readable code, e.g. invalid_api_key.")
+
+
+class ApiErrorSerializer(serializers.Serializer):
+    """Every error of this API, in the OpenAI error shape."""
+
+    error = ApiErrorDetailSerializer()

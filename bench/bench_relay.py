@@ -1,0 +1,298 @@
+"""Relay benchmark on loopback: the gateway (under uvicorn and daphne) against the direct upstream
+simulator (the limit) and LiteLLM's proxy, all in one run against one simulator.
+
+Measures time to first byte p50/p99 of streamed completions at concurrency 1 and 50,
+non-streamed requests per second at saturation, and the memory of the relay process holding
+500 open streams. Usage: `python bench/bench_relay.py [--quick] [--no-litellm]`.
+"""
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+LITELLM_VENV = ROOT / "var" / "litellm-venv"
+LITELLM_VERSION = "1.106.2"
+MESSAGES = [{"role": "user", "content": "Benchmark the relay, please"}]
+
+
+def pct(values, p):
+    values = sorted(values)
+    index = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[index]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {process.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stop(process) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+        self.processes: list[subprocess.Popen] = []
+
+    def spawn(self, command, env=None, log="proc") -> subprocess.Popen:
+        out = open(self.tmp / f"{log}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(command, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            stop(process)
+
+    def setup(self) -> None:
+        from aigateway.embedded_redis import redis_server_start
+
+        socket_path = self.tmp / "redis.sock"
+        self.processes.append(redis_server_start(socket_path=socket_path, data_dir=self.tmp))
+        self.env = dict(os.environ)
+        self.env.update(
+            DATABASE_URL=f"sqlite:///{self.tmp / 'db.sqlite3'}",
+            REDIS_URL=f"unix://{socket_path}",
+            DJANGO_SETTINGS_MODULE="aigateway.settings",
+            DJANGO_LOG_LEVEL="WARNING",
+        )
+        os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")})
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        sim_port = free_port()
+        sim = self.spawn([sys.executable, "manage.py", "run_simulator", "--port", str(sim_port)], self.env, "simulator")
+        self.sim_url = f"http://127.0.0.1:{sim_port}"
+        wait_http(self.sim_url + "/_sim/health", process=sim)
+
+        from accounts.models import Tier
+        from accounts.services import api_key_issue, service_user_get_or_create
+        from providers.models import Deployment, Model, Provider
+
+        provider = Provider(name="sim", dialect="openai", base_url=self.sim_url + "/v1", max_connections=1000)
+        provider.api_key = "sk-upstream"
+        provider.save()
+        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=100")):
+            model = Model.objects.create(name=name)
+            Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
+        tier = Tier.objects.create(name="bench")
+        self.key = api_key_issue(owner=service_user_get_or_create(), tier=tier, name="bench").plaintext
+        # The usage pipeline runs as in production: a worker drains the queue while we measure.
+        self.spawn([sys.executable, "-m", "celery", "-A", "aigateway", "worker", "--beat", "--pool", "solo",
+                    "-l", "warning", "-s", str(self.tmp / "beat")], self.env, "worker")
+
+    def start_gateway(self, server: str) -> tuple[str, subprocess.Popen]:
+        port = free_port()
+        if server == "uvicorn":
+            command = [sys.executable, "-m", "uvicorn", "aigateway.asgi:application", "--host", "127.0.0.1", "--port",
+                       str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        else:
+            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+                       "aigateway.asgi:application"]
+        process = self.spawn(command, self.env, f"gateway-{server}")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health", process=process)
+        return url, process
+
+    def start_litellm(self) -> tuple[str, subprocess.Popen] | None:
+        binary = LITELLM_VENV / "bin" / "litellm"
+        if not binary.exists():
+            print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} ...", flush=True)
+            subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+            subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+                           check=True)
+        config = self.tmp / "litellm.yaml"
+        config.write_text(
+            "model_list:\n"
+            + "".join(
+                f"  - model_name: {name}\n    litellm_params:\n      model: openai/{upstream}\n"
+                f"      api_base: {self.sim_url}/v1\n      api_key: sk-upstream\n"
+                for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=100"))
+            )
+        )
+        port = free_port()
+        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+        process = self.spawn([str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+                              "--num_workers", "1"], env, "litellm")
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url + "/health/liveliness", timeout=180, process=process)
+        return url, process
+
+
+async def ttfb_once(client: httpx.AsyncClient, base: str, key: str, model: str) -> float:
+    body = {"model": model, "messages": MESSAGES, "stream": True}
+    started = time.perf_counter()
+    async with client.stream("POST", base + "/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {key}"}) as response:
+        first = None
+        async for raw in response.aiter_raw():
+            if first is None and raw:
+                first = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"{base}: HTTP {response.status_code}")
+    return first * 1000
+
+
+async def ttfb(base: str, key: str, model: str, *, concurrency: int, total: int) -> list[float]:
+    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        for _ in range(5):
+            await ttfb_once(client, base, key, model)
+        results: list[float] = []
+        queue = iter(range(total))
+
+        async def worker():
+            for _ in queue:
+                results.append(await ttfb_once(client, base, key, model))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results
+
+
+async def rps(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
+    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    body = {"model": model, "messages": MESSAGES}
+    headers = {"Authorization": f"Bearer {key}"}
+    done = 0
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await client.post(base + "/chat/completions", json=body, headers=headers)
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+
+        async def worker():
+            nonlocal done
+            while time.perf_counter() < deadline:
+                response = await client.post(base + "/chat/completions", json=body, headers=headers)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{base}: HTTP {response.status_code} {response.text[:200]}")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done / (time.perf_counter() - started)
+
+
+async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: int) -> tuple[float, float]:
+    """RSS (MiB) of the relay process idle, and while holding `streams` open streams."""
+    process = psutil.Process(pid)
+    rss = lambda: sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20  # noqa: E731
+    idle = rss()
+    limits = httpx.Limits(max_connections=streams + 10, max_keepalive_connections=0)
+    opened = asyncio.Event()
+    count = 0
+    body = {"model": "sim-hold", "messages": MESSAGES, "stream": True}
+
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        async def hold():
+            nonlocal count
+            async with client.stream("POST", base + "/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                async for _ in response.aiter_raw():
+                    break
+                count += 1
+                if count == streams:
+                    opened.set()
+                await asyncio.sleep(3600)
+
+        tasks = [asyncio.create_task(hold()) for _ in range(streams)]
+        try:
+            await asyncio.wait_for(opened.wait(), 90)
+            await asyncio.sleep(1.0)
+            loaded = rss()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return idle, loaded
+
+
+def run_target(name, base, key, pid, args) -> dict:
+    total1 = 100 if args.quick else 300
+    total50 = 500 if args.quick else 2000
+    row = {"target": name}
+    one = asyncio.run(ttfb(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=1, total=total1))
+    row["ttfb_c1_p50"], row["ttfb_c1_p99"] = pct(one, 50), pct(one, 99)
+    fifty = asyncio.run(ttfb(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, total=total50))
+    row["ttfb_c50_p50"], row["ttfb_c50_p99"] = pct(fifty, 50), pct(fifty, 99)
+    row["rps"] = asyncio.run(rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50,
+                                 seconds=5 if args.quick else 10))
+    if pid is not None and not args.no_memory:
+        idle, loaded = asyncio.run(memory_with_open_streams(base, key, pid, streams=500))
+        row["rss_idle_mib"], row["rss_500_mib"] = idle, loaded
+    print(f"  {name}: {row}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-litellm", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--servers", default="uvicorn,daphne")
+    args = parser.parse_args()
+    bench = Bench(args)
+    rows = []
+    try:
+        bench.setup()
+        rows.append(run_target("direct", bench.sim_url + "/v1", "x", None, args))
+        for server in args.servers.split(","):
+            url, process = bench.start_gateway(server)
+            rows.append(run_target(f"gateway/{server}", url + "/v1", bench.key, process.pid, args))
+            stop(process)
+        if not args.no_litellm:
+            started = bench.start_litellm()
+            url, process = started
+            rows.append(run_target("litellm-proxy", url + "/v1", "sk-none", process.pid, args))
+            stop(process)
+    finally:
+        bench.close()
+    direct = rows[0]
+    print()
+    print(f"{'target':<18}{'ttfb c1 p50':>12}{'c1 p99':>9}{'c1 +p50':>9}{'c50 p50':>9}{'c50 p99':>9}"
+          f"{'req/s':>9}{'RSS idle':>10}{'RSS 500':>9}")
+    for row in rows:
+        added = row["ttfb_c1_p50"] - direct["ttfb_c1_p50"]
+        print(f"{row['target']:<18}{row['ttfb_c1_p50']:>10.2f}ms{row['ttfb_c1_p99']:>7.2f}ms{added:>7.2f}ms"
+              f"{row['ttfb_c50_p50']:>7.1f}ms{row['ttfb_c50_p99']:>7.1f}ms{row['rps']:>9.0f}"
+              f"{row.get('rss_idle_mib', float('nan')):>8.0f}Mi{row.get('rss_500_mib', float('nan')):>7.0f}Mi")
+    print(f"\n(loopback, {os.cpu_count()} cores; client, relay and simulator share the machine; "
+          f"median of c1 added TTFB is the gateway's own cost)")
+
+
+if __name__ == "__main__":
+    main()
