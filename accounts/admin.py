@@ -1,3 +1,190 @@
-from django.contrib import admin
+"""Admin for tiers, API keys and usage.
 
-# Register your models here.
+Adding an API key issues it through `api_key_issue` and answers the add request with a page that
+shows the plaintext once; the plaintext is never stored, redirected through, or put in a message.
+"""
+
+from django.contrib import admin, messages
+from django.db.models import Count
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+
+from accounts.models import ApiKey, Tier, UsageDaily, UsageRecord
+from accounts.services import api_key_issue, api_key_set_enabled
+
+# The plaintext of a key issued while handling one add request lives only on that request object.
+ISSUED_PLAINTEXT_ATTR = "_gateway_issued_key_plaintext"
+ISSUE_OPTION_FIELDS = ("enabled", "expires_at", "rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens")
+
+
+@admin.register(Tier)
+class TierAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "rpm",
+        "tpm",
+        "max_concurrent",
+        "daily_tokens",
+        "max_output_tokens",
+        "max_compare_models",
+        "models_allowed",
+        "key_count",
+    ]
+    search_fields = ["name"]
+    empty_value_display = "unlimited"
+    filter_horizontal = ["allowed_models"]
+    readonly_fields = ["created_at", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["name"]}),
+        (
+            "Limits",
+            {
+                "fields": ["rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens", "max_compare_models"],
+                "description": "Leave a limit blank for unlimited.",
+            },
+        ),
+        ("Models", {"fields": ["allowed_models"]}),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(key_count=Count("api_keys")).prefetch_related("allowed_models")
+
+    @admin.display(description="allowed models")
+    def models_allowed(self, obj: Tier) -> str:
+        names = [model.name for model in obj.allowed_models.all()]
+        return ", ".join(names) if names else "all"
+
+    @admin.display(description="keys", ordering="key_count")
+    def key_count(self, obj: Tier) -> int:
+        return obj.key_count
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "owner", "tier", "enabled", "expires_at", "created_at", "last_used_at"]
+    list_filter = ["tier", "enabled"]
+    search_fields = ["name", "prefix", "owner__username"]
+    list_select_related = ["owner", "tier"]
+    actions = ["enable_keys", "disable_keys"]
+    fieldsets = [
+        (None, {"fields": ["name", "owner", "tier", "enabled", "expires_at"]}),
+        (
+            "Limit overrides",
+            {
+                "fields": ["rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens"],
+                "description": "Leave blank to use the tier's limits.",
+            },
+        ),
+    ]
+    change_readonly_fields = ["prefix", "owner", "created_at", "last_used_at"]
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        identity = ("Key", {"fields": ["prefix", "created_at", "last_used_at"]})
+        return [identity, *self.fieldsets]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.change_readonly_fields if obj is not None else []
+
+    def get_changeform_initial_data(self, request):
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("owner", request.user.pk)
+        return initial
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        options = {field: getattr(obj, field) for field in ISSUE_OPTION_FIELDS}
+        issued = api_key_issue(owner=obj.owner, tier=obj.tier, name=obj.name, **options)
+        # The admin carries on with `obj` (logging, the response): make it the row just issued.
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(issued.api_key, field.attname))
+        obj._state.adding = False
+        obj._state.db = issued.api_key._state.db
+        setattr(request, ISSUED_PLAINTEXT_ATTR, issued.plaintext)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        plaintext = getattr(request, ISSUED_PLAINTEXT_ATTR, None)
+        if plaintext is None:
+            return super().response_add(request, obj, post_url_continue)
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key issued",
+            "subtitle": None,
+            "opts": opts,
+            "api_key": obj,
+            "plaintext": plaintext,
+            "change_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+            "add_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/issued.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    @admin.action(description="Enable selected API keys")
+    def enable_keys(self, request, queryset):
+        self._set_enabled(request, queryset, enabled=True)
+
+    @admin.action(description="Disable selected API keys")
+    def disable_keys(self, request, queryset):
+        self._set_enabled(request, queryset, enabled=False)
+
+    def _set_enabled(self, request, queryset, *, enabled: bool) -> None:
+        changed = 0
+        for api_key in queryset.exclude(enabled=enabled):
+            api_key_set_enabled(api_key=api_key, enabled=enabled)
+            changed += 1
+        verb = "enabled" if enabled else "disabled"
+        self.message_user(request, f"{changed} API key(s) {verb}.", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the usage pipeline: viewable, never edited by hand."""
+
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = [
+        "request_id",
+        "created_at",
+        "api_key",
+        "model",
+        "provider",
+        "status_code",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "ttfb_ms",
+        "duration_ms",
+        "stream",
+    ]
+    list_filter = ["model", "provider", "status_code", "stream"]
+    date_hierarchy = "created_at"
+    search_fields = ["request_id"]
+    list_select_related = ["api_key"]
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(ReadOnlyAdmin):
+    list_display = ["date", "api_key", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"]
+    list_filter = ["model"]
+    date_hierarchy = "date"
+    search_fields = ["model", "api_key__name", "api_key__prefix"]
+    list_select_related = ["api_key"]

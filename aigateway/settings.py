@@ -82,7 +82,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
     # A file, not :memory:, so gateway processes started by end-to-end tests share the test data.
-    DATABASES["default"]["TEST"] = {"NAME": env("DJANGO_TEST_DB", default=str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))}
+    DATABASES["default"]["TEST"] = {
+        "NAME": env("DJANGO_TEST_DB", default=str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -132,6 +134,8 @@ GATEWAY_BREAKER_FAILURES = env.int("GATEWAY_BREAKER_FAILURES", default=5)
 GATEWAY_BREAKER_COOLDOWN_SECONDS = env.float("GATEWAY_BREAKER_COOLDOWN_SECONDS", default=30.0)
 GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default=1.0)
 GATEWAY_KEY_CACHE_SECONDS = env.float("GATEWAY_KEY_CACHE_SECONDS", default=60.0)
+# A concurrency lease not released (process died) expires after this; live streams renew theirs.
+GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0)
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -15,12 +15,12 @@ from django.conf import settings
 
 from aigateway.config_watch import config_watch
 from aigateway.redis import redis_async
+from providers.health import HEALTH_DOWN_KEY
 
 logger = logging.getLogger(__name__)
 
 BREAKER_FAILURES_KEY = "gw:breaker:failures:{provider_id}"
 BREAKER_OPEN_KEY = "gw:breaker:open:{provider_id}"
-HEALTH_DOWN_KEY = "gw:health:down:{provider_id}"
 _AVAILABILITY_CACHE_SECONDS = 0.5
 
 
@@ -165,8 +165,13 @@ class Router:
                 await redis.set(BREAKER_OPEN_KEY.format(provider_id=provider.id), reason[:200], px=int(cooldown * 1000))
                 await redis.delete(failures_key)
                 self._availability[provider.id] = (time.monotonic() + _AVAILABILITY_CACHE_SECONDS, False)
-                logger.warning("circuit opened for provider %s for %.0fs after %d failures (%s)",
-                               provider.name, cooldown, count, reason)
+                logger.warning(
+                    "circuit opened for provider %s for %.0fs after %d failures (%s)",
+                    provider.name,
+                    cooldown,
+                    count,
+                    reason,
+                )
         except Exception as exc:
             logger.warning("breaker update failed: %s", type(exc).__name__)
 

@@ -2,5 +2,5 @@ from django.apps import AppConfig
 
 
 class StreamingConfig(AppConfig):
-    default_auto_field = 'django.db.models.BigAutoField'
-    name = 'streaming'
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "streaming"

@@ -39,7 +39,9 @@ def speaks(dialect):
                 request_id = getattr(request, "gateway_request_id", None)
                 logger.exception("unhandled error in %s (request %s)", view.__name__, request_id)
                 return error_response(
-                    dialect, GatewayError(500, "internal_error", "the gateway failed to handle this request"), request_id
+                    dialect,
+                    GatewayError(500, "internal_error", "the gateway failed to handle this request"),
+                    request_id,
                 )
 
         wrapper.csrf_exempt = True
@@ -65,13 +67,17 @@ def read_json_body(request) -> dict:
     limit = settings.GATEWAY_MAX_BODY_BYTES
     declared = request.META.get("CONTENT_LENGTH")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise GatewayError(413, "request_too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+        raise GatewayError(
+            413, "request_too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes"
+        )
     try:
         raw = request.body
     except RequestDataTooBig:
         raise GatewayError(413, "request_too_large", f"request body exceeds the limit of {limit} bytes") from None
     if len(raw) > limit:
-        raise GatewayError(413, "request_too_large", f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes")
+        raise GatewayError(
+            413, "request_too_large", f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes"
+        )
     if not raw:
         raise bad_request("request body is empty; expected a JSON object")
     try:
@@ -100,7 +106,9 @@ def check_chat_body(body: dict) -> None:
             raise bad_request(f"'messages[{index}]' must be an object", param=f"messages[{index}]")
         role = message.get("role")
         if not isinstance(role, str) or not role:
-            raise bad_request(f"'messages[{index}].role' is required and must be a string", param=f"messages[{index}].role")
+            raise bad_request(
+                f"'messages[{index}].role' is required and must be a string", param=f"messages[{index}].role"
+            )
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise bad_request(

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import httpx
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.context import KeyContext
-from accounts.limits import Admission, limits_admit, limits_settle
+from accounts.limits import Admission, limits_lease_refresh, limits_settle
 from accounts.usage import usage_record
 from aigateway.errors import GatewayError
 from providers.dialects.base import Usage
@@ -165,7 +166,9 @@ async def _upstream_client_error(response: httpx.Response, dialect) -> GatewayEr
     status = response.status_code
     if status in (401, 403):
         # The provider refused our credentials: the client's request is fine, ours is not.
-        return GatewayError(502, "upstream_auth_error", f"upstream provider rejected the gateway's credentials (HTTP {status})")
+        return GatewayError(
+            502, "upstream_auth_error", f"upstream provider rejected the gateway's credentials (HTTP {status})"
+        )
     return GatewayError(status, "upstream_error", message or f"upstream returned HTTP {status}")
 
 
@@ -194,8 +197,9 @@ async def relay_openai_chat(call: RelayCall) -> HttpResponse:
             response = await _open(call, route, payload, dialect.paths["chat"], dialect)
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
-                raise UpstreamFailure(502 if response.status_code != 429 else 429,
-                                      f"upstream returned HTTP {response.status_code}")
+                raise UpstreamFailure(
+                    502 if response.status_code != 429 else 429, f"upstream returned HTTP {response.status_code}"
+                )
             if response.status_code >= 400:
                 raise await _upstream_client_error(response, dialect)
             if call.stream:
@@ -291,9 +295,14 @@ def _render_openai_event(call: RelayCall, event) -> bytes | None:
 
 async def _stream_body(call: RelayCall, response: httpx.Response, upstream, decoder: SSEDecoder, first: list):
     done = ended = False
+    lease_renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
+    lease_renew_at = time.monotonic() + lease_renew_every
     try:
         pending = first
         while True:
+            if call.admission is not None and call.admission.lease_id and time.monotonic() > lease_renew_at:
+                lease_renew_at = time.monotonic() + lease_renew_every
+                await limits_lease_refresh(call.ctx, call.admission)
             for event in pending:
                 if event.is_done:
                     done = True

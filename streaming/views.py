@@ -12,7 +12,7 @@ from providers.dialects.openai import openai
 from providers.routing import router
 from streaming.edge import authenticate, check_chat_body, read_json_body, speaks
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, spawn, call_finish, new_request_id, relay_openai_chat
+from streaming.relay import RelayCall, call_finish, new_request_id, relay_openai_chat, spawn
 from streaming.tokens import rough_prompt_estimate
 
 
@@ -26,7 +26,9 @@ async def _admit(call: RelayCall, body_size: int) -> None:
     if not call.admission.allowed:
         headers = dict(call.admission.headers)
         headers["x-request-id"] = call.request_id
-        raise GatewayError(429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code)
+        raise GatewayError(
+            429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code
+        )
 
 
 async def _check_model(ctx, model: str) -> None:
@@ -34,7 +36,9 @@ async def _check_model(ctx, model: str) -> None:
     if model not in table.models:
         raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
     if not ctx.may_use(model):
-        raise GatewayError(403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model")
+        raise GatewayError(
+            403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model"
+        )
 
 
 @speaks(openai)

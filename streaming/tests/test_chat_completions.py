@@ -118,8 +118,13 @@ def test_each_event_arrives_on_its_own_at_upstream_pace(gateway, setup):
     key, _ = setup
     arrivals = []
     body = {"model": "sim-slow", "messages": MESSAGES, "stream": True}
-    with httpx.stream("POST", gateway.openai_base + "/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        gateway.openai_base + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
@@ -151,9 +156,12 @@ def test_failing_first_deployment_is_invisible(gateway, fresh_simulator, failure
     model_create("sim-failover", [first, (good, "sim-echo", 1)])
     key = key_create("free")
     client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
-    expected = openai.OpenAI(base_url=fresh_simulator.openai_base, api_key="x").chat.completions.create(
-        model="sim-echo", messages=MESSAGES
-    ).choices[0].message.content
+    expected = (
+        openai.OpenAI(base_url=fresh_simulator.openai_base, api_key="x")
+        .chat.completions.create(model="sim-echo", messages=MESSAGES)
+        .choices[0]
+        .message.content
+    )
     if stream:
         raw = client.chat.completions.with_raw_response.create(model="sim-failover", messages=MESSAGES, stream=True)
         text, _ = stream_text(raw.parse())
@@ -172,8 +180,13 @@ def test_client_disconnect_closes_upstream_quickly(gateway, setup, fresh_simulat
     key, _ = setup
     body = {"model": "sim-long", "messages": MESSAGES, "stream": True}
     events = 0
-    with httpx.stream("POST", gateway.openai_base + "/chat/completions", json=body,
-                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
+    with httpx.stream(
+        "POST",
+        gateway.openai_base + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    ) as response:
         for raw in response.iter_raw():
             events += raw.count(b"data: ")
             if events >= 3:
@@ -202,8 +215,10 @@ def test_fifty_concurrent_streams(gateway, setup, fresh_simulator):
         return "".join(parts)
 
     async def run():
-        async with openai.AsyncOpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0) as through, \
-                openai.AsyncOpenAI(base_url=fresh_simulator.openai_base, api_key="x") as direct:
+        async with (
+            openai.AsyncOpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0) as through,
+            openai.AsyncOpenAI(base_url=fresh_simulator.openai_base, api_key="x") as direct,
+        ):
             got = await asyncio.gather(*(one(through, "sim-fast", i) for i in range(50)))
             want = await asyncio.gather(*(one(direct, "sim-echo", i) for i in range(50)))
             return got, want
@@ -218,11 +233,23 @@ def test_body_passes_through_with_model_rewritten_and_tokens_capped(gateway, fre
     model_create("sim-fast", [(sim, "sim-echo", 0)])
     key = key_create("capped", max_output_tokens=5)
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    body = {"model": "sim-fast", "messages": [{"role": "user", "content": "weather in Paris?"}], "tools": tools,
-            "tool_choice": "auto", "temperature": 0.2, "seed": 7, "user": "u1", "stop": ["zz"], "n": 1,
-            "response_format": {"type": "text"}, "x_custom_field": {"kept": True}, "max_tokens": 50}
-    response = httpx.post(gateway.openai_base + "/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    body = {
+        "model": "sim-fast",
+        "messages": [{"role": "user", "content": "weather in Paris?"}],
+        "tools": tools,
+        "tool_choice": "auto",
+        "temperature": 0.2,
+        "seed": 7,
+        "user": "u1",
+        "stop": ["zz"],
+        "n": 1,
+        "response_format": {"type": "text"},
+        "x_custom_field": {"kept": True},
+        "max_tokens": 50,
+    }
+    response = httpx.post(
+        gateway.openai_base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["model"] == "sim-fast"
@@ -231,8 +258,12 @@ def test_body_passes_through_with_model_rewritten_and_tokens_capped(gateway, fre
     expected = {**body, "model": "sim-echo", "max_tokens": 5}
     assert sent == expected
     # x-api-key works too, and a plain request without max tokens gets the cap added.
-    response = httpx.post(gateway.openai_base + "/chat/completions", json={"model": "sim-fast", "messages": MESSAGES},
-                          headers={"x-api-key": key}, timeout=10)
+    response = httpx.post(
+        gateway.openai_base + "/chat/completions",
+        json={"model": "sim-fast", "messages": MESSAGES},
+        headers={"x-api-key": key},
+        timeout=10,
+    )
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 5
     assert fresh_simulator.requests(model="sim-echo")[-1]["body"]["max_tokens"] == 5
@@ -244,8 +275,9 @@ def test_mid_stream_failure_becomes_error_event(gateway, fresh_simulator):
     model_create("sim-drop", [(sim, "sim-echo?drop_after=3&tokens=10", 0), (other, "sim-echo", 1)])
     key = key_create("free")
     body = {"model": "sim-drop", "messages": MESSAGES, "stream": True}
-    response = httpx.post(gateway.openai_base + "/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    response = httpx.post(
+        gateway.openai_base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    )
     assert response.status_code == 200
     datas = [line[6:] for line in response.text.split("\n") if line.startswith("data: ")]
     assert datas[-1] == "[DONE]"

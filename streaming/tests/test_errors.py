@@ -99,8 +99,12 @@ def test_disabled_key_is_refused_within_seconds(gateway, key):
 
 
 def test_unknown_model_404(gateway, key):
-    error = assert_error(post(gateway, key, {"model": "nope", "messages": [{"role": "user", "content": "x"}]}), 404,
-                         "'nope' does not exist", code="model_not_found")
+    error = assert_error(
+        post(gateway, key, {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        404,
+        "'nope' does not exist",
+        code="model_not_found",
+    )
     assert error["param"] == "model"
     with pytest.raises(openai.NotFoundError):
         openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0).chat.completions.create(
@@ -118,8 +122,12 @@ def test_all_deployments_failing_is_502_in_openai_shape(gateway, fresh_simulator
     sim = provider_create("sim", fresh_simulator.openai_base)
     model_create("sim-down", [(sim, "sim-echo?fail=500", 0)])
     key = key_create("free")
-    error = assert_error(post(gateway, key, {"model": "sim-down", "messages": [{"role": "user", "content": "x"}]}),
-                         502, "all deployments of 'sim-down' failed", code="upstream_unavailable")
+    error = assert_error(
+        post(gateway, key, {"model": "sim-down", "messages": [{"role": "user", "content": "x"}]}),
+        502,
+        "all deployments of 'sim-down' failed",
+        code="upstream_unavailable",
+    )
     assert error["type"] == "server_error"
 
 

@@ -1,0 +1,130 @@
+"""`manage.py seed_demo`: a working demo against the upstream simulator, safe to run again.
+
+Imports the demo providers, models and tiers through the config import, makes sure a superuser
+`admin` exists, and replaces the API key named "demo" so the key printed last always works.
+"""
+
+import os
+import secrets
+
+import yaml
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from accounts.models import ApiKey, Tier
+from accounts.services import api_key_issue
+from providers.config_import import ConfigImportError, gateway_config_import
+
+DEFAULT_SIMULATOR_URL = "http://127.0.0.1:9100"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+ADMIN_USERNAME = "admin"
+DEMO_KEY_NAME = "demo"
+DEMO_KEY_TIER = "pro"
+
+
+def demo_config(simulator_url: str) -> dict:
+    return {
+        "providers": [
+            {
+                "name": "sim",
+                "dialect": "openai",
+                "base_url": f"{simulator_url}/v1",
+                "api_key": "sk-simulator-demo",
+                "timeout_connect": 5,
+                "timeout_read": 60,
+            },
+            {
+                "name": "sim-anthropic",
+                "dialect": "anthropic",
+                "base_url": simulator_url,
+                "api_key": "sk-simulator-demo",
+                "timeout_connect": 5,
+                "timeout_read": 60,
+            },
+        ],
+        "models": [
+            {
+                "name": "sim-fast",
+                "description": "Simulator, fast deterministic echo.",
+                "deployments": [{"provider": "sim", "upstream_model": "sim-echo"}],
+            },
+            {
+                "name": "sim-slow",
+                "description": "Simulator, 60 tokens at one every 50 ms.",
+                "deployments": [{"provider": "sim", "upstream_model": "sim-echo?tokens=60&interval_ms=50"}],
+            },
+            {
+                "name": "sim-claude",
+                "description": "Simulator behind the Anthropic dialect.",
+                "deployments": [{"provider": "sim-anthropic", "upstream_model": "sim-echo"}],
+            },
+            {
+                "name": "sim-failover",
+                "description": "First deployment always answers 500; the gateway fails over to the second.",
+                "deployments": [
+                    {"provider": "sim", "upstream_model": "sim-echo?fail=500", "priority": 0},
+                    {"provider": "sim", "upstream_model": "sim-echo", "priority": 1},
+                ],
+            },
+        ],
+        "tiers": [
+            {
+                "name": "free",
+                "rpm": 60,
+                "tpm": 100000,
+                "max_concurrent": 5,
+                "daily_tokens": 1000000,
+                "max_output_tokens": 4096,
+            },
+            {"name": "pro", "rpm": 600, "max_concurrent": 50},
+        ],
+    }
+
+
+class Command(BaseCommand):
+    help = (
+        "Set up the demo against the upstream simulator (GATEWAY_SIMULATOR_URL, default "
+        f"{DEFAULT_SIMULATOR_URL}): providers, models, tiers, a superuser '{ADMIN_USERNAME}' and a fresh "
+        f"API key named '{DEMO_KEY_NAME}'. Safe to run again; each run replaces the demo key."
+    )
+
+    def handle(self, *args, **options):
+        simulator_url = os.environ.get("GATEWAY_SIMULATOR_URL", DEFAULT_SIMULATOR_URL).rstrip("/")
+        public_url = os.environ.get("GATEWAY_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/")
+
+        config_text = yaml.safe_dump(demo_config(simulator_url), sort_keys=False)
+        try:
+            summary = gateway_config_import(data_text=config_text, source_name="seed_demo")
+        except ConfigImportError as exc:
+            raise CommandError("demo configuration was rejected:\n" + "\n".join(exc.problems)) from None
+        self.stdout.write(f"Demo configuration for the simulator at {simulator_url}:")
+        for line in summary.lines():
+            self.stdout.write(f"  {line}")
+
+        with transaction.atomic():
+            User = get_user_model()
+            admin_user = User.objects.filter(username=ADMIN_USERNAME).first()
+            password = None
+            if admin_user is None:
+                password = secrets.token_urlsafe(12)
+                admin_user = User.objects.create_superuser(
+                    username=ADMIN_USERNAME, email="admin@example.com", password=password
+                )
+            replaced, _ = ApiKey.objects.filter(owner=admin_user, name=DEMO_KEY_NAME).delete()
+            issued = api_key_issue(owner=admin_user, tier=Tier.objects.get(name=DEMO_KEY_TIER), name=DEMO_KEY_NAME)
+
+        if password is None:
+            self.stdout.write(
+                f"User '{ADMIN_USERNAME}' already exists; its password is unchanged "
+                f"(set a new one with `python manage.py changepassword {ADMIN_USERNAME}`)."
+            )
+            password_note = "password unchanged"
+        else:
+            self.stdout.write(f"Created superuser '{ADMIN_USERNAME}'; the password is shown only now.")
+            password_note = f"password {password}"
+        replaced_note = " (the previous one was deleted)" if replaced else ""
+        self.stdout.write(f"Issued API key '{DEMO_KEY_NAME}' on tier {DEMO_KEY_TIER}{replaced_note}.")
+        self.stdout.write("")
+        self.stdout.write(f"Admin:    {public_url}/admin/  (user {ADMIN_USERNAME}, {password_note})")
+        self.stdout.write(f"API key:  {issued.plaintext}")
