@@ -31,8 +31,10 @@ config_watch.on_change(_cache_reset)
 
 def key_context_build(api_key: ApiKey) -> KeyContext:
     tier = api_key.tier
-    limits = {name: getattr(api_key, name) if getattr(api_key, name) is not None else getattr(tier, name)
-              for name in LIMIT_FIELDS}
+    limits = {
+        name: getattr(api_key, name) if getattr(api_key, name) is not None else getattr(tier, name)
+        for name in LIMIT_FIELDS
+    }
     allowed = frozenset(m.name for m in tier.allowed_models.all())
     return KeyContext(
         key_id=api_key.id,

@@ -28,13 +28,20 @@ def redis_server_command(*, socket_path: Path, data_dir: Path, persist: bool) ->
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         redis_binary(),
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(data_dir),
-        "--save", "",
-        "--databases", "16",
-        "--loglevel", "warning",
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--databases",
+        "16",
+        "--loglevel",
+        "warning",
     ]
     if persist:
         # Append-only file: queued usage events survive a restart of the embedded server.

@@ -4,8 +4,9 @@
 class GatewayError(Exception):
     """A failure the client should see: HTTP status, stable code, message naming the problem."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 param: str | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code

@@ -69,7 +69,9 @@ class Bench:
 
     def spawn(self, command, env=None, log="proc") -> subprocess.Popen:
         out = open(self.tmp / f"{log}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(command, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=subprocess.STDOUT
+        )
         self.processes.append(process)
         return process
 
@@ -114,17 +116,59 @@ class Bench:
         tier = Tier.objects.create(name="bench")
         self.key = api_key_issue(owner=service_user_get_or_create(), tier=tier, name="bench").plaintext
         # The usage pipeline runs as in production: a worker drains the queue while we measure.
-        self.spawn([sys.executable, "-m", "celery", "-A", "aigateway", "worker", "--beat", "--pool", "solo",
-                    "-l", "warning", "-s", str(self.tmp / "beat")], self.env, "worker")
+        self.spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "aigateway",
+                "worker",
+                "--beat",
+                "--pool",
+                "solo",
+                "-l",
+                "warning",
+                "-s",
+                str(self.tmp / "beat"),
+            ],
+            self.env,
+            "worker",
+        )
 
     def start_gateway(self, server: str) -> tuple[str, subprocess.Popen]:
         port = free_port()
         if server == "uvicorn":
-            command = [sys.executable, "-m", "uvicorn", "aigateway.asgi:application", "--host", "127.0.0.1", "--port",
-                       str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "aigateway.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ]
         else:
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
-                       "aigateway.asgi:application"]
+            command = [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-v",
+                "0",
+                "aigateway.asgi:application",
+            ]
         process = self.spawn(command, self.env, f"gateway-{server}")
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", process=process)
@@ -135,8 +179,9 @@ class Bench:
         if not binary.exists():
             print(f"installing litellm[proxy]=={LITELLM_VERSION} into {LITELLM_VENV} ...", flush=True)
             subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-            subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
-                           check=True)
+            subprocess.run(
+                [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"], check=True
+            )
         config = self.tmp / "litellm.yaml"
         config.write_text(
             "model_list:\n"
@@ -148,8 +193,11 @@ class Bench:
         )
         port = free_port()
         env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
-        process = self.spawn([str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                              "--num_workers", "1"], env, "litellm")
+        process = self.spawn(
+            [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            env,
+            "litellm",
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health/liveliness", timeout=180, process=process)
         return url, process
@@ -158,8 +206,9 @@ class Bench:
 async def ttfb_once(client: httpx.AsyncClient, base: str, key: str, model: str) -> float:
     body = {"model": model, "messages": MESSAGES, "stream": True}
     started = time.perf_counter()
-    async with client.stream("POST", base + "/chat/completions", json=body,
-                             headers={"Authorization": f"Bearer {key}"}) as response:
+    async with client.stream(
+        "POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+    ) as response:
         first = None
         async for raw in response.aiter_raw():
             if first is None and raw:
@@ -218,10 +267,12 @@ async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: in
     body = {"model": "sim-hold", "messages": MESSAGES, "stream": True}
 
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
         async def hold():
             nonlocal count
-            async with client.stream("POST", base + "/chat/completions", json=body,
-                                     headers={"Authorization": f"Bearer {key}"}) as response:
+            async with client.stream(
+                "POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as response:
                 async for _ in response.aiter_raw():
                     break
                 count += 1
@@ -249,8 +300,9 @@ def run_target(name, base, key, pid, args) -> dict:
     row["ttfb_c1_p50"], row["ttfb_c1_p99"] = pct(one, 50), pct(one, 99)
     fifty = asyncio.run(ttfb(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, total=total50))
     row["ttfb_c50_p50"], row["ttfb_c50_p99"] = pct(fifty, 50), pct(fifty, 99)
-    row["rps"] = asyncio.run(rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50,
-                                 seconds=5 if args.quick else 10))
+    row["rps"] = asyncio.run(
+        rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, seconds=5 if args.quick else 10)
+    )
     if pid is not None and not args.no_memory:
         idle, loaded = asyncio.run(memory_with_open_streams(base, key, pid, streams=500))
         row["rss_idle_mib"], row["rss_500_mib"] = idle, loaded
@@ -283,15 +335,21 @@ def main() -> None:
         bench.close()
     direct = rows[0]
     print()
-    print(f"{'target':<18}{'ttfb c1 p50':>12}{'c1 p99':>9}{'c1 +p50':>9}{'c50 p50':>9}{'c50 p99':>9}"
-          f"{'req/s':>9}{'RSS idle':>10}{'RSS 500':>9}")
+    print(
+        f"{'target':<18}{'ttfb c1 p50':>12}{'c1 p99':>9}{'c1 +p50':>9}{'c50 p50':>9}{'c50 p99':>9}"
+        f"{'req/s':>9}{'RSS idle':>10}{'RSS 500':>9}"
+    )
     for row in rows:
         added = row["ttfb_c1_p50"] - direct["ttfb_c1_p50"]
-        print(f"{row['target']:<18}{row['ttfb_c1_p50']:>10.2f}ms{row['ttfb_c1_p99']:>7.2f}ms{added:>7.2f}ms"
-              f"{row['ttfb_c50_p50']:>7.1f}ms{row['ttfb_c50_p99']:>7.1f}ms{row['rps']:>9.0f}"
-              f"{row.get('rss_idle_mib', float('nan')):>8.0f}Mi{row.get('rss_500_mib', float('nan')):>7.0f}Mi")
-    print(f"\n(loopback, {os.cpu_count()} cores; client, relay and simulator share the machine; "
-          f"median of c1 added TTFB is the gateway's own cost)")
+        print(
+            f"{row['target']:<18}{row['ttfb_c1_p50']:>10.2f}ms{row['ttfb_c1_p99']:>7.2f}ms{added:>7.2f}ms"
+            f"{row['ttfb_c50_p50']:>7.1f}ms{row['ttfb_c50_p99']:>7.1f}ms{row['rps']:>9.0f}"
+            f"{row.get('rss_idle_mib', float('nan')):>8.0f}Mi{row.get('rss_500_mib', float('nan')):>7.0f}Mi"
+        )
+    print(
+        f"\n(loopback, {os.cpu_count()} cores; client, relay and simulator share the machine; "
+        f"median of c1 added TTFB is the gateway's own cost)"
+    )
 
 
 if __name__ == "__main__":

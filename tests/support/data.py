@@ -6,8 +6,9 @@ from accounts.services import api_key_issue, service_user_get_or_create
 from providers.models import Deployment, Model, Provider
 
 
-def provider_create(name: str, base_url: str, *, dialect: str = "openai", api_key: str = "sk-upstream-test",
-                    **fields) -> Provider:
+def provider_create(
+    name: str, base_url: str, *, dialect: str = "openai", api_key: str = "sk-upstream-test", **fields
+) -> Provider:
     provider = Provider(name=name, dialect=dialect, base_url=base_url, **fields)
     provider.api_key = api_key
     provider.save()

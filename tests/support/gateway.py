@@ -51,15 +51,30 @@ def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
 def gateway_start(redis_url: str, tmp_path: Path, *, server: str = "uvicorn", **env_extra) -> GatewayHandle:
     port = free_port()
     if server == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "aigateway.asgi:application", "--host", "127.0.0.1",
-                   "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                   "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "aigateway.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
     else:
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aigateway.asgi:application"]
     log_path = tmp_path / f"gateway-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(command, cwd=ROOT, env=gateway_env(redis_url, **env_extra),
-                               stdout=log_file, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=gateway_env(redis_url, **env_extra), stdout=log_file, stderr=subprocess.STDOUT
+    )
     log_file.close()
     url = f"http://127.0.0.1:{port}"
     try:

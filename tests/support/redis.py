@@ -19,7 +19,9 @@ def redis_server():
     previous = settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url.replace("unix://", "redis+socket://", 1)
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
+    }
     yield url
     settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS = previous
     stop_process(process)
