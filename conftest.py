@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.support.redis",
     "tests.support.simulator",
     "tests.support.gateway",
+    "tests.support.celery",
 ]

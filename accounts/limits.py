@@ -1,0 +1,275 @@
+"""Rate limits and quotas on the hot path: one Redis round trip (a Lua script) per admission and per settle.
+
+Requests and tokens per minute are token buckets refilled continuously over 60 seconds (GCRA: one stored
+timestamp per bucket), so a key never gets a double burst at a window boundary and `retry_after` is exact.
+Concurrency is a sorted set of leases scored by expiry, so a process that dies mid-request frees its leases
+after GATEWAY_LEASE_TTL_SECONDS. Daily tokens are a plain counter per UTC day.
+"""
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from redis.exceptions import NoScriptError, RedisError
+
+from accounts.context import KeyContext
+from aigateway.redis import redis_async
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+DAY_SECONDS = 86400
+DEFAULT_LEASE_TTL_SECONDS = 300
+_REDIS_DOWN_LOG_INTERVAL = 10.0
+
+# Order matters: the admit script reports the first limit that refused, with this index.
+_REFUSAL_CODES = {1: "concurrency", 2: "requests", 3: "tokens", 4: "daily_tokens", 5: "tokens"}
+
+
+class _LuaScript:
+    """EVALSHA with a fallback to EVAL (which also caches the script) when the server answers NOSCRIPT."""
+
+    def __init__(self, filename: str):
+        self.source = (Path(__file__).parent / "lua" / filename).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, client, keys: list[str], args: list) -> object:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self.source, len(keys), *keys, *args)
+
+
+_ADMIT = _LuaScript("limits_admit.lua")
+_SETTLE = _LuaScript("limits_settle.lua")
+_LEASE_REFRESH = _LuaScript("limits_lease_refresh.lua")
+_REMAINING = _LuaScript("limits_remaining.lua")
+
+
+@dataclass
+class Admission:
+    allowed: bool
+    code: str | None
+    message: str
+    retry_after: float | None
+    headers: dict[str, str]
+    lease_id: str | None
+    reserved_tokens: int
+    # UTC day number the daily reservation was booked on, so settle corrects that day's counter.
+    day: int | None = field(default=None, repr=False)
+
+
+def _keys(key_id: int, day: int) -> list[str]:
+    # One hash tag per API key: every key a script touches lives in the same cluster slot.
+    base = f"gw:rl:{{{key_id}}}"
+    return [f"{base}:leases", f"{base}:req", f"{base}:tok", f"{base}:day:{day}"]
+
+
+def _utc_day() -> int:
+    return int(time.time() // DAY_SECONDS)
+
+
+def _lease_ttl_ms() -> int:
+    return int(float(getattr(settings, "GATEWAY_LEASE_TTL_SECONDS", DEFAULT_LEASE_TTL_SECONDS)) * 1000)
+
+
+def _needs_lease(ctx: KeyContext) -> bool:
+    """A lease is what settle releases; keys whose only limit is rpm have nothing to settle."""
+    return bool(ctx.max_concurrent or ctx.tpm or ctx.daily_tokens)
+
+
+def _has_limits(ctx: KeyContext) -> bool:
+    return bool(ctx.rpm or ctx.tpm or ctx.max_concurrent or ctx.daily_tokens)
+
+
+def format_reset(milliseconds: float) -> str:
+    """A duration the way OpenAI's x-ratelimit-reset-* headers write it: "120ms", "6s", "1m30s", "1h0m0s"."""
+    ms = max(0, math.ceil(milliseconds))
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    hours, rest = divmod(ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
+
+
+def _format_seconds(seconds: float) -> str:
+    return format_reset(seconds * 1000) if seconds < 1 else format_reset(math.ceil(seconds) * 1000)
+
+
+def _headers(ctx: KeyContext, result: list) -> dict[str, str]:
+    _, _, req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, _ = result
+    headers = {}
+    if ctx.rpm:
+        headers["x-ratelimit-limit-requests"] = str(ctx.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(req_remaining)
+        headers["x-ratelimit-reset-requests"] = format_reset(req_reset_ms)
+    if ctx.tpm:
+        headers["x-ratelimit-limit-tokens"] = str(ctx.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(tok_remaining)
+        headers["x-ratelimit-reset-tokens"] = format_reset(tok_reset_ms)
+    return headers
+
+
+def _refusal_message(ctx: KeyContext, code_index: int, retry_after: float | None, *, estimate: int, used: int) -> str:
+    retry = f" Retry after {_format_seconds(retry_after)}." if retry_after is not None else ""
+    if code_index == 1:
+        return f"Too many concurrent requests (limit {ctx.max_concurrent}).{retry}"
+    if code_index == 2:
+        return f"Rate limit reached for requests per minute (limit {ctx.rpm}).{retry}"
+    if code_index == 3:
+        return f"Rate limit reached for tokens per minute (limit {ctx.tpm}, this request needs ~{estimate}).{retry}"
+    if code_index == 5:
+        return (
+            f"Request too large for tokens per minute (limit {ctx.tpm}, this request needs ~{estimate}). "
+            "Reduce the prompt or max_tokens."
+        )
+    return f"Daily token quota reached (limit {ctx.daily_tokens}, used {used}, this request needs ~{estimate}).{retry}"
+
+
+_last_redis_warning = 0.0
+
+
+def _warn_redis_down(action: str, exc: Exception) -> None:
+    global _last_redis_warning
+    now = time.monotonic()
+    if now - _last_redis_warning >= _REDIS_DOWN_LOG_INTERVAL:
+        _last_redis_warning = now
+        logger.warning("rate limits: redis unavailable during %s, failing open: %s", action, type(exc).__name__)
+
+
+def _unlimited() -> Admission:
+    return Admission(
+        allowed=True, code=None, message="", retry_after=None, headers={}, lease_id=None, reserved_tokens=0
+    )
+
+
+async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str) -> Admission:
+    """Check concurrency, requests/min, tokens/min and daily tokens atomically; commit only if all pass.
+
+    If Redis is unreachable the request is admitted (the gateway stays up) and a warning is logged.
+    """
+    if not _has_limits(ctx):
+        return _unlimited()
+    estimate = max(0, int(estimate_tokens))
+    need_lease = _needs_lease(ctx)
+    # A random suffix: a client-chosen request id must not let two requests share one lease.
+    lease_id = f"{request_id}:{secrets.token_hex(4)}" if need_lease else None
+    day = _utc_day()
+    args = [
+        lease_id or "",
+        _lease_ttl_ms(),
+        ctx.max_concurrent or 0,
+        ctx.rpm or 0,
+        ctx.tpm or 0,
+        ctx.daily_tokens or 0,
+        estimate,
+        1 if need_lease else 0,
+    ]
+    try:
+        result = await _ADMIT(redis_async(), _keys(ctx.key_id, day), args)
+    except (RedisError, OSError) as exc:
+        _warn_redis_down("admit", exc)
+        return _unlimited()
+
+    code_index, retry_ms, *_ = result
+    used = result[6]
+    headers = _headers(ctx, result)
+    if code_index == 0:
+        return Admission(
+            allowed=True,
+            code=None,
+            message="",
+            retry_after=None,
+            headers=headers,
+            lease_id=lease_id,
+            reserved_tokens=estimate if (ctx.tpm or ctx.daily_tokens) else 0,
+            day=day,
+        )
+    retry_after = retry_ms / 1000 if retry_ms >= 0 else None
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    return Admission(
+        allowed=False,
+        code=_REFUSAL_CODES[code_index],
+        message=_refusal_message(ctx, code_index, retry_after, estimate=estimate, used=used),
+        retry_after=retry_after,
+        headers=headers,
+        lease_id=None,
+        reserved_tokens=0,
+        day=day,
+    )
+
+
+async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> None:
+    """Release the lease and correct the token counters by (actual - reserved); a second call does nothing."""
+    if not admission.allowed or admission.lease_id is None:
+        return
+    delta = 0 if actual_tokens is None else max(0, int(actual_tokens)) - admission.reserved_tokens
+    day = admission.day if admission.day is not None else _utc_day()
+    keys = _keys(ctx.key_id, day)
+    args = [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0]
+    try:
+        await _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], args)
+    except (RedisError, OSError) as exc:
+        # The lease expires on its own after the lease TTL.
+        _warn_redis_down("settle", exc)
+
+
+async def limits_lease_refresh(ctx: KeyContext, admission: Admission) -> None:
+    """Keep a long stream's lease alive for another lease TTL."""
+    if not admission.allowed or admission.lease_id is None:
+        return
+    try:
+        await _LEASE_REFRESH(redis_async(), [_keys(ctx.key_id, 0)[0]], [admission.lease_id, _lease_ttl_ms()])
+    except (RedisError, OSError) as exc:
+        _warn_redis_down("lease refresh", exc)
+
+
+def _bucket(limit: int | None, tat_ms: float, now_ms: float) -> dict | None:
+    if not limit:
+        return None
+    debt = max(0.0, tat_ms - now_ms)
+    interval = WINDOW_SECONDS * 1000 / limit
+    remaining = max(0, math.floor((WINDOW_SECONDS * 1000 - debt + min(1, interval / 2)) / interval))
+    return {"limit": limit, "remaining": remaining, "reset_seconds": round(debt / 1000, 3)}
+
+
+async def limits_remaining(ctx: KeyContext) -> dict:
+    """What the key has left right now (read-only). A limit that is not set maps to None.
+
+    {"requests": {"limit", "remaining", "reset_seconds"}, "tokens": {...},
+     "daily_tokens": {"limit", "used", "remaining", "reset_seconds"}, "concurrent": {"limit", "in_flight"}}
+    """
+    day = _utc_day()
+    now_ms, in_flight, req_tat, tok_tat, daily_used = float(time.time() * 1000), 0, 0.0, 0.0, 0
+    if _has_limits(ctx):
+        raw = await _REMAINING(redis_async(), _keys(ctx.key_id, day), [])
+        now_ms, in_flight, req_tat, tok_tat, daily_used = float(raw[0]), raw[1], float(raw[2]), float(raw[3]), raw[4]
+    daily = None
+    if ctx.daily_tokens:
+        reset_ms = DAY_SECONDS * 1000 - (now_ms % (DAY_SECONDS * 1000))
+        daily = {
+            "limit": ctx.daily_tokens,
+            "used": daily_used,
+            "remaining": max(0, ctx.daily_tokens - daily_used),
+            "reset_seconds": round(reset_ms / 1000, 3),
+        }
+    concurrent = {"limit": ctx.max_concurrent, "in_flight": in_flight} if ctx.max_concurrent else None
+    return {
+        "requests": _bucket(ctx.rpm, req_tat, now_ms),
+        "tokens": _bucket(ctx.tpm, tok_tat, now_ms),
+        "daily_tokens": daily,
+        "concurrent": concurrent,
+    }

@@ -1,0 +1,465 @@
+"""The usage pipeline: the hot path appends one event per request to a Redis list; a Celery task drains
+the list into UsageRecord rows and UsageDaily aggregates in batches, without losing or double counting.
+
+Drain protocol: under a Redis lock, read the head of the queue (LRANGE), write it in one transaction
+(skipping request ids already stored), then trim exactly what was read (LTRIM) — only if the lock is
+still ours. A crash anywhere leaves the batch in Redis; the next run re-reads it and skips what was
+already committed.
+"""
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import orjson
+from django.conf import settings
+from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db.models import F, Q
+from redis.exceptions import RedisError
+
+from aigateway.redis import redis_async, redis_sync
+
+logger = logging.getLogger(__name__)
+
+USAGE_QUEUE_KEY = "gw:usage:queue"
+USAGE_DEAD_KEY = "gw:usage:dead"
+USAGE_LOCK_KEY = "gw:usage:flush-lock"
+RETRY_BUFFER_SIZE = 10_000
+DEFAULT_FLUSH_LOCK_SECONDS = 5.0
+_IN_CHUNK = 500  # SQLite allows 999 parameters per statement.
+_MILLION = Decimal(1_000_000)
+_COST_QUANTUM = Decimal("0.00000001")
+
+# Trim what this flush read and dead-letter the malformed events, but only while the lock is still ours:
+# a flusher whose lock expired must not trim events that another flusher has not written yet.
+_TRIM_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+for i = 3, #ARGV do
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+end
+redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+return 1
+"""
+_EXTEND_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# Events that could not be pushed because Redis was unreachable; pushed ahead of the next event.
+_retry_buffer: collections.deque[bytes] = collections.deque(maxlen=RETRY_BUFFER_SIZE)
+_retry_task: asyncio.Task | None = None
+
+
+def _encode(event: dict) -> bytes | None:
+    try:
+        return orjson.dumps(event, default=str)
+    except TypeError as exc:
+        logger.warning("usage event %s not serializable, dropped: %s", event.get("request_id"), exc)
+        return None
+
+
+def _hold(payload: bytes) -> None:
+    if len(_retry_buffer) == RETRY_BUFFER_SIZE:
+        logger.error("usage retry buffer full (%d events): the oldest held event is dropped", RETRY_BUFFER_SIZE)
+    _retry_buffer.append(payload)
+
+
+def _forget(pushed: list[bytes]) -> None:
+    """Remove pushed events from the buffer's head. Others may have pushed (and removed) some of them
+    meanwhile; only the head is ever removed, so whatever is still there sits at the left, in order."""
+    for payload in pushed:
+        if _retry_buffer and _retry_buffer[0] is payload:
+            _retry_buffer.popleft()
+
+
+async def _push(payload: bytes | None) -> bool:
+    """RPUSH the held events plus `payload`. An event leaves the buffer only after Redis has it; a push
+    interrupted halfway may queue an event twice, which the flush deduplicates by request id."""
+    held = list(_retry_buffer)
+    batch = held if payload is None else [*held, payload]
+    if not batch:
+        return True
+    try:
+        await redis_async().rpush(USAGE_QUEUE_KEY, *batch)
+    except asyncio.CancelledError:
+        if payload is not None:
+            _hold(payload)
+        raise
+    except Exception as exc:
+        if payload is not None:
+            _hold(payload)
+        logger.warning("usage queue unavailable (%s); %d events held for retry", type(exc).__name__, len(batch))
+        _schedule_retry()
+        return False
+    _forget(held)
+    return True
+
+
+async def usage_record(event: dict) -> None:
+    """Queue one usage event (one RPUSH). Never raises: if Redis is down the event waits in process."""
+    payload = _encode(event)
+    if payload is None:
+        return
+    if _retry_buffer and _drain_running():
+        # Redis just failed and the background drain is retrying: requests do not wait on it meanwhile.
+        _hold(payload)
+        return
+    await _push(payload)
+
+
+def _drain_running() -> bool:
+    task = _retry_task
+    if task is None or task.done():
+        return False
+    try:
+        return task.get_loop() is asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+
+
+def _schedule_retry() -> None:
+    """Drain the retry buffer in the background, so held events do not wait for the next request."""
+    global _retry_task
+    if _drain_running():
+        return
+    try:
+        _retry_task = asyncio.get_running_loop().create_task(_drain_retry_buffer())
+    except RuntimeError:
+        _retry_task = None
+
+
+async def _drain_retry_buffer() -> None:
+    delay = 0.5
+    while _retry_buffer:
+        await asyncio.sleep(delay)
+        count = len(_retry_buffer)
+        if await _push(None):
+            logger.info("usage queue reachable again; %d held events queued", count)
+            delay = 0.5
+        else:
+            delay = min(delay * 2, 30.0)
+
+
+def usage_retry_buffer_size() -> int:
+    return len(_retry_buffer)
+
+
+class MalformedEvent(ValueError):
+    pass
+
+
+_REQUIRED = ("request_id", "model", "endpoint", "status_code", "created_at")
+_STRING_LIMITS = {"model": 128, "provider": 64, "endpoint": 64, "error_type": 64}
+_FLOAT_FIELDS = (
+    "ttfb_upstream_ms",
+    "ttfb_ms",
+    "duration_ms",
+    "interval_mean_ms",
+    "interval_p50_ms",
+    "interval_p95_ms",
+    "interval_max_ms",
+    "zero_interval_share",
+)
+
+
+def _optional_int(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"not an integer id: {value!r}")
+    return value
+
+
+def _count(event: dict, name: str, *, default: int = 0, maximum: int = 2**31 - 1) -> int:
+    value = event.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedEvent(f"{name} is not a number")
+    return min(max(0, int(value)), maximum)
+
+
+def _parse_event(raw: bytes) -> dict:
+    """Decode and normalize one queued event into UsageRecord field values; raise MalformedEvent."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedEvent("not JSON") from exc
+    if not isinstance(event, dict):
+        raise MalformedEvent("not an object")
+    missing = [name for name in _REQUIRED if event.get(name) in (None, "")]
+    if missing:
+        raise MalformedEvent(f"missing {', '.join(missing)}")
+    request_id = event["request_id"]
+    if not isinstance(request_id, str) or len(request_id) > 64:
+        raise MalformedEvent("bad request_id")
+    created = event["created_at"]
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise MalformedEvent("bad created_at")
+    try:
+        created_at = datetime.fromtimestamp(created, tz=UTC)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise MalformedEvent("bad created_at") from exc
+    fields = {
+        "request_id": request_id,
+        "api_key_id": _optional_int(event.get("api_key_id")),
+        "deployment_id": _optional_int(event.get("deployment_id")),
+        "stream": bool(event.get("stream", False)),
+        "status_code": _count(event, "status_code", maximum=32767),
+        "prompt_tokens": _count(event, "prompt_tokens"),
+        "completion_tokens": _count(event, "completion_tokens"),
+        "tokens_estimated": bool(event.get("tokens_estimated", False)),
+        "chunk_count": _count(event, "chunk_count"),
+        "attempts": _count(event, "attempts", default=1, maximum=32767),
+        "created_at": created_at,
+    }
+    for name, limit in _STRING_LIMITS.items():
+        value = event.get(name) or ""
+        if not isinstance(value, str):
+            raise MalformedEvent(f"{name} is not a string")
+        fields[name] = value[:limit]
+    for name in _FLOAT_FIELDS:
+        value = event.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise MalformedEvent(f"{name} is not a number")
+        fields[name] = None if value is None else float(value)
+    return fields
+
+
+@dataclass
+class _Batch:
+    raw_count: int
+    events: list[dict]
+    raw_by_request_id: dict[str, bytes]
+    dead: list[bytes]
+
+
+def _read_batch(client, batch_size: int) -> _Batch:
+    raw = client.lrange(USAGE_QUEUE_KEY, 0, batch_size - 1)
+    events, dead, raw_by_request_id = [], [], {}
+    for item in raw:
+        try:
+            fields = _parse_event(item)
+        except MalformedEvent as exc:
+            logger.error("malformed usage event moved to %s: %s", USAGE_DEAD_KEY, exc)
+            dead.append(item)
+            continue
+        if fields["request_id"] in raw_by_request_id:
+            continue
+        raw_by_request_id[fields["request_id"]] = item
+        events.append(fields)
+    return _Batch(raw_count=len(raw), events=events, raw_by_request_id=raw_by_request_id, dead=dead)
+
+
+def _chunks(values: list, size: int = _IN_CHUNK):
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _existing(model, field: str, values) -> set:
+    values = list(values)
+    found = set()
+    for chunk in _chunks(values):
+        found.update(model.objects.filter(**{f"{field}__in": chunk}).values_list(field, flat=True))
+    return found
+
+
+def _prices(model_names) -> dict[str, tuple[Decimal, Decimal]]:
+    from providers.models import Model
+
+    prices = {}
+    for name, price_in, price_out in Model.objects.filter(name__in=list(model_names)).values_list(
+        "name", "input_price_per_million", "output_price_per_million"
+    ):
+        prices[name] = (price_in or Decimal(0), price_out or Decimal(0))
+    return prices
+
+
+def usage_cost(*, prompt_tokens: int, completion_tokens: int, prices: tuple[Decimal, Decimal] | None) -> Decimal:
+    if prices is None:
+        return Decimal(0)
+    price_in, price_out = prices
+    return ((prompt_tokens * price_in + completion_tokens * price_out) / _MILLION).quantize(_COST_QUANTUM)
+
+
+def _write_events(events: list[dict]) -> int:
+    """Write one batch in one transaction; returns the number of new records. Raises on DB errors."""
+    from accounts.models import ApiKey, UsageDaily, UsageRecord
+    from providers.models import Deployment
+
+    with transaction.atomic():
+        stored = _existing(UsageRecord, "request_id", (event["request_id"] for event in events))
+        new = [event for event in events if event["request_id"] not in stored]
+        if not new:
+            return 0
+        key_ids = _existing(ApiKey, "pk", {e["api_key_id"] for e in new if e["api_key_id"] is not None})
+        deployment_ids = _existing(
+            Deployment, "pk", {e["deployment_id"] for e in new if e["deployment_id"] is not None}
+        )
+        prices = _prices({event["model"] for event in new})
+        records = []
+        daily: dict[tuple[date, int, str], dict] = {}
+        last_used: dict[int, datetime] = {}
+        for event in new:
+            if event["api_key_id"] not in key_ids:
+                event["api_key_id"] = None
+            if event["deployment_id"] not in deployment_ids:
+                event["deployment_id"] = None
+            cost = usage_cost(
+                prompt_tokens=event["prompt_tokens"],
+                completion_tokens=event["completion_tokens"],
+                prices=prices.get(event["model"]),
+            )
+            records.append(UsageRecord(cost=cost, **event))
+            key_id = event["api_key_id"]
+            if key_id is None:
+                continue
+            totals = daily.setdefault(
+                (event["created_at"].date(), key_id, event["model"]),
+                {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal(0)},
+            )
+            totals["requests"] += 1
+            totals["errors"] += 1 if event["status_code"] >= 400 else 0
+            totals["prompt_tokens"] += event["prompt_tokens"]
+            totals["completion_tokens"] += event["completion_tokens"]
+            totals["cost"] += cost
+            if key_id not in last_used or last_used[key_id] < event["created_at"]:
+                last_used[key_id] = event["created_at"]
+
+        UsageRecord.objects.bulk_create(records)
+        for (day, key_id, model), totals in daily.items():
+            _daily_add(UsageDaily, day=day, api_key_id=key_id, model=model, totals=totals)
+        for key_id, used_at in last_used.items():
+            ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at), pk=key_id).update(
+                last_used_at=used_at
+            )
+    return len(new)
+
+
+def _daily_add(UsageDaily, *, day: date, api_key_id: int, model: str, totals: dict) -> None:
+    rows = UsageDaily.objects.filter(date=day, api_key_id=api_key_id, model=model)
+    increments = {name: F(name) + value for name, value in totals.items()}
+    if rows.update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            UsageDaily.objects.create(date=day, api_key_id=api_key_id, model=model, **totals)
+    except IntegrityError:
+        rows.update(**increments)
+
+
+def _write_one_by_one(batch: _Batch) -> int:
+    """After a batch failed on its data, find the poisonous events instead of blocking the queue forever."""
+    written = 0
+    for event in batch.events:
+        try:
+            written += _write_events([dict(event)])
+        except (IntegrityError, DataError) as exc:
+            logger.error(
+                "usage event %s rejected by the database, moved to %s: %s", event["request_id"], USAGE_DEAD_KEY, exc
+            )
+            batch.dead.append(batch.raw_by_request_id[event["request_id"]])
+    return written
+
+
+@dataclass
+class FlushOutcome:
+    written: int = 0
+    drained: int = 0
+    lock_lost: bool = False
+
+
+def _flush_batch(client, token: str, batch_size: int) -> FlushOutcome:
+    batch = _read_batch(client, batch_size)
+    if batch.raw_count == 0:
+        return FlushOutcome()
+    try:
+        written = _write_events([dict(event) for event in batch.events]) if batch.events else 0
+    except (IntegrityError, DataError):
+        written = _write_one_by_one(batch)
+    trimmed = client.eval(
+        _TRIM_SCRIPT, 3, USAGE_LOCK_KEY, USAGE_QUEUE_KEY, USAGE_DEAD_KEY, token, batch.raw_count, *batch.dead
+    )
+    if not trimmed:
+        logger.warning("usage flush lock expired during a batch; the next flush re-reads it (no double count)")
+        return FlushOutcome(written=written, lock_lost=True)
+    return FlushOutcome(written=written, drained=batch.raw_count)
+
+
+def _lock_ms() -> int:
+    return int(float(getattr(settings, "GATEWAY_USAGE_FLUSH_LOCK_SECONDS", DEFAULT_FLUSH_LOCK_SECONDS)) * 1000)
+
+
+def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> int:
+    """Drain the usage queue into the database; returns the number of records written.
+
+    Runs batches until the queue is empty or `max_seconds` have passed. Returns 0 at once when another
+    flusher holds the lock. A batch that fails to write stays queued and is retried by the next run.
+    """
+    client = redis_sync()
+    token = secrets.token_hex(16)
+    lock_ms = _lock_ms()
+    if not client.set(USAGE_LOCK_KEY, token, nx=True, px=lock_ms):
+        return 0
+    started = time.monotonic()
+    written = 0
+    try:
+        while True:
+            outcome = _flush_batch(client, token, batch_size)
+            written += outcome.written
+            if outcome.lock_lost or outcome.drained < batch_size:
+                break
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                break
+            if not client.eval(_EXTEND_LOCK_SCRIPT, 1, USAGE_LOCK_KEY, token, lock_ms):
+                break
+    except DatabaseError as exc:
+        logger.warning("usage flush: database unavailable, events stay queued: %s", type(exc).__name__)
+    finally:
+        try:
+            client.eval(_RELEASE_LOCK_SCRIPT, 1, USAGE_LOCK_KEY, token)
+        except RedisError:
+            pass  # The lock expires by itself.
+    return written
+
+
+def usage_pending_totals(*, api_key_id: int, start: date, end: date) -> dict[tuple[date, str], dict[str, int]]:
+    """Totals of events still queued (not yet flushed) for one key, per (UTC date, model), start..end inclusive.
+
+    Between a batch's commit and its trim the same events can be counted both here and in the database
+    for a few milliseconds; everything else is counted exactly once.
+    """
+    totals: dict[tuple[date, str], dict[str, int]] = {}
+    for raw in redis_sync().lrange(USAGE_QUEUE_KEY, 0, -1):
+        try:
+            event = _parse_event(raw)
+        except MalformedEvent:
+            continue
+        if event["api_key_id"] != api_key_id:
+            continue
+        day = event["created_at"].date()
+        if not start <= day <= end:
+            continue
+        row = totals.setdefault(
+            (day, event["model"]), {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        )
+        row["requests"] += 1
+        row["errors"] += 1 if event["status_code"] >= 400 else 0
+        row["prompt_tokens"] += event["prompt_tokens"]
+        row["completion_tokens"] += event["completion_tokens"]
+    return totals
