@@ -187,6 +187,8 @@ class Router:
 
 def order_routes(routes, rng: random.Random | None = None) -> list:
     """Priority ascending; within one priority a weighted random order (weight 0 = last resort)."""
+    if len(routes) == 1:
+        return list(routes)
     rng = rng or random
     by_priority: dict[int, list] = {}
     for route in routes:

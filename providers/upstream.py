@@ -9,6 +9,7 @@ import logging
 
 import httpx
 
+from providers.aiohttp_transport import AiohttpTransport
 from providers.routing import ProviderRoute
 
 logger = logging.getLogger(__name__)
@@ -18,12 +19,15 @@ _clients: dict[tuple[int, int], tuple[ProviderRoute, httpx.AsyncClient]] = {}
 
 def _client_build(provider: ProviderRoute) -> httpx.AsyncClient:
     timeout = httpx.Timeout(connect=provider.timeout_connect, read=provider.timeout_read, write=30.0, pool=30.0)
-    limits = httpx.Limits(
-        max_connections=provider.max_connections,
-        max_keepalive_connections=provider.max_connections,
-        keepalive_expiry=30.0,
+    transport = AiohttpTransport(max_connections=provider.max_connections)
+    # identity: a compressing upstream (or proxy) would buffer stream events inside its compressor.
+    return httpx.AsyncClient(
+        timeout=timeout,
+        transport=transport,
+        headers={"accept-encoding": "identity"},
+        follow_redirects=False,
+        trust_env=False,
     )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, trust_env=False)
 
 
 def upstream_client(provider: ProviderRoute) -> httpx.AsyncClient:

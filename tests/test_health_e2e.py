@@ -56,14 +56,22 @@ def test_disabling_a_deployment_takes_effect_within_seconds(gateway, fresh_simul
     model = model_create("sim-two", [(first, "sim-echo", 0), (second, "sim-echo", 1)])
     key = key_create("free")
     client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
-    assert client.chat.completions.with_raw_response.create(
-        model="sim-two", messages=MESSAGES).headers["x-gateway-provider"] == "first"
+    assert (
+        client.chat.completions.with_raw_response.create(model="sim-two", messages=MESSAGES).headers[
+            "x-gateway-provider"
+        ]
+        == "first"
+    )
     deployment = model.deployments.get(provider=first)
     deployment.enabled = False
     deployment.save()
     deadline = time.monotonic() + 5
-    while client.chat.completions.with_raw_response.create(
-            model="sim-two", messages=MESSAGES).headers["x-gateway-provider"] != "second":
+    while (
+        client.chat.completions.with_raw_response.create(model="sim-two", messages=MESSAGES).headers[
+            "x-gateway-provider"
+        ]
+        != "second"
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     model.enabled = False

@@ -26,8 +26,9 @@ async def fire(urls: list[str], key: str, total: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30, limits=limits) as client:
         return await asyncio.gather(
             *(
-                client.post(urls[i % len(urls)] + "/v1/chat/completions", json=body,
-                            headers={"Authorization": f"Bearer {key}"})
+                client.post(
+                    urls[i % len(urls)] + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                )
                 for i in range(total)
             )
         )
@@ -119,7 +120,9 @@ def test_daily_token_quota(gateway, models):
     spent = 0
     with pytest.raises(openai.RateLimitError, match="Daily token quota") as refused:
         for _ in range(20):
-            spent += client.chat.completions.create(model="sim-fast", messages=MESSAGES, max_tokens=5).usage.total_tokens
+            spent += client.chat.completions.create(
+                model="sim-fast", messages=MESSAGES, max_tokens=5
+            ).usage.total_tokens
     # The quota counts real usage (the estimate made at admission was corrected afterwards).
     assert f"used {spent}" in str(refused.value)
     assert 0 < spent <= 60

@@ -26,19 +26,25 @@ def test_thousand_requests_thousand_records_despite_worker_kill(gateway, fresh_s
             sem = asyncio.Semaphore(20)
 
             async def one(index):
-                body = {"model": "sim-fast", "messages": [{"role": "user", "content": f"request {index} " * (index % 5 + 1)}],
-                        "stream": index % 2 == 0, "stream_options": {"include_usage": True} if index % 2 == 0 else None}
+                body = {
+                    "model": "sim-fast",
+                    "messages": [{"role": "user", "content": f"request {index} " * (index % 5 + 1)}],
+                    "stream": index % 2 == 0,
+                    "stream_options": {"include_usage": True} if index % 2 == 0 else None,
+                }
                 if body["stream_options"] is None:
                     del body["stream_options"]
                 async with sem:
-                    response = await client.post(gateway.openai_base + "/chat/completions", json=body,
-                                                 headers={"Authorization": f"Bearer {key}"})
+                    response = await client.post(
+                        gateway.openai_base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
+                    )
                 assert response.status_code == 200, response.text
                 if body["stream"]:
                     import orjson
 
-                    chunks = [orjson.loads(line[6:]) for line in response.text.split("\n")
-                              if line.startswith("data: {")]
+                    chunks = [
+                        orjson.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: {")
+                    ]
                     usage = chunks[-1]["usage"]
                 else:
                     usage = response.json()["usage"]
