@@ -7,7 +7,6 @@ from django.db import transaction
 
 from accounts.keys import key_display_prefix, key_generate, key_hash
 from accounts.models import ApiKey, Tier
-from aigateway.config_version import config_version_bump
 
 SERVICE_USERNAME = "gateway-service"
 
@@ -43,6 +42,6 @@ def api_key_issue(*, owner, tier: Tier, name: str, **overrides) -> IssuedKey:
 
 
 def api_key_set_enabled(*, api_key: ApiKey, enabled: bool) -> None:
+    # The post_save signal moves the config version, so every process drops the cached key.
     api_key.enabled = enabled
     api_key.save(update_fields=["enabled"])
-    config_version_bump()

@@ -355,8 +355,3 @@ def test_models_lists_what_the_key_may_use(gateway, fresh_simulator):
         openai.OpenAI(base_url=gateway.openai_base, api_key=limited, max_retries=0).chat.completions.create(
             model="sim-secret", messages=MESSAGES
         )
-
-
-def test_health(gateway):
-    response = httpx.get(gateway.url + "/health")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
