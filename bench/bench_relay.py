@@ -20,6 +20,10 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.support.gateway import gateway_command  # noqa: E402
+from tests.support.ports import free_port, stop_process, wait_http  # noqa: E402
+
 LITELLM_VENV = ROOT / "var" / "litellm-venv"
 LITELLM_VERSION = "1.106.2"
 MESSAGES = [{"role": "user", "content": "Benchmark the relay, please"}]
@@ -29,36 +33,6 @@ def pct(values, p):
     values = sorted(values)
     index = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
     return values[index]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90.0, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {process.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def stop(process) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 class Bench:
@@ -77,7 +51,7 @@ class Bench:
 
     def close(self) -> None:
         for process in reversed(self.processes):
-            stop(process)
+            stop_process(process)
 
     def setup(self) -> None:
         from aigateway.embedded_redis import redis_server_start
@@ -138,37 +112,7 @@ class Bench:
 
     def start_gateway(self, server: str) -> tuple[str, subprocess.Popen]:
         port = free_port()
-        if server == "uvicorn":
-            command = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "aigateway.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ]
-        else:
-            command = [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-v",
-                "0",
-                "aigateway.asgi:application",
-            ]
+        command = gateway_command(server, port)
         process = self.spawn(command, self.env, f"gateway-{server}")
         url = f"http://127.0.0.1:{port}"
         wait_http(url + "/health", process=process)
@@ -325,12 +269,12 @@ def main() -> None:
         for server in args.servers.split(","):
             url, process = bench.start_gateway(server)
             rows.append(run_target(f"gateway/{server}", url + "/v1", bench.key, process.pid, args))
-            stop(process)
+            stop_process(process)
         if not args.no_litellm:
             started = bench.start_litellm()
             url, process = started
             rows.append(run_target("litellm-proxy", url + "/v1", "sk-none", process.pid, args))
-            stop(process)
+            stop_process(process)
     finally:
         bench.close()
     direct = rows[0]

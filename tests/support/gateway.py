@@ -32,6 +32,18 @@ class GatewayHandle:
         stop_process(self.process)
 
 
+def gateway_command(server: str, port: int) -> list[str]:
+    """The ASGI server command line: uvicorn (uvloop, httptools) or daphne, on loopback."""
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "aigateway.asgi:application", "--host", "127.0.0.1",
+                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+                "--log-level", "warning"]  # fmt: skip
+    if server == "daphne":
+        return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
+                "aigateway.asgi:application"]  # fmt: skip
+    raise ValueError(f"unknown ASGI server {server!r}")
+
+
 def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
     db_name = settings.DATABASES["default"]["NAME"]
     env = dict(os.environ)
@@ -50,26 +62,7 @@ def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 def gateway_start(redis_url: str, tmp_path: Path, *, server: str = "uvicorn", **env_extra) -> GatewayHandle:
     port = free_port()
-    if server == "uvicorn":
-        command = [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "aigateway.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-        ]
-    else:
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "aigateway.asgi:application"]
+    command = gateway_command(server, port)
     log_path = tmp_path / f"gateway-{port}.log"
     log_file = open(log_path, "wb")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
