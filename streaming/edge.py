@@ -124,3 +124,47 @@ def check_chat_body(body: dict) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", param="stream_options")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_messages_body(body: dict) -> None:
+    """The checks an Anthropic Messages body must pass before routing."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' is required and must be a non-empty string", param="model")
+    messages = body.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", param="messages")
+    if not isinstance(messages, list):
+        raise bad_request(f"'messages' must be an array, got {type(messages).__name__}", param="messages")
+    if not messages:
+        raise bad_request("'messages' must contain at least one message", param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad_request(f"'messages[{index}]' must be an object", param=f"messages[{index}]")
+        role = message.get("role")
+        if role not in ("user", "assistant"):
+            raise bad_request(
+                f"'messages[{index}].role' must be 'user' or 'assistant', got {role!r}"
+                + (" (put system prompts in the top-level 'system' field)" if role == "system" else ""),
+                param=f"messages[{index}].role",
+            )
+        if "content" not in message:
+            raise bad_request(f"'messages[{index}].content' is required", param=f"messages[{index}].content")
+        if not isinstance(message["content"], str | list):
+            raise bad_request(
+                f"'messages[{index}].content' must be a string or an array of content blocks",
+                param=f"messages[{index}].content",
+            )
+    if "max_tokens" not in body:
+        raise bad_request("'max_tokens' is required", param="max_tokens")
+    if not _positive_int(body["max_tokens"]):
+        raise bad_request("'max_tokens' must be a positive integer", param="max_tokens")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise bad_request("'stream' must be a boolean", param="stream")
+    system = body.get("system")
+    if system is not None and not isinstance(system, str | list):
+        raise bad_request("'system' must be a string or an array of text blocks", param="system")

@@ -1,5 +1,10 @@
 """The relay engine: admit, route, open the upstream with failover, forward every event at once.
 
+One relay serves every client dialect against every upstream dialect. Same dialect in and out:
+the body and each event pass through with only the model rewritten. Different dialects: the
+client's request goes through the canonical model into the provider's format, and each upstream
+event is translated back the moment it arrives.
+
 Failover happens only before the first upstream byte reaches the client. After that an upstream
 failure becomes an error event in the stream, and the stream ends cleanly. Whatever happens -
 success, error, client gone - the limits lease is settled and one usage event is pushed.
@@ -20,12 +25,26 @@ from accounts.context import KeyContext
 from accounts.limits import Admission, limits_lease_refresh, limits_settle
 from accounts.usage import usage_record
 from aigateway.errors import GatewayError
-from providers.dialects.base import Usage
+from providers.dialects import DIALECTS
+from providers.dialects.base import Dialect
+from providers.dialects.canonical import (
+    ChatRequest,
+    End,
+    Finish,
+    MalformedEvent,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    Usage,
+    UsageReport,
+)
 from providers.dialects.openai import openai as openai_dialect
 from providers.routing import Route, router
 from providers.upstream import upstream_client
 from streaming.meter import StreamMeter
-from streaming.sse import SSEDecoder, sse_encode
+from streaming.sse import SSEDecoder, SSEvent
 from streaming.tokens import count_prompt_tokens, count_tokens
 
 logger = logging.getLogger(__name__)
@@ -55,15 +74,22 @@ class RelayCall:
     stream: bool
     client_wants_usage: bool
     meter: StreamMeter
+    # The client's wire format: how the body reads and how the answer and errors must look.
+    dialect: Dialect = field(default_factory=lambda: openai_dialect)
+    # Client headers meant for a provider of the client's own dialect (e.g. anthropic-beta).
+    upstream_headers: dict[str, str] = field(default_factory=dict)
     admission: Admission | None = None
     route: Route | None = None
     attempts: int = 0
     status: int = 200
     error_type: str = ""
     usage: Usage | None = None
+    # Prompt tokens reported before the final usage (Anthropic's message_start), kept in case it never comes.
+    prompt_tokens_reported: int | None = None
     finish_reason: str | None = None
     completion_parts: list[str] = field(default_factory=list)
     finished: bool = False
+    request: ChatRequest | None = None
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -73,6 +99,12 @@ class RelayCall:
             headers.update(self.admission.headers)
         return headers
 
+    def canonical(self) -> ChatRequest:
+        """The client's request in the canonical model, parsed once, when a translation needs it."""
+        if self.request is None:
+            self.request = self.dialect.parse_request(self.body)
+        return self.request
+
 
 def spawn(coro) -> None:
     """Run cleanup to completion even if the request task is being cancelled."""
@@ -81,16 +113,22 @@ def spawn(coro) -> None:
     task.add_done_callback(_background.discard)
 
 
+def _system_text(system) -> str | None:
+    if isinstance(system, list):
+        return "\n".join(b["text"] for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return system if isinstance(system, str) else None
+
+
 async def call_finish(call: RelayCall) -> None:
     """Settle the limits lease and push the usage event; never raises."""
     estimated = False
     usage = call.usage
     if usage is None and call.route is not None:
         estimated = True
-        usage = Usage(
-            prompt_tokens=count_prompt_tokens(call.body.get("messages"), call.body.get("system")),
-            completion_tokens=count_tokens("".join(call.completion_parts)),
-        )
+        prompt = call.prompt_tokens_reported
+        if prompt is None:
+            prompt = count_prompt_tokens(call.body.get("messages"), _system_text(call.body.get("system")))
+        usage = Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts)))
     usage = usage or Usage()
     summary = call.meter.summary()
     try:
@@ -137,14 +175,32 @@ def _transport_reason(exc: Exception) -> tuple[int, str]:
     return 502, f"upstream connection failed ({type(exc).__name__})"
 
 
-async def _open(call: RelayCall, route: Route, payload: bytes, path: str, dialect) -> httpx.Response:
+def _same_dialect(call: RelayCall, upstream: Dialect) -> bool:
+    return upstream.name == call.dialect.name
+
+
+def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
+    options = {
+        "upstream_model": route.upstream_model,
+        "stream": call.stream,
+        "max_output_tokens": call.ctx.max_output_tokens,
+    }
+    if _same_dialect(call, upstream):
+        return orjson.dumps(upstream.prepare_chat(call.body, **options))
+    return orjson.dumps(upstream.build_request(call.canonical(), **options))
+
+
+async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect) -> httpx.Response:
     provider = route.provider
     client = upstream_client(provider)
+    extra = dict(provider.extra_headers)
+    if _same_dialect(call, upstream):
+        extra = {**call.upstream_headers, **extra}
     request = client.build_request(
         "POST",
-        provider.base_url + path,
+        provider.base_url + upstream.paths["chat"],
         content=payload,
-        headers=dialect.upstream_headers(provider.api_key, dict(provider.extra_headers)),
+        headers=upstream.upstream_headers(provider.api_key, extra),
     )
     try:
         response = await client.send(request, stream=True)
@@ -154,11 +210,11 @@ async def _open(call: RelayCall, route: Route, payload: bytes, path: str, dialec
     return response
 
 
-async def _upstream_client_error(response: httpx.Response, dialect) -> GatewayError:
+async def _upstream_client_error(response: httpx.Response, upstream: Dialect) -> GatewayError:
     """A 4xx from the provider that failover cannot fix: pass its message on, in our shape."""
     try:
         raw = await response.aread()
-        message = dialect.upstream_error_message(orjson.loads(raw)) if raw else None
+        message = upstream.upstream_error_message(orjson.loads(raw)) if raw else None
     except (orjson.JSONDecodeError, httpx.TransportError):
         message = None
     finally:
@@ -172,40 +228,33 @@ async def _upstream_client_error(response: httpx.Response, dialect) -> GatewayEr
     return GatewayError(status, "upstream_error", message or f"upstream returned HTTP {status}")
 
 
-async def relay_openai_chat(call: RelayCall) -> HttpResponse:
-    """/v1/chat/completions against OpenAI-dialect deployments (pass-through with model rewrite)."""
-    dialect = openai_dialect
+async def relay_chat(call: RelayCall) -> HttpResponse:
+    """A chat request (/v1/chat/completions or /v1/messages) against the model's deployments, in order."""
     candidates = await router.candidates(call.model)
     if not candidates:
         raise GatewayError(503, "no_deployment", f"model '{call.model}' has no available deployment")
     last: UpstreamFailure | None = None
     for route in candidates:
-        if route.provider.dialect != dialect.name:
-            last = UpstreamFailure(502, f"deployment {route.provider.name} speaks {route.provider.dialect}")
+        upstream = DIALECTS.get(route.provider.dialect)
+        if upstream is None:
+            last = UpstreamFailure(502, f"deployment {route.provider.name} speaks unknown {route.provider.dialect}")
             continue
         call.attempts += 1
         call.route = route
-        payload = orjson.dumps(
-            dialect.prepare_chat(
-                call.body,
-                upstream_model=route.upstream_model,
-                stream=call.stream,
-                max_output_tokens=call.ctx.max_output_tokens,
-            )
-        )
+        payload = _upstream_body(call, route, upstream)
         try:
-            response = await _open(call, route, payload, dialect.paths["chat"], dialect)
+            response = await _open(call, route, payload, upstream)
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
                 raise UpstreamFailure(
                     502 if response.status_code != 429 else 429, f"upstream returned HTTP {response.status_code}"
                 )
             if response.status_code >= 400:
-                raise await _upstream_client_error(response, dialect)
+                raise await _upstream_client_error(response, upstream)
             if call.stream:
-                result = await _stream_start(call, route, response)
+                result = await _stream_start(call, response, upstream)
             else:
-                result = await _complete(call, route, response)
+                result = await _complete(call, response, upstream)
         except UpstreamFailure as failure:
             logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
             await router.record_failure(route.provider, failure.reason)
@@ -219,7 +268,7 @@ async def relay_openai_chat(call: RelayCall) -> HttpResponse:
     raise GatewayError(status, "upstream_unavailable", f"all deployments of '{call.model}' failed; last: {last.reason}")
 
 
-async def _complete(call: RelayCall, route: Route, response: httpx.Response) -> HttpResponse:
+async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> HttpResponse:
     try:
         raw = await response.aread()
     except httpx.TransportError as exc:
@@ -232,24 +281,90 @@ async def _complete(call: RelayCall, route: Route, response: httpx.Response) -> 
         raise UpstreamFailure(502, "upstream returned a body that is not JSON") from None
     if not isinstance(data, dict):
         raise UpstreamFailure(502, "upstream returned an unexpected JSON body")
-    data["model"] = call.model
-    call.usage = openai_dialect.response_usage(data)
-    if call.usage is None:
-        call.completion_parts.append(openai_dialect.response_text(data))
+    if _same_dialect(call, upstream):
+        data["model"] = call.model
+        call.usage = upstream.response_usage(data)
+        if call.usage is None:
+            call.completion_parts.append(upstream.response_text(data))
+    else:
+        reply = upstream.parse_response(data)
+        call.usage = reply.usage
+        if call.usage is None:
+            call.completion_parts.append(reply.text())
+        data = call.dialect.render_response(reply, model=call.model)
     body = orjson.dumps(data)
     call.meter.sent()
     call.finished = True
     return HttpResponse(body, content_type="application/json", headers=call.headers())
 
 
-async def _stream_start(call: RelayCall, route: Route, response: httpx.Response) -> StreamingHttpResponse:
+def _account(call: RelayCall, events: list[StreamEvent]) -> None:
+    """What the usage record learns from one upstream event."""
+    for event in events:
+        match event:
+            case TextDelta(text=text) | ThinkingDelta(text=text) if text:
+                call.completion_parts.append(text)
+            case ToolCallDelta():
+                call.completion_parts.append((event.name or "") + event.arguments)
+            case UsageReport():
+                if event.prompt_tokens is not None:
+                    call.prompt_tokens_reported = event.prompt_tokens
+                if event.completion_tokens is not None:
+                    call.usage = Usage(
+                        call.prompt_tokens_reported or 0, event.completion_tokens, event.cached_tokens or 0
+                    )
+            case Finish(reason=reason):
+                call.finish_reason = reason
+            case StreamError():
+                call.status, call.error_type = 502, "upstream_stream_error"
+
+
+class StreamBridge:
+    """One upstream stream on its way to one client: each event is parsed once, accounted for, and
+    forwarded (same dialect) or translated (different dialects) into client body chunks."""
+
+    def __init__(self, call: RelayCall, upstream: Dialect) -> None:
+        self.call = call
+        self.parser = upstream.stream_parser()
+        options = {"model": call.model, "include_usage": call.client_wants_usage}
+        if _same_dialect(call, upstream):
+            self.passthrough = call.dialect.stream_passthrough(**options)
+            self.renderer = None
+        else:
+            self.passthrough = None
+            self.renderer = call.dialect.stream_renderer(**options)
+        # The provider said the stream is over: it completed, or it reported an error.
+        self.complete = False
+
+    def feed(self, event: SSEvent) -> list[bytes]:
+        try:
+            payload, events = self.parser.feed(event.event, event.data)
+        except MalformedEvent:
+            logger.info("request %s: dropped a malformed upstream event", self.call.request_id)
+            return []
+        _account(self.call, events)
+        if any(isinstance(e, End | StreamError) for e in events):
+            self.complete = True
+        if self.passthrough is not None:
+            out = self.passthrough.forward(event.event, payload)
+            return [] if out is None else [out]
+        rendered: list[bytes] = []
+        for canonical_event in events:
+            rendered.extend(self.renderer.render(canonical_event))
+        return rendered
+
+    def close(self) -> list[bytes]:
+        return (self.passthrough or self.renderer).close()
+
+
+async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dialect) -> StreamingHttpResponse:
     """Read up to the first upstream event (still failover-able), then hand the stream to the client."""
     decoder = SSEDecoder()
-    upstream = response.aiter_raw()
+    chunks = response.aiter_bytes()
     first: list = []
     try:
         while not first:
-            chunk = await anext(upstream)
+            chunk = await anext(chunks)
             first = decoder.feed(chunk)
     except StopAsyncIteration:
         await response.aclose()
@@ -260,41 +375,15 @@ async def _stream_start(call: RelayCall, route: Route, response: httpx.Response)
     except BaseException:
         await response.aclose()
         raise
+    bridge = StreamBridge(call, upstream)
     return StreamingHttpResponse(
-        _stream_body(call, response, upstream, decoder, first),
+        _stream_body(call, response, chunks, decoder, first, bridge),
         headers={**STREAM_HEADERS, **call.headers()},
     )
 
 
-def _render_openai_event(call: RelayCall, event) -> bytes | None:
-    """One upstream event -> the bytes the client gets (None = swallow)."""
-    if event.is_done:
-        return None
-    try:
-        chunk = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        logger.info("request %s: dropped a malformed upstream event", call.request_id)
-        return None
-    if not isinstance(chunk, dict):
-        return None
-    digest = openai_dialect.digest_chunk(chunk, client_wants_usage=call.client_wants_usage)
-    if digest.usage is not None:
-        call.usage = digest.usage
-    if digest.text:
-        call.completion_parts.append(digest.text)
-    if digest.finish_reason:
-        call.finish_reason = digest.finish_reason
-    if digest.error:
-        call.status, call.error_type = 502, "upstream_stream_error"
-    if not digest.forward:
-        return None
-    if "model" in chunk:
-        chunk["model"] = call.model
-    return sse_encode(orjson.dumps(chunk))
-
-
-async def _stream_body(call: RelayCall, response: httpx.Response, upstream, decoder: SSEDecoder, first: list):
-    done = ended = False
+async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decoder, first: list, bridge: StreamBridge):
+    ended = False
     lease_renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
     lease_renew_at = time.monotonic() + lease_renew_every
     try:
@@ -304,32 +393,31 @@ async def _stream_body(call: RelayCall, response: httpx.Response, upstream, deco
                 lease_renew_at = time.monotonic() + lease_renew_every
                 await limits_lease_refresh(call.ctx, call.admission)
             for event in pending:
-                if event.is_done:
-                    done = True
-                    continue
-                out = _render_openai_event(call, event)
-                if out is not None:
+                for out in bridge.feed(event):
                     call.meter.sent()
                     yield out
-            if done or ended:
+                if bridge.complete:
+                    break
+            if bridge.complete or ended:
                 break
             try:
-                chunk = await anext(upstream)
+                chunk = await anext(chunks)
             except StopAsyncIteration:
                 pending, ended = decoder.flush(), True
                 continue
             pending = decoder.feed(chunk)
-        if not done and call.finish_reason is None:
+        if not bridge.complete and call.finish_reason is None:
             raise httpx.RemoteProtocolError("upstream ended the stream before it was complete")
-        call.meter.sent()
-        yield b"data: [DONE]\n\n"
+        for out in bridge.close():
+            call.meter.sent()
+            yield out
         call.finished = True
     except httpx.TransportError as exc:
         call.status, call.error_type = 502, "upstream_stream_error"
         reason = _transport_reason(exc)[1] if not isinstance(exc, httpx.RemoteProtocolError) else str(exc)
         error = GatewayError(502, "upstream_stream_error", f"upstream failed mid-stream: {reason}")
         call.meter.sent()
-        yield openai_dialect.stream_error_event(error)
+        yield call.dialect.stream_error_event(error)
         call.finished = True
     finally:
         if not call.finished:

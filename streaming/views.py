@@ -1,4 +1,4 @@
-"""Async HTTP views of the gateway: the OpenAI-compatible API and health."""
+"""Async HTTP views of the gateway: the OpenAI- and Anthropic-compatible APIs and health."""
 
 import time
 
@@ -8,12 +8,16 @@ from django.http import HttpResponse, JsonResponse
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.limits import limits_admit
 from aigateway.errors import GatewayError
+from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
 from providers.routing import router
-from streaming.edge import authenticate, check_chat_body, read_json_body, speaks
+from streaming.edge import authenticate, check_chat_body, check_messages_body, read_json_body, speaks
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, call_finish, new_request_id, relay_openai_chat, spawn
+from streaming.relay import RelayCall, call_finish, new_request_id, relay_chat, spawn
 from streaming.tokens import rough_prompt_estimate
+
+# Client headers passed on to a provider of the client's own dialect.
+_FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta",)}
 
 
 async def _admit(call: RelayCall, body_size: int) -> None:
@@ -41,31 +45,35 @@ async def _check_model(ctx, model: str) -> None:
         )
 
 
-@speaks(openai)
-async def chat_completions(request):
+async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
+    """The shared path of the chat endpoints: authenticate, check, admit, relay, record."""
     started = time.perf_counter()
     request.gateway_request_id = request_id = new_request_id()
     if request.method != "POST":
-        raise GatewayError(405, "method_not_allowed", "use POST for /v1/chat/completions")
+        raise GatewayError(405, "method_not_allowed", f"use POST for {request.path}")
     ctx = await authenticate(request)
     body = read_json_body(request)
-    check_chat_body(body)
+    check_body(body)
     stream = bool(body.get("stream"))
     await _check_model(ctx, body["model"])
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
     call = RelayCall(
         request_id=request_id,
         ctx=ctx,
-        endpoint="chat.completions",
+        endpoint=endpoint,
         model=body["model"],
         body=body,
         stream=stream,
-        client_wants_usage=bool(options.get("include_usage")),
+        client_wants_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         meter=StreamMeter(started),
+        dialect=dialect,
+        upstream_headers={
+            name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers
+        },
     )
     await _admit(call, len(request.body))
     try:
-        response = await relay_openai_chat(call)
+        response = await relay_chat(call)
     except GatewayError as error:
         call.status, call.error_type = error.status, error.code
         await call_finish(call)
@@ -79,6 +87,18 @@ async def chat_completions(request):
     if not stream:
         await call_finish(call)
     return response
+
+
+@speaks(openai)
+async def chat_completions(request):
+    """OpenAI Chat Completions, relayed to any deployment (translated when it speaks another dialect)."""
+    return await _chat(request, dialect=openai, endpoint="chat.completions", check_body=check_chat_body)
+
+
+@speaks(anthropic)
+async def messages(request):
+    """Anthropic Messages, relayed to any deployment (translated when it speaks another dialect)."""
+    return await _chat(request, dialect=anthropic, endpoint="messages", check_body=check_messages_body)
 
 
 @speaks(openai)

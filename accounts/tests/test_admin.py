@@ -211,14 +211,15 @@ def test_editing_a_key_keeps_its_hash_owner_and_prefix(admin_client, accounts_da
     assert key_matches(accounts_data["plaintext"], stored.key_hash)
 
 
-def test_disable_and_enable_actions(admin_client, accounts_data, admin_user):
+def test_disable_and_enable_actions(admin_client, accounts_data, admin_user, django_capture_on_commit_callbacks):
     second = api_key_issue(owner=admin_user, tier=accounts_data["tier"], name="second").api_key
     selected = [str(accounts_data["apikey"].pk), str(second.pk)]
     before = redis_sync().get(CONFIG_VERSION_KEY)
 
-    response = admin_client.post(
-        admin_url("apikey_changelist"), {"action": "disable_keys", "_selected_action": selected}, follow=True
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(
+            admin_url("apikey_changelist"), {"action": "disable_keys", "_selected_action": selected}, follow=True
+        )
     assert "2 API key(s) disabled." in response.content.decode()
     assert not ApiKey.objects.filter(enabled=True).exists()
     assert redis_sync().get(CONFIG_VERSION_KEY) not in (None, before)

@@ -100,10 +100,12 @@ def test_service_user_is_created_once_without_a_usable_password():
 
 
 @pytest.mark.django_db
-def test_set_enabled_saves_and_bumps_the_config_version():
+def test_set_enabled_saves_and_bumps_the_config_version(django_capture_on_commit_callbacks):
     tier = Tier.objects.create(name="free")
     issued = api_key_issue(owner=service_user_get_or_create(), tier=tier, name="ci")
     before = redis_sync().get(CONFIG_VERSION_KEY)
-    api_key_set_enabled(api_key=issued.api_key, enabled=False)
+    # The bump runs after the commit, when no process can still read the old row.
+    with django_capture_on_commit_callbacks(execute=True):
+        api_key_set_enabled(api_key=issued.api_key, enabled=False)
     assert ApiKey.objects.get(pk=issued.api_key.pk).enabled is False
     assert redis_sync().get(CONFIG_VERSION_KEY) not in (None, before)

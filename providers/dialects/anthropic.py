@@ -1,13 +1,41 @@
 """Anthropic Messages wire format."""
 
+import uuid
+
 import orjson
 
-from aigateway.errors import GatewayError
+from aigateway.errors import GatewayError, bad_request
 from providers.dialects import register
-from providers.dialects.base import Dialect
+from providers.dialects.base import Dialect, StreamParser, StreamPassthrough, StreamRenderer
+from providers.dialects.canonical import (
+    ChatRequest,
+    ChatResponse,
+    End,
+    Finish,
+    Image,
+    MalformedEvent,
+    Message,
+    Part,
+    Start,
+    StreamError,
+    StreamEvent,
+    Text,
+    TextDelta,
+    Thinking,
+    ThinkingDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolResult,
+    Usage,
+    UsageReport,
+)
 from streaming.sse import sse_encode
 
 ANTHROPIC_VERSION = "2023-06-01"
+# Anthropic requires max_tokens; a client of another dialect may leave it out.
+DEFAULT_MAX_TOKENS = 4096
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -18,6 +46,396 @@ _ERROR_TYPES = {
     429: "rate_limit_error",
     529: "overloaded_error",
 }
+_FINISH_IN = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+_STOP_OUT = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+_CHOICE_IN = {"auto": "auto", "any": "required", "tool": "tool", "none": "none"}
+_CHOICE_OUT = {"auto": "auto", "required": "any", "tool": "tool", "none": "none"}
+_EMPTY_SCHEMA = {"type": "object", "properties": {}}
+
+
+def _new_id(prefix: str = "msg_") -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def _stop_reason(finish: str | None, stop_sequence: str | None) -> str:
+    if finish == "stop" and stop_sequence:
+        return "stop_sequence"
+    return _STOP_OUT.get(finish or "stop", "end_turn")
+
+
+def _json_object(arguments: str) -> dict:
+    """Tool-call arguments as the object Anthropic wants; a model's broken JSON becomes {}."""
+    try:
+        value = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+class _PromptCount:
+    """Anthropic splits the prompt into uncached input, cache reads and cache writes; counts are
+    cumulative and a later event may leave some out, so the last known value of each is kept."""
+
+    __slots__ = ("input", "cache_read", "cache_write")
+
+    def __init__(self) -> None:
+        self.input = self.cache_read = self.cache_write = None
+
+    def update(self, usage: dict) -> bool:
+        seen = False
+        for attr, name in (
+            ("input", "input_tokens"),
+            ("cache_read", "cache_read_input_tokens"),
+            ("cache_write", "cache_creation_input_tokens"),
+        ):
+            value = usage.get(name)
+            if isinstance(value, int):
+                setattr(self, attr, value)
+                seen = True
+        return seen
+
+    def usage(self, completion: int | None) -> UsageReport:
+        prompt = (self.input or 0) + (self.cache_read or 0) + (self.cache_write or 0)
+        return UsageReport(prompt, completion, self.cache_read or 0)
+
+
+def _usage(raw) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt = _PromptCount()
+    prompt.update(raw)
+    report = prompt.usage(raw.get("output_tokens") or 0)
+    return Usage(report.prompt_tokens, report.completion_tokens, report.cached_tokens)
+
+
+def _usage_body(usage: Usage | None) -> dict:
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0}
+    body = {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens}
+    if usage.cached_tokens:
+        body["cache_read_input_tokens"] = usage.cached_tokens
+    return body
+
+
+# Client request -> canonical --------------------------------------------------------------------
+
+
+def _image_in(block: dict, where: str) -> Image:
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64" and isinstance(source.get("data"), str):
+        return Image(data=source["data"], media_type=source.get("media_type") or "image/png")
+    if kind == "url" and isinstance(source.get("url"), str):
+        return Image(url=source["url"])
+    raise bad_request(
+        f"'{where}.source' must be a base64 or url image source; {kind!r} is not accepted by this model's provider",
+        param=f"{where}.source",
+    )
+
+
+def _blocks_in(content, where: str) -> list[Part]:
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    parts: list[Part] = []
+    for index, block in enumerate(content or ()):
+        here = f"{where}.content[{index}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text" and isinstance(block.get("text"), str):
+            parts.append(Text(block["text"]))
+        elif kind == "image":
+            parts.append(_image_in(block, here))
+        elif kind == "tool_use" and isinstance(block.get("name"), str):
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            parts.append(ToolCall(str(block.get("id") or ""), block["name"], arguments))
+        elif kind == "tool_result":
+            content_parts = [p for p in _blocks_in(block.get("content"), here) if isinstance(p, Text | Image)]
+            parts.append(ToolResult(str(block.get("tool_use_id") or ""), content_parts, bool(block.get("is_error"))))
+        elif kind == "thinking" and isinstance(block.get("thinking"), str):
+            parts.append(Thinking(block["thinking"], block.get("signature")))
+        elif kind == "redacted_thinking":
+            continue  # encrypted for Anthropic only; no other provider can read it
+        else:
+            raise bad_request(
+                f"'{here}' is a {kind or 'malformed'!r} content block, which this model's provider does not accept",
+                param=here,
+            )
+    return parts
+
+
+def _tool_in(raw, where: str) -> Tool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise bad_request(f"'{where}' must be a tool with a name", param=where)
+    if "input_schema" not in raw:
+        raise bad_request(
+            f"'{where}' is a {raw.get('type')!r} server tool, which this model's provider does not offer", param=where
+        )
+    return Tool(name=raw["name"], description=raw.get("description"), parameters=raw["input_schema"] or {})
+
+
+# Canonical -> upstream request ------------------------------------------------------------------
+
+
+def _image_out(image: Image) -> dict:
+    if image.url:
+        return {"type": "image", "source": {"type": "url", "url": image.url}}
+    source = {"type": "base64", "media_type": image.media_type or "image/png", "data": image.data or ""}
+    return {"type": "image", "source": source}
+
+
+def _block_out(part: Part) -> dict | None:
+    if isinstance(part, Text):
+        # Anthropic rejects empty text blocks.
+        return {"type": "text", "text": part.text} if part.text else None
+    if isinstance(part, Image):
+        return _image_out(part)
+    if isinstance(part, ToolCall):
+        return {"type": "tool_use", "id": part.id, "name": part.name, "input": _json_object(part.arguments)}
+    if isinstance(part, ToolResult):
+        texts = [p.text for p in part.content if isinstance(p, Text)]
+        if len(texts) == len(part.content):
+            content = "".join(texts)
+        else:
+            content = [{"type": "text", "text": p.text} if isinstance(p, Text) else _image_out(p) for p in part.content]
+        block = {"type": "tool_result", "tool_use_id": part.tool_call_id, "content": content}
+        if part.is_error:
+            block["is_error"] = True
+        return block
+    if isinstance(part, Thinking) and part.signature:
+        # Without Anthropic's signature a thinking block would be refused; it is only context anyway.
+        return {"type": "thinking", "thinking": part.text, "signature": part.signature}
+    return None
+
+
+def _messages_out(messages: list[Message]) -> list[dict]:
+    """Anthropic wants strictly alternating roles: consecutive messages of one role are merged."""
+    out: list[dict] = []
+    for message in messages:
+        blocks = [block for block in map(_block_out, message.parts) if block is not None]
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == message.role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": message.role, "content": blocks})
+    for message in out:
+        content = message["content"]
+        if len(content) == 1 and content[0]["type"] == "text":
+            message["content"] = content[0]["text"]
+    return out
+
+
+# Stream parsing, rendering and pass-through -----------------------------------------------------
+
+
+class AnthropicStreamParser(StreamParser):
+    def __init__(self) -> None:
+        self.prompt = _PromptCount()
+        # content block index -> tool call ordinal
+        self.tool_calls: dict[int, int] = {}
+
+    def feed(self, name: str | None, data: str) -> tuple[dict | None, list[StreamEvent]]:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedEvent("upstream event is not JSON") from None
+        if not isinstance(payload, dict):
+            raise MalformedEvent("upstream event is not a JSON object")
+        kind = payload.get("type") or name
+        events: list[StreamEvent] = []
+        if kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            delta_type = delta.get("type")
+            if delta_type == "text_delta":
+                events.append(TextDelta(delta.get("text") or ""))
+            elif delta_type == "input_json_delta":
+                ordinal = self.tool_calls.get(payload.get("index"), 0)
+                events.append(ToolCallDelta(ordinal, arguments=delta.get("partial_json") or ""))
+            elif delta_type == "thinking_delta":
+                events.append(ThinkingDelta(delta.get("thinking") or ""))
+            elif delta_type == "signature_delta":
+                events.append(ThinkingDelta(signature=delta.get("signature")))
+        elif kind == "message_start":
+            message = payload.get("message") or {}
+            events.append(Start(str(message.get("id") or "")))
+            usage = message.get("usage")
+            # message_start's output_tokens is a placeholder; the real count comes in message_delta.
+            if isinstance(usage, dict) and self.prompt.update(usage):
+                events.append(self.prompt.usage(None))
+        elif kind == "content_block_start":
+            block = payload.get("content_block") or {}
+            block_type = block.get("type")
+            if block_type == "text" and block.get("text"):
+                events.append(TextDelta(block["text"]))
+            elif block_type == "thinking" and block.get("thinking"):
+                events.append(ThinkingDelta(block["thinking"]))
+            elif block_type == "tool_use":
+                ordinal = self.tool_calls[payload.get("index")] = len(self.tool_calls)
+                arguments = orjson.dumps(block["input"]).decode() if block.get("input") else ""
+                events.append(ToolCallDelta(ordinal, str(block.get("id") or ""), block.get("name") or "", arguments))
+        elif kind == "message_delta":
+            delta = payload.get("delta") or {}
+            if delta.get("stop_reason"):
+                reason = delta["stop_reason"]
+                events.append(Finish(_FINISH_IN.get(reason, "stop"), delta.get("stop_sequence")))
+            usage = payload.get("usage")
+            if isinstance(usage, dict):
+                self.prompt.update(usage)
+                output = usage.get("output_tokens")
+                events.append(self.prompt.usage(output if isinstance(output, int) else None))
+        elif kind == "message_stop":
+            events.append(End())
+        elif kind == "error":
+            error = payload.get("error") or {}
+            events.append(StreamError(str(error.get("message") or "upstream error"), error.get("type")))
+        return payload, events
+
+
+class AnthropicStreamRenderer(StreamRenderer):
+    """Canonical events -> the Messages event sequence: message_start, content blocks (start, deltas,
+    stop), message_delta with the stop reason and usage, message_stop."""
+
+    def __init__(self, *, model: str) -> None:
+        self.model = model
+        self.id = ""
+        self.started = False
+        self.errored = False
+        self.block = -1  # index of the newest content block
+        self.open: str | None = None  # "text", "thinking" or "tool:<n>" while a block is open
+        self.tool_blocks: dict[int, int] = {}
+        self.finish: str | None = None
+        self.stop_sequence: str | None = None
+        self.usage = UsageReport()
+        self.delta_sent = False
+
+    @staticmethod
+    def _event(payload: dict) -> bytes:
+        return sse_encode(orjson.dumps(payload), event=payload["type"])
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        usage = {"input_tokens": (self.usage.prompt_tokens or 0) - (self.usage.cached_tokens or 0), "output_tokens": 0}
+        message = {
+            "id": self.id or _new_id(),
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        return [self._event({"type": "message_start", "message": message})]
+
+    def _close_block(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [self._event({"type": "content_block_stop", "index": self.block})]
+
+    def _open_block(self, kind: str, block: dict) -> list[bytes]:
+        out = self._start() + self._close_block()
+        self.block += 1
+        self.open = kind
+        out.append(self._event({"type": "content_block_start", "index": self.block, "content_block": block}))
+        return out
+
+    def _delta(self, index: int, delta: dict) -> bytes:
+        return self._event({"type": "content_block_delta", "index": index, "delta": delta})
+
+    def _message_delta(self) -> bytes:
+        self.delta_sent = True
+        usage: dict = {"output_tokens": self.usage.completion_tokens or 0}
+        if self.usage.prompt_tokens is not None:
+            usage["input_tokens"] = self.usage.prompt_tokens - (self.usage.cached_tokens or 0)
+        if self.usage.cached_tokens:
+            usage["cache_read_input_tokens"] = self.usage.cached_tokens
+        delta = {"stop_reason": _stop_reason(self.finish, self.stop_sequence), "stop_sequence": self.stop_sequence}
+        return self._event({"type": "message_delta", "delta": delta, "usage": usage})
+
+    def render(self, event: StreamEvent) -> list[bytes]:
+        match event:
+            case Start(id=message_id):
+                self.id = self.id or message_id
+                return self._start()
+            case TextDelta(text=text) if text:
+                out = [] if self.open == "text" else self._open_block("text", {"type": "text", "text": ""})
+                out.append(self._delta(self.block, {"type": "text_delta", "text": text}))
+                return out
+            case ThinkingDelta(text=text, signature=signature):
+                out = []
+                if text:
+                    if self.open != "thinking":
+                        out = self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+                    out.append(self._delta(self.block, {"type": "thinking_delta", "thinking": text}))
+                if signature and self.open == "thinking":
+                    out.append(self._delta(self.block, {"type": "signature_delta", "signature": signature}))
+                return out
+            case ToolCallDelta(index=index):
+                out = []
+                if index not in self.tool_blocks:
+                    block = {
+                        "type": "tool_use",
+                        "id": event.id or _new_id("toolu_"),
+                        "name": event.name or "",
+                        "input": {},
+                    }
+                    out = self._open_block(f"tool:{index}", block)
+                    self.tool_blocks[index] = self.block
+                if event.arguments:
+                    delta = {"type": "input_json_delta", "partial_json": event.arguments}
+                    out.append(self._delta(self.tool_blocks[index], delta))
+                return out
+            case Finish(reason=reason, stop_sequence=stop_sequence):
+                self.finish, self.stop_sequence = reason, stop_sequence
+                return self._start() + self._close_block()
+            case UsageReport():
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                    if getattr(event, name) is not None:
+                        setattr(self.usage, name, getattr(event, name))
+                # The provider's final count after the finish: the stop reason and usage go out now.
+                if self.finish is not None and not self.delta_sent and event.completion_tokens is not None:
+                    return [self._message_delta()]
+                return []
+            case StreamError(message=message):
+                self.errored = True
+                error = GatewayError(502, "upstream_stream_error", f"upstream failed mid-stream: {message}")
+                return [anthropic.stream_error_event(error)]
+        return []
+
+    def close(self) -> list[bytes]:
+        if self.errored:
+            return []
+        out = self._start() + self._close_block()
+        if not self.delta_sent:
+            out.append(self._message_delta())
+        out.append(self._event({"type": "message_stop"}))
+        return out
+
+
+class AnthropicPassthrough(StreamPassthrough):
+    def __init__(self, *, model: str) -> None:
+        self.model = model
+
+    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
+        if payload is None:
+            return None
+        kind = payload.get("type")
+        if kind == "message_start" and isinstance(payload.get("message"), dict):
+            payload["message"]["model"] = self.model
+        return sse_encode(orjson.dumps(payload), event=name or kind)
+
+    def close(self) -> list[bytes]:
+        return []  # message_stop came from the provider
 
 
 class AnthropicDialect(Dialect):
@@ -35,5 +453,156 @@ class AnthropicDialect(Dialect):
     def stream_error_event(self, error: GatewayError) -> bytes:
         return sse_encode(orjson.dumps(self.error_body(error)), event="error")
 
+    def upstream_error_message(self, payload) -> str | None:
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            return payload["error"].get("message")
+        return None
 
-anthropic = register(AnthropicDialect(name="anthropic", paths={"messages": "/v1/messages", "models": "/v1/models"}))
+    # Same-dialect relay -------------------------------------------------------------------------
+
+    def prepare_chat(self, body: dict, *, upstream_model: str, stream: bool, max_output_tokens: int | None) -> dict:
+        """The client's body, passed through with our model name and the tier's output cap."""
+        out = dict(body)
+        out["model"] = upstream_model
+        max_tokens = out.get("max_tokens")
+        if max_output_tokens is not None and isinstance(max_tokens, int) and max_tokens > max_output_tokens:
+            out["max_tokens"] = max_output_tokens
+        return out
+
+    def stream_passthrough(self, *, model: str, include_usage: bool) -> AnthropicPassthrough:
+        return AnthropicPassthrough(model=model)
+
+    def response_usage(self, data: dict) -> Usage | None:
+        return _usage(data.get("usage"))
+
+    def response_text(self, data: dict) -> str:
+        return self.parse_response(data).text()
+
+    # Facing a client ----------------------------------------------------------------------------
+
+    def parse_request(self, body: dict) -> ChatRequest:
+        """A checked /v1/messages body -> canonical; Anthropic-only fields (top_k, thinking, ...) are left out."""
+        request = ChatRequest(messages=[])
+        system = body.get("system")
+        request.system = [p for p in _blocks_in(system, "system") if isinstance(p, Text)] if system else []
+        for index, message in enumerate(body["messages"]):
+            request.messages.append(Message(message["role"], _blocks_in(message["content"], f"messages[{index}]")))
+        request.max_tokens = body["max_tokens"]
+        for name in ("temperature", "top_p"):
+            value = body.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                setattr(request, name, value)
+        request.stop = [s for s in body.get("stop_sequences") or () if isinstance(s, str)]
+        request.stream = bool(body.get("stream"))
+        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(body.get("tools") or ())]
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") in _CHOICE_IN:
+            request.tool_choice = ToolChoice(_CHOICE_IN[choice["type"]], choice.get("name"))
+            if choice.get("disable_parallel_tool_use") is True:
+                request.parallel_tool_calls = False
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+            request.user = metadata["user_id"]
+        return request
+
+    def render_response(self, response: ChatResponse, *, model: str) -> dict:
+        content = []
+        for part in response.parts:
+            if isinstance(part, Thinking):
+                content.append({"type": "thinking", "thinking": part.text, "signature": part.signature or ""})
+            elif isinstance(part, Text):
+                content.append({"type": "text", "text": part.text})
+            elif isinstance(part, ToolCall):
+                tool_id = part.id or _new_id("toolu_")
+                content.append(
+                    {"type": "tool_use", "id": tool_id, "name": part.name, "input": _json_object(part.arguments)}
+                )
+        return {
+            "id": response.id or _new_id(),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": _stop_reason(response.finish_reason, response.stop_sequence),
+            "stop_sequence": response.stop_sequence,
+            "usage": _usage_body(response.usage),
+        }
+
+    def stream_renderer(self, *, model: str, include_usage: bool) -> AnthropicStreamRenderer:
+        return AnthropicStreamRenderer(model=model)
+
+    # Facing a provider --------------------------------------------------------------------------
+
+    def build_request(
+        self, request: ChatRequest, *, upstream_model: str, stream: bool, max_output_tokens: int | None
+    ) -> dict:
+        max_tokens = request.max_tokens
+        if max_output_tokens is not None:
+            max_tokens = min(max_tokens, max_output_tokens) if max_tokens else max_output_tokens
+        out: dict = {
+            "model": upstream_model,
+            "messages": _messages_out(request.messages),
+            "max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+        }
+        system = [part.text for part in request.system if part.text]
+        if len(system) == 1:
+            out["system"] = system[0]
+        elif system:
+            out["system"] = [{"type": "text", "text": text} for text in system]
+        if request.temperature is not None:
+            out["temperature"] = request.temperature
+        if request.top_p is not None:
+            out["top_p"] = request.top_p
+        if request.stop:
+            out["stop_sequences"] = list(request.stop)
+        if request.tools:
+            tools = []
+            for tool in request.tools:
+                entry = {"name": tool.name, "input_schema": tool.parameters or dict(_EMPTY_SCHEMA)}
+                if tool.description:
+                    entry["description"] = tool.description
+                tools.append(entry)
+            out["tools"] = tools
+            choice = request.tool_choice
+            tool_choice = {"type": _CHOICE_OUT[choice.mode]} if choice is not None else None
+            if tool_choice is not None and choice.mode == "tool":
+                tool_choice["name"] = choice.name
+            if request.parallel_tool_calls is False:
+                tool_choice = tool_choice or {"type": "auto"}
+                if tool_choice["type"] != "none":
+                    tool_choice["disable_parallel_tool_use"] = True
+            if tool_choice is not None:
+                out["tool_choice"] = tool_choice
+        if request.user:
+            out["metadata"] = {"user_id": request.user}
+        if stream:
+            out["stream"] = True
+        return out
+
+    def parse_response(self, data: dict) -> ChatResponse:
+        parts: list[Part] = []
+        for block in data.get("content") or ():
+            if not isinstance(block, dict):
+                continue
+            kind = block.get("type")
+            if kind == "text" and isinstance(block.get("text"), str):
+                parts.append(Text(block["text"]))
+            elif kind == "thinking" and isinstance(block.get("thinking"), str):
+                parts.append(Thinking(block["thinking"], block.get("signature")))
+            elif kind == "tool_use":
+                arguments = orjson.dumps(block.get("input") or {}).decode()
+                parts.append(ToolCall(str(block.get("id") or ""), block.get("name") or "", arguments))
+        reason = data.get("stop_reason")
+        return ChatResponse(
+            id=str(data.get("id") or ""),
+            parts=parts,
+            finish_reason=_FINISH_IN.get(reason, "stop") if reason else None,
+            usage=self.response_usage(data),
+            stop_sequence=data.get("stop_sequence"),
+        )
+
+    def stream_parser(self) -> AnthropicStreamParser:
+        return AnthropicStreamParser()
+
+
+anthropic = register(AnthropicDialect(name="anthropic", paths={"chat": "/v1/messages", "models": "/v1/models"}))

@@ -1,11 +1,40 @@
 """OpenAI Chat Completions wire format (OpenAI, DeepSeek, 01.AI, OpenRouter, Ollama, vLLM, ...)."""
 
+import time
+import uuid
+
 import orjson
 
-from aigateway.errors import GatewayError
+from aigateway.errors import GatewayError, bad_request
 from providers.dialects import register
-from providers.dialects.base import Dialect, StreamDigest, Usage
+from providers.dialects.base import Dialect, StreamParser, StreamPassthrough, StreamRenderer
+from providers.dialects.canonical import (
+    ChatRequest,
+    ChatResponse,
+    End,
+    Finish,
+    Image,
+    MalformedEvent,
+    Message,
+    Part,
+    Start,
+    StreamError,
+    StreamEvent,
+    Text,
+    TextDelta,
+    Thinking,
+    ThinkingDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolResult,
+    Usage,
+    UsageReport,
+)
 from streaming.sse import sse_encode
+
+DONE = b"data: [DONE]\n\n"
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -15,6 +44,290 @@ _ERROR_TYPES = {
     413: "invalid_request_error",
     429: "rate_limit_exceeded",
 }
+# The legacy function-calling finish reason means the same as tool_calls.
+_FINISH_IN = {"function_call": "tool_calls"}
+_EMPTY_SCHEMA = {"type": "object", "properties": {}}
+
+
+def _usage(raw) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(raw.get("prompt_tokens") or 0, raw.get("completion_tokens") or 0, cached or 0)
+
+
+def _usage_body(usage: Usage) -> dict:
+    body = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+    if usage.cached_tokens:
+        body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    return body
+
+
+def _new_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+# Client request -> canonical --------------------------------------------------------------------
+
+
+def _image(url, where: str) -> Image:
+    if not isinstance(url, str) or not url:
+        raise bad_request(f"'{where}.image_url.url' must be a non-empty string", param=f"{where}.image_url")
+    if not url.startswith("data:"):
+        return Image(url=url)
+    header, comma, data = url[5:].partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise bad_request(f"'{where}.image_url.url' must be a base64 data URL or an http(s) URL", param=where)
+    media_type = header.split(";", 1)[0] or "image/png"
+    return Image(data=data, media_type=media_type)
+
+
+def _parts(content, where: str, *, images: bool) -> list[Part]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    parts: list[Part] = []
+    for index, part in enumerate(content):
+        here = f"{where}.content[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+            parts.append(Text(part[kind]))
+        elif kind == "image_url" and images:
+            image = part.get("image_url")
+            parts.append(_image(image.get("url") if isinstance(image, dict) else image, here))
+        else:
+            raise bad_request(
+                f"'{here}' is a {kind or 'malformed'!r} content part, which this model's provider does not accept",
+                param=here,
+            )
+    return parts
+
+
+def _tool(raw, where: str) -> Tool:
+    function = raw.get("function") if isinstance(raw, dict) and raw.get("type", "function") == "function" else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise bad_request(f"'{where}' must be a function tool with a name", param=where)
+    return Tool(
+        name=function["name"],
+        description=function.get("description"),
+        parameters=function.get("parameters") or dict(_EMPTY_SCHEMA),
+    )
+
+
+def _tool_choice(raw) -> ToolChoice | None:
+    if raw in ("auto", "none", "required"):
+        return ToolChoice(raw)
+    if isinstance(raw, dict):
+        function = raw.get("function") if raw.get("type") == "function" else raw  # legacy function_call: {"name"}
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return ToolChoice("tool", function["name"])
+    return None
+
+
+# Canonical -> upstream request ------------------------------------------------------------------
+
+
+def _content_out(parts: list[Text | Image]):
+    if len(parts) == 1 and isinstance(parts[0], Text):
+        return parts[0].text
+    out = []
+    for part in parts:
+        if isinstance(part, Text):
+            out.append({"type": "text", "text": part.text})
+        else:
+            url = part.url or f"data:{part.media_type or 'image/png'};base64,{part.data}"
+            out.append({"type": "image_url", "image_url": {"url": url}})
+    return out
+
+
+def _messages_out(message: Message) -> list[dict]:
+    if message.role == "assistant":
+        text = "".join(part.text for part in message.parts if isinstance(part, Text))
+        calls = [part for part in message.parts if isinstance(part, ToolCall)]
+        out = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+                for c in calls
+            ]
+        return [out]
+    # Tool results become tool messages, which must directly follow the assistant's tool calls.
+    messages, rest = [], []
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            text = "".join(p.text for p in part.content if isinstance(p, Text))
+            messages.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": text})
+            rest.extend(p for p in part.content if isinstance(p, Image))
+        elif isinstance(part, Text | Image):
+            rest.append(part)
+    if rest:
+        messages.append({"role": "user", "content": _content_out(rest)})
+    return messages
+
+
+# Stream parsing, rendering and pass-through -----------------------------------------------------
+
+
+class OpenAIStreamParser(StreamParser):
+    def __init__(self) -> None:
+        self.started = False
+
+    def feed(self, name: str | None, data: str) -> tuple[dict | None, list[StreamEvent]]:
+        if data == "[DONE]":
+            return None, [End()]
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise MalformedEvent("upstream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise MalformedEvent("upstream event is not a JSON object")
+        error = chunk.get("error")
+        if error:
+            if isinstance(error, dict):
+                return chunk, [StreamError(str(error.get("message") or "upstream error"), error.get("type"))]
+            return chunk, [StreamError(str(error))]
+        events: list[StreamEvent] = []
+        if not self.started:
+            self.started = True
+            events.append(Start(str(chunk.get("id") or "")))
+        for choice in chunk.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or {}
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                events.append(ThinkingDelta(reasoning))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                events.append(TextDelta(content))
+            for call in delta.get("tool_calls") or ():
+                function = call.get("function") or {}
+                events.append(
+                    ToolCallDelta(
+                        index=call.get("index") or 0,
+                        id=call.get("id"),
+                        name=function.get("name"),
+                        arguments=function.get("arguments") or "",
+                    )
+                )
+            finish = choice.get("finish_reason")
+            if finish:
+                events.append(Finish(_FINISH_IN.get(finish, finish)))
+        usage = _usage(chunk.get("usage"))
+        if usage is not None:
+            events.append(UsageReport(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
+        return chunk, events
+
+
+class OpenAIStreamRenderer(StreamRenderer):
+    """Canonical events -> chat.completion.chunk events, the way OpenAI streams them."""
+
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.id = ""
+        self.created = int(time.time())
+        self.started = False
+        self.errored = False
+        self.usage = UsageReport()
+
+    def _chunk(self, choices: list, **extra) -> bytes:
+        payload = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self.include_usage:
+            payload["usage"] = None
+        payload.update(extra)
+        return sse_encode(orjson.dumps(payload))
+
+    def _delta(self, delta: dict, finish_reason: str | None = None) -> list[bytes]:
+        out = self._start()
+        out.append(self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
+        return out
+
+    def _start(self) -> list[bytes]:
+        if self.started:
+            return []
+        self.started = True
+        self.id = self.id or _new_id()
+        return [
+            self._chunk(
+                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
+            )
+        ]
+
+    def render(self, event: StreamEvent) -> list[bytes]:
+        match event:
+            case Start(id=message_id):
+                self.id = self.id or message_id
+                return self._start()
+            case TextDelta(text=text) if text:
+                return self._delta({"content": text})
+            case ThinkingDelta(text=text) if text:
+                return self._delta({"reasoning_content": text})
+            case ToolCallDelta():
+                call: dict = {"index": event.index}
+                if event.id is not None or event.name is not None:
+                    call["id"] = event.id or "call_" + uuid.uuid4().hex[:24]
+                    call["type"] = "function"
+                    call["function"] = {"name": event.name or "", "arguments": event.arguments}
+                else:
+                    call["function"] = {"arguments": event.arguments}
+                return self._delta({"tool_calls": [call]})
+            case Finish(reason=reason):
+                return self._delta({}, reason)
+            case UsageReport():
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                    if getattr(event, name) is not None:
+                        setattr(self.usage, name, getattr(event, name))
+                return []
+            case StreamError(message=message):
+                self.errored = True
+                error = GatewayError(502, "upstream_stream_error", f"upstream failed mid-stream: {message}")
+                return [openai.stream_error_event(error)]
+        return []
+
+    def close(self) -> list[bytes]:
+        if self.errored:
+            return []  # the error event already ended the stream with [DONE]
+        out = self._start()
+        reported = self.usage
+        if self.include_usage and (reported.prompt_tokens is not None or reported.completion_tokens is not None):
+            usage = Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0, reported.cached_tokens or 0)
+            out.append(self._chunk([], usage=_usage_body(usage)))
+        out.append(DONE)
+        return out
+
+
+class OpenAIPassthrough(StreamPassthrough):
+    def __init__(self, *, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.include_usage = include_usage
+
+    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
+        if payload is None:
+            return None  # [DONE] is ours to send, once, at the end
+        if not self.include_usage and "usage" in payload:
+            if payload["usage"] and not payload.get("choices") and not payload.get("error"):
+                return None  # the usage-only chunk we asked for on the client's behalf
+            del payload["usage"]
+        if "model" in payload:
+            payload["model"] = self.model
+        return sse_encode(orjson.dumps(payload))
+
+    def close(self) -> list[bytes]:
+        return [DONE]
 
 
 class OpenAIDialect(Dialect):
@@ -30,7 +343,12 @@ class OpenAIDialect(Dialect):
         return {"error": {"message": error.message, "type": error_type, "param": error.param, "code": error.code}}
 
     def stream_error_event(self, error: GatewayError) -> bytes:
-        return sse_encode(orjson.dumps(self.error_body(error))) + b"data: [DONE]\n\n"
+        return sse_encode(orjson.dumps(self.error_body(error))) + DONE
+
+    def upstream_error_message(self, payload) -> str | None:
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            return payload["error"].get("message")
+        return None
 
     # Same-dialect relay -------------------------------------------------------------------------
 
@@ -54,48 +372,15 @@ class OpenAIDialect(Dialect):
                 out["max_tokens"] = max_output_tokens
         return out
 
-    def digest_chunk(self, chunk: dict, *, client_wants_usage: bool) -> StreamDigest:
-        digest = StreamDigest()
-        usage = chunk.get("usage")
-        if usage:
-            digest.usage = Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
-        choices = chunk.get("choices")
-        if choices:
-            parts = []
-            for choice in choices:
-                delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content:
-                    parts.append(content)
-                reasoning = delta.get("reasoning_content")
-                if reasoning:
-                    parts.append(reasoning)
-                for call in delta.get("tool_calls") or ():
-                    function = call.get("function") or {}
-                    parts.append(function.get("name") or "")
-                    parts.append(function.get("arguments") or "")
-                if choice.get("finish_reason"):
-                    digest.finish_reason = choice["finish_reason"]
-            digest.text = "".join(parts)
-        elif usage and not client_wants_usage:
-            # The usage-only chunk we asked for on the client's behalf.
-            digest.forward = False
-        if chunk.get("error"):
-            error = chunk["error"]
-            digest.error = error.get("message") if isinstance(error, dict) else str(error)
-        if not client_wants_usage and "usage" in chunk and digest.forward:
-            chunk.pop("usage", None)
-        return digest
+    def stream_passthrough(self, *, model: str, include_usage: bool) -> OpenAIPassthrough:
+        return OpenAIPassthrough(model=model, include_usage=include_usage)
 
-    def response_usage(self, response: dict) -> Usage | None:
-        usage = response.get("usage")
-        if not usage:
-            return None
-        return Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+    def response_usage(self, data: dict) -> Usage | None:
+        return _usage(data.get("usage"))
 
-    def response_text(self, response: dict) -> str:
+    def response_text(self, data: dict) -> str:
         parts = []
-        for choice in response.get("choices") or ():
+        for choice in data.get("choices") or ():
             message = choice.get("message") or {}
             parts.append(message.get("content") or "")
             for call in message.get("tool_calls") or ():
@@ -104,10 +389,155 @@ class OpenAIDialect(Dialect):
                 parts.append(function.get("arguments") or "")
         return "".join(p for p in parts if isinstance(p, str))
 
-    def upstream_error_message(self, payload) -> str | None:
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            return payload["error"].get("message")
-        return None
+    # Facing a client ----------------------------------------------------------------------------
+
+    def parse_request(self, body: dict) -> ChatRequest:
+        """A checked /v1/chat/completions body -> canonical; OpenAI-only fields (n, seed, logprobs,
+        penalties, response_format, ...) have no counterpart and are left out."""
+        request = ChatRequest(messages=[])
+        for index, message in enumerate(body["messages"]):
+            where = f"messages[{index}]"
+            role, content = message["role"], message.get("content")
+            if role in ("system", "developer"):
+                request.system.extend(p for p in _parts(content, where, images=False) if isinstance(p, Text))
+            elif role == "user":
+                request.messages.append(Message("user", _parts(content, where, images=True)))
+            elif role == "assistant":
+                parts = _parts(content, where, images=False)
+                for call in message.get("tool_calls") or ():
+                    function = call.get("function") if isinstance(call, dict) else None
+                    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                        raise bad_request(f"'{where}.tool_calls' must be function calls with a name", param=where)
+                    parts.append(ToolCall(str(call.get("id") or ""), function["name"], function.get("arguments") or ""))
+                request.messages.append(Message("assistant", parts))
+            elif role == "tool":
+                result = ToolResult(str(message.get("tool_call_id") or ""), _parts(content, where, images=False))
+                request.messages.append(Message("user", [result]))
+            else:
+                raise bad_request(
+                    f"'{where}.role' is {role!r}, which this model's provider does not accept", param=f"{where}.role"
+                )
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        request.max_tokens = max_tokens if isinstance(max_tokens, int) else None
+        for name in ("temperature", "top_p"):
+            value = body.get(name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                setattr(request, name, value)
+        stop = body.get("stop")
+        request.stop = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str)]
+        request.stream = bool(body.get("stream"))
+        raw_tools = body.get("tools") or [{"type": "function", "function": f} for f in body.get("functions") or ()]
+        request.tools = [_tool(raw, f"tools[{index}]") for index, raw in enumerate(raw_tools)]
+        request.tool_choice = _tool_choice(body.get("tool_choice", body.get("function_call")))
+        if isinstance(body.get("parallel_tool_calls"), bool):
+            request.parallel_tool_calls = body["parallel_tool_calls"]
+        if isinstance(body.get("user"), str):
+            request.user = body["user"]
+        return request
+
+    def render_response(self, response: ChatResponse, *, model: str) -> dict:
+        text = "".join(p.text for p in response.parts if isinstance(p, Text))
+        thinking = "".join(p.text for p in response.parts if isinstance(p, Thinking))
+        calls = [p for p in response.parts if isinstance(p, ToolCall)]
+        message: dict = {"role": "assistant", "content": text or (None if calls else ""), "refusal": None}
+        if thinking:
+            message["reasoning_content"] = thinking
+        if calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ]
+        out = {
+            "id": response.id or _new_id(),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": response.finish_reason or "stop"}
+            ],
+        }
+        if response.usage is not None:
+            out["usage"] = _usage_body(response.usage)
+        return out
+
+    def stream_renderer(self, *, model: str, include_usage: bool) -> OpenAIStreamRenderer:
+        return OpenAIStreamRenderer(model=model, include_usage=include_usage)
+
+    # Facing a provider --------------------------------------------------------------------------
+
+    def build_request(
+        self, request: ChatRequest, *, upstream_model: str, stream: bool, max_output_tokens: int | None
+    ) -> dict:
+        messages: list[dict] = []
+        if request.system:
+            messages.append({"role": "system", "content": "\n\n".join(part.text for part in request.system)})
+        for message in request.messages:
+            messages.extend(_messages_out(message))
+        out: dict = {"model": upstream_model, "messages": messages}
+        max_tokens = request.max_tokens
+        if max_output_tokens is not None:
+            max_tokens = min(max_tokens, max_output_tokens) if max_tokens else max_output_tokens
+        if max_tokens:
+            out["max_tokens"] = max_tokens
+        if request.temperature is not None:
+            out["temperature"] = request.temperature
+        if request.top_p is not None:
+            out["top_p"] = request.top_p
+        if request.stop:
+            out["stop"] = list(request.stop)
+        if request.tools:
+            out["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        k: v
+                        for k, v in (("name", t.name), ("description", t.description), ("parameters", t.parameters))
+                        if v is not None
+                    },
+                }
+                for t in request.tools
+            ]
+            choice = request.tool_choice
+            if choice is not None:
+                out["tool_choice"] = (
+                    {"type": "function", "function": {"name": choice.name}} if choice.mode == "tool" else choice.mode
+                )
+            if request.parallel_tool_calls is not None:
+                out["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.user:
+            out["user"] = request.user
+        if stream:
+            out["stream"] = True
+            out["stream_options"] = {"include_usage": True}
+        return out
+
+    def parse_response(self, data: dict) -> ChatResponse:
+        choices = data.get("choices") or [{}]
+        choice = choices[0] if isinstance(choices[0], dict) else {}
+        message = choice.get("message") or {}
+        parts: list[Part] = []
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            parts.append(Thinking(reasoning))
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            parts.append(Text(content))
+        elif isinstance(content, list):
+            parts.extend(Text(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") or {}
+            parts.append(
+                ToolCall(str(call.get("id") or ""), function.get("name") or "", function.get("arguments") or "")
+            )
+        finish = choice.get("finish_reason")
+        return ChatResponse(
+            id=str(data.get("id") or ""),
+            parts=parts,
+            finish_reason=_FINISH_IN.get(finish, finish),
+            usage=self.response_usage(data),
+        )
+
+    def stream_parser(self) -> OpenAIStreamParser:
+        return OpenAIStreamParser()
 
 
 openai = register(OpenAIDialect(name="openai", paths={"chat": "/chat/completions", "models": "/models"}))

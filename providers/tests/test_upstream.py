@@ -61,16 +61,20 @@ async def test_stream_chunks_arrive_one_by_one(fresh_simulator):
     request = client.build_request(
         "POST",
         fresh_simulator.openai_base + "/chat/completions",
-        content=chat("sim-echo?tokens=5&interval_ms=50", stream=True),
+        content=chat("sim-echo?tokens=5&interval_ms=150", stream=True),
     )
     response = await client.send(request, stream=True)
-    arrivals = []
+    reads = []
     async for chunk in response.aiter_bytes():
-        arrivals.append((time.perf_counter(), chunk.count(b"data: ")))
+        reads.append((time.perf_counter(), chunk))
     await response.aclose()
-    assert sum(n for _, n in arrivals) == 8  # role, 5 tokens, finish, [DONE]
-    # Paced events are separate reads (the first ones may share a read with the headers' flush).
-    assert len(arrivals) >= 6
+    assert sum(chunk.count(b"data: ") for _, chunk in reads) == 8  # role, 5 tokens, finish, [DONE]
+    # The five paced tokens come in five reads, ~150 ms apart (role and finish events, sent with no
+    # pause around the first and last token, may share their reads).
+    token_reads = [at for at, chunk in reads if b'"content":"' in chunk.replace(b'"content":""', b"")]
+    assert len(token_reads) == 5
+    gaps = [b - a for a, b in zip(token_reads, token_reads[1:], strict=False)]
+    assert all(0.08 < gap < 0.4 for gap in gaps), gaps
 
 
 async def test_connection_refused_is_connect_error():

@@ -1,0 +1,173 @@
+"""The canonical model that sits between dialects: a chat request (messages made of content parts,
+tools), a complete reply, and the events of a streamed reply.
+
+Same dialect in and out never touches it; a translation from dialect A to dialect B is A's parser
+producing these objects and B's renderer consuming them. Finish reasons use the OpenAI names
+("stop", "length", "tool_calls", "content_filter"); tool-call arguments stay JSON text as the
+model wrote them, so a stream can carry them in fragments.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # The part of prompt_tokens read from a prompt cache.
+    cached_tokens: int = 0
+
+
+# Content parts ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+
+
+@dataclass(slots=True)
+class Image:
+    """Either inline base64 `data` with its `media_type`, or a `url` the provider fetches."""
+
+    data: str | None = None
+    media_type: str | None = None
+    url: str | None = None
+
+
+@dataclass(slots=True)
+class Thinking:
+    text: str
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(slots=True)
+class ToolResult:
+    tool_call_id: str
+    content: list[Text | Image] = field(default_factory=list)
+    is_error: bool = False
+
+
+Part = Text | Image | Thinking | ToolCall | ToolResult
+
+
+@dataclass(slots=True)
+class Message:
+    role: str  # "user" or "assistant"; tool results are parts of a user message
+    parts: list[Part] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict = field(default_factory=dict)  # JSON schema of the arguments
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    mode: str  # "auto", "none", "required" or "tool"
+    name: str | None = None  # the tool, when mode == "tool"
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    messages: list[Message]
+    system: list[Text] = field(default_factory=list)
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    user: str | None = None
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    id: str
+    parts: list[Part]  # Text, Thinking and ToolCall
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    stop_sequence: str | None = None
+
+    def text(self) -> str:
+        """Everything the model wrote, for token estimates when the provider reports no usage."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, Text | Thinking):
+                out.append(part.text)
+            elif isinstance(part, ToolCall):
+                out.append(part.name + part.arguments)
+        return "".join(out)
+
+
+# Stream events ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Start:
+    id: str
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    text: str = ""
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """`index` counts tool calls in the reply (0, 1, ...); `id` and `name` come with the first fragment."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(slots=True)
+class UsageReport:
+    """Token counts as the provider reports them; None = not in this event (reported elsewhere)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: str
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class StreamError:
+    message: str
+    kind: str | None = None
+
+
+@dataclass(slots=True)
+class End:
+    """The provider said the stream is complete ([DONE], message_stop)."""
+
+
+StreamEvent = Start | TextDelta | ThinkingDelta | ToolCallDelta | UsageReport | Finish | StreamError | End
+
+
+class MalformedEvent(ValueError):
+    """An upstream stream event that is not what its dialect promises (e.g. not JSON)."""
