@@ -131,12 +131,6 @@ async def call_finish(call: RelayCall) -> None:
         usage = Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts)))
     usage = usage or Usage()
     summary = call.meter.summary()
-    try:
-        if call.admission is not None and call.admission.allowed:
-            actual = usage.prompt_tokens + usage.completion_tokens if call.route is not None else 0
-            await limits_settle(call.ctx, call.admission, actual_tokens=actual)
-    except Exception as exc:
-        logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
     event = {
         "request_id": call.request_id,
         "api_key_id": call.ctx.key_id,
@@ -154,10 +148,25 @@ async def call_finish(call: RelayCall) -> None:
         "created_at": time.time(),
         **summary,
     }
+    # Both round trips at once: the client of a non-streamed request is waiting on them.
+    await asyncio.gather(_settle(call, usage), _record(call.request_id, event))
+
+
+async def _settle(call: RelayCall, usage: Usage) -> None:
+    if call.admission is None or not call.admission.allowed:
+        return
+    actual = usage.prompt_tokens + usage.completion_tokens if call.route is not None else 0
+    try:
+        await limits_settle(call.ctx, call.admission, actual_tokens=actual)
+    except Exception as exc:
+        logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
+
+
+async def _record(request_id: str, event: dict) -> None:
     try:
         await usage_record(event)
     except Exception as exc:
-        logger.warning("usage record failed for %s: %s", call.request_id, type(exc).__name__)
+        logger.warning("usage record failed for %s: %s", request_id, type(exc).__name__)
 
 
 class UpstreamFailure(Exception):
