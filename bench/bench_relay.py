@@ -9,6 +9,7 @@ non-streamed requests per second at saturation, and the memory of the relay proc
 import argparse
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,57 +149,126 @@ class Bench:
         return url, process
 
 
-async def ttfb_once(client: httpx.AsyncClient, base: str, key: str, model: str) -> float:
-    body = {"model": model, "messages": MESSAGES, "stream": True}
-    started = time.perf_counter()
-    async with client.stream(
-        "POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
-    ) as response:
+class RawClient:
+    """A minimal keep-alive HTTP/1.1 client on asyncio streams: costs far less CPU than httpx, so on a
+    2-core machine the measurement is of the servers, not of the client."""
+
+    def __init__(self, base: str, key: str) -> None:
+        url = httpx.URL(base)
+        self.host, self.port, self.path = url.host, url.port, url.path.rstrip("/")
+        self.key = key
+        self.reader = self.writer = None
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def request_bytes(self, body: dict) -> bytes:
+        payload = orjson.dumps(body)
+        head = (
+            f"POST {self.path}/chat/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        return head.encode() + payload
+
+    async def call(self, body: dict) -> tuple[float, float]:
+        """(ms to the first body byte, ms to the end) of one request."""
+        if self.writer is None:
+            await self.connect()
+        started = time.perf_counter()
+        self.writer.write(self.request_bytes(body))
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        headers = head.lower()
         first = None
-        async for raw in response.aiter_raw():
-            if first is None and raw:
-                first = time.perf_counter() - started
-        if response.status_code != 200:
-            raise RuntimeError(f"{base}: HTTP {response.status_code}")
-    return first * 1000
+        if b"transfer-encoding: chunked" in headers:
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if first is None:
+                    first = time.perf_counter()
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:
+            length = int(headers.split(b"content-length: ")[1].split(b"\r\n")[0])
+            await self.reader.readexactly(1)
+            first = time.perf_counter()
+            await self.reader.readexactly(length - 1)
+        if status != 200:
+            raise RuntimeError(f"HTTP {status} from {self.host}:{self.port}")
+        if b"connection: close" in headers:
+            await self.close()
+            self.writer = None
+        return (first - started) * 1000, (time.perf_counter() - started) * 1000
 
 
 async def ttfb(base: str, key: str, model: str, *, concurrency: int, total: int) -> list[float]:
-    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        for _ in range(5):
-            await ttfb_once(client, base, key, model)
-        results: list[float] = []
-        queue = iter(range(total))
+    body = {"model": model, "messages": MESSAGES, "stream": True}
+    clients = [RawClient(base, key) for _ in range(concurrency)]
+    for client in clients:
+        for _ in range(3):
+            await client.call(body)
+    results: list[float] = []
+    queue = iter(range(total))
 
-        async def worker():
-            for _ in queue:
-                results.append(await ttfb_once(client, base, key, model))
+    async def worker(client):
+        for _ in queue:
+            results.append((await client.call(body))[0])
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return results
+    await asyncio.gather(*(worker(c) for c in clients))
+    for client in clients:
+        await client.close()
+    return results
 
 
 async def rps(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
-    limits = httpx.Limits(max_connections=concurrency + 10, max_keepalive_connections=concurrency + 10)
+    """Non-streamed requests per second at saturation (wrk when installed, else the raw client)."""
+    if shutil.which("wrk"):
+        return rps_wrk(base, key, model, concurrency=concurrency, seconds=seconds)
     body = {"model": model, "messages": MESSAGES}
-    headers = {"Authorization": f"Bearer {key}"}
+    clients = [RawClient(base, key) for _ in range(concurrency)]
     done = 0
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        await client.post(base + "/chat/completions", json=body, headers=headers)
-        deadline = time.perf_counter() + seconds
-        started = time.perf_counter()
+    deadline = time.perf_counter() + seconds
+    started = time.perf_counter()
 
-        async def worker():
-            nonlocal done
-            while time.perf_counter() < deadline:
-                response = await client.post(base + "/chat/completions", json=body, headers=headers)
-                if response.status_code != 200:
-                    raise RuntimeError(f"{base}: HTTP {response.status_code} {response.text[:200]}")
-                done += 1
+    async def worker(client):
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await client.call(body)
+            done += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done / (time.perf_counter() - started)
+    await asyncio.gather(*(worker(c) for c in clients))
+    for client in clients:
+        await client.close()
+    return done / (time.perf_counter() - started)
+
+
+def rps_wrk(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    body = orjson.dumps({"model": model, "messages": MESSAGES}).decode()
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = '{body}'\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("non2xx=%d\\n", summary.errors.status))\n'
+        "end\n"
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", str(script), base + "/chat/completions"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    script.unlink()
+    if "non2xx=0" not in out:
+        raise RuntimeError(f"wrk saw non-2xx answers from {base}:\n{out}")
+    return float(out.split("Requests/sec:")[1].split()[0])
 
 
 async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: int) -> tuple[float, float]:
