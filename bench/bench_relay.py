@@ -86,7 +86,7 @@ class Bench:
         provider = Provider(name="sim", dialect="openai", base_url=self.sim_url + "/v1", max_connections=1000)
         provider.api_key = "sk-upstream"
         provider.save()
-        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=100")):
+        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=1200&interval_ms=100")):
             model = Model.objects.create(name=name)
             Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
         tier = Tier.objects.create(name="bench")
@@ -134,7 +134,7 @@ class Bench:
             + "".join(
                 f"  - model_name: {name}\n    litellm_params:\n      model: openai/{upstream}\n"
                 f"      api_base: {self.sim_url}/v1\n      api_key: sk-upstream\n"
-                for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=100"))
+                for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=1200&interval_ms=100"))
             )
         )
         port = free_port()
@@ -288,8 +288,9 @@ async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: in
             async with client.stream(
                 "POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
             ) as response:
-                async for _ in response.aiter_raw():
-                    break
+                # Keep the iterator: dropping a half-read one closes the connection.
+                chunks = response.aiter_raw()
+                await anext(chunks)
                 count += 1
                 if count == streams:
                     opened.set()
@@ -297,7 +298,10 @@ async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: in
 
         tasks = [asyncio.create_task(hold()) for _ in range(streams)]
         try:
-            await asyncio.wait_for(opened.wait(), 90)
+            try:
+                await asyncio.wait_for(opened.wait(), 90)
+            except TimeoutError:
+                raise RuntimeError(f"only {count} of {streams} streams opened within 90 s") from None
             await asyncio.sleep(1.0)
             loaded = rss()
         finally:
