@@ -86,7 +86,7 @@ class Bench:
         provider = Provider(name="sim", dialect="openai", base_url=self.sim_url + "/v1", max_connections=1000)
         provider.api_key = "sk-upstream"
         provider.save()
-        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=1200&interval_ms=100")):
+        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=1000")):
             model = Model.objects.create(name=name)
             Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
         tier = Tier.objects.create(name="bench")
@@ -134,11 +134,13 @@ class Bench:
             + "".join(
                 f"  - model_name: {name}\n    litellm_params:\n      model: openai/{upstream}\n"
                 f"      api_base: {self.sim_url}/v1\n      api_key: sk-upstream\n"
-                for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=1200&interval_ms=100"))
+                for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=1000"))
             )
         )
         port = free_port()
-        env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR")
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+        self.litellm_key = "sk-bench-" + os.urandom(16).hex()
+        env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", LITELLM_MASTER_KEY=self.litellm_key)
         process = self.spawn(
             [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
             env,
@@ -177,6 +179,15 @@ class RawClient:
 
     async def call(self, body: dict) -> tuple[float, float]:
         """(ms to the first body byte, ms to the end) of one request."""
+        try:
+            return await self._call(body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed an idle keep-alive connection: one retry on a new one.
+            await self.close()
+            self.writer = None
+            return await self._call(body)
+
+    async def _call(self, body: dict) -> tuple[float, float]:
         if self.writer is None:
             await self.connect()
         started = time.perf_counter()
@@ -282,15 +293,20 @@ async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: in
     body = {"model": "sim-hold", "messages": MESSAGES, "stream": True}
 
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        # Connects are staggered: a burst of 500 SYNs overflows a small listen backlog (daphne's is 50)
+        # and the kernel's retry back-off, not the relay, would then decide how long opening takes.
+        connecting = asyncio.Semaphore(25)
 
         async def hold():
             nonlocal count
+            await connecting.acquire()
             async with client.stream(
                 "POST", base + "/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
             ) as response:
                 # Keep the iterator: dropping a half-read one closes the connection.
                 chunks = response.aiter_raw()
                 await anext(chunks)
+                connecting.release()
                 count += 1
                 if count == streams:
                     opened.set()
@@ -323,8 +339,11 @@ def run_target(name, base, key, pid, args) -> dict:
         rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, seconds=5 if args.quick else 10)
     )
     if pid is not None and not args.no_memory:
-        idle, loaded = asyncio.run(memory_with_open_streams(base, key, pid, streams=500))
-        row["rss_idle_mib"], row["rss_500_mib"] = idle, loaded
+        try:
+            idle, loaded = asyncio.run(memory_with_open_streams(base, key, pid, streams=500))
+            row["rss_idle_mib"], row["rss_500_mib"] = idle, loaded
+        except RuntimeError as exc:
+            print(f"  {name}: memory test failed: {exc}", flush=True)
     print(f"  {name}: {row}", flush=True)
     return row
 
@@ -341,14 +360,14 @@ def main() -> None:
     try:
         bench.setup()
         rows.append(run_target("direct", bench.sim_url + "/v1", "x", None, args))
-        for server in args.servers.split(","):
+        for server in filter(None, args.servers.split(",")):
             url, process = bench.start_gateway(server)
             rows.append(run_target(f"gateway/{server}", url + "/v1", bench.key, process.pid, args))
             stop_process(process)
         if not args.no_litellm:
             started = bench.start_litellm()
             url, process = started
-            rows.append(run_target("litellm-proxy", url + "/v1", "sk-none", process.pid, args))
+            rows.append(run_target("litellm-proxy", url + "/v1", bench.litellm_key, process.pid, args))
             stop_process(process)
     finally:
         bench.close()
