@@ -89,8 +89,8 @@ def read_json_body(request) -> dict:
     return body
 
 
-def check_chat_body(body: dict) -> None:
-    """The checks we must make before routing; everything else is the provider's to judge."""
+def _check_model_and_messages(body: dict) -> list:
+    """What both chat formats require: a model name and a non-empty array of message objects."""
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise bad_request("'model' is required and must be a non-empty string", param="model")
@@ -104,13 +104,23 @@ def check_chat_body(body: dict) -> None:
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise bad_request(f"'messages[{index}]' must be an object", param=f"messages[{index}]")
+    return messages
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_chat_body(body: dict) -> None:
+    """The checks an OpenAI chat body must pass before routing; the rest is the provider's to judge."""
+    for index, message in enumerate(_check_model_and_messages(body)):
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise bad_request(
                 f"'messages[{index}].role' is required and must be a string", param=f"messages[{index}].role"
             )
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
+        if content is not None and not isinstance(content, str | list):
             raise bad_request(
                 f"'messages[{index}].content' must be a string or an array of content parts",
                 param=f"messages[{index}].content",
@@ -119,32 +129,16 @@ def check_chat_body(body: dict) -> None:
         raise bad_request("'stream' must be a boolean", param="stream")
     for name in ("max_tokens", "max_completion_tokens", "n"):
         value = body.get(name)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        if value is not None and not _positive_int(value):
             raise bad_request(f"'{name}' must be a positive integer", param=name)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", param="stream_options")
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def check_messages_body(body: dict) -> None:
     """The checks an Anthropic Messages body must pass before routing."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request("'model' is required and must be a non-empty string", param="model")
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", param="messages")
-    if not isinstance(messages, list):
-        raise bad_request(f"'messages' must be an array, got {type(messages).__name__}", param="messages")
-    if not messages:
-        raise bad_request("'messages' must contain at least one message", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise bad_request(f"'messages[{index}]' must be an object", param=f"messages[{index}]")
+    for index, message in enumerate(_check_model_and_messages(body)):
         role = message.get("role")
         if role not in ("user", "assistant"):
             raise bad_request(

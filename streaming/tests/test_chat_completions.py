@@ -9,10 +9,9 @@ import openai
 import orjson
 import pytest
 
-from accounts.usage import USAGE_QUEUE_KEY
-from aigateway.redis import redis_sync
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.ports import free_port
+from tests.support.usage import wait_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,21 +26,6 @@ def setup(fresh_simulator):
     model_create("sim-long", [(sim, "sim-echo?tokens=200&interval_ms=20", 0)])
     key = key_create("free")
     return key, sim
-
-
-def usage_events() -> list[dict]:
-    return [orjson.loads(raw) for raw in redis_sync().lrange(USAGE_QUEUE_KEY, 0, -1)]
-
-
-def wait_usage(predicate, timeout: float = 3.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        events = usage_events()
-        if predicate(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"usage events did not match: {events}")
-        time.sleep(0.02)
 
 
 def stream_text(stream) -> tuple[str, list]:

@@ -12,9 +12,9 @@ import openai
 import orjson
 import pytest
 
-from streaming.tests.test_chat_completions import wait_usage
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.ports import free_port
+from tests.support.usage import wait_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

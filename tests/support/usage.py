@@ -1,0 +1,24 @@
+"""Reading the usage events a gateway process pushed to the Redis queue."""
+
+import time
+
+import orjson
+
+from accounts.usage import USAGE_QUEUE_KEY
+from aigateway.redis import redis_sync
+
+
+def usage_events() -> list[dict]:
+    return [orjson.loads(raw) for raw in redis_sync().lrange(USAGE_QUEUE_KEY, 0, -1)]
+
+
+def wait_usage(predicate, timeout: float = 3.0) -> list[dict]:
+    """The queued usage events once `predicate(events)` holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        events = usage_events()
+        if predicate(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"usage events did not match: {events}")
+        time.sleep(0.02)
