@@ -7,7 +7,6 @@ changed a tier, ...), which every process notices within GATEWAY_CONFIG_CHECK_SE
 
 import time
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
@@ -15,6 +14,7 @@ from accounts.context import KeyContext
 from accounts.keys import key_hash, key_looks_valid
 from accounts.models import LIMIT_FIELDS, ApiKey
 from aigateway.config_watch import config_watch
+from aigateway.db import db_read
 
 _MISSING = object()
 # key hash -> (expires_at_monotonic, KeyContext | None); None caches "unknown key" briefly.
@@ -86,7 +86,7 @@ async def key_context_resolve(plaintext: str) -> KeyContext | None:
     hashed = key_hash(plaintext)
     ctx = _cached(hashed)
     if ctx is _MISSING:
-        ctx = await sync_to_async(key_context_load, thread_sensitive=False)(hashed)
+        ctx = await db_read(key_context_load, hashed)
         _store(hashed, ctx)
     return _usable(ctx)
 

@@ -10,10 +10,10 @@ import random
 import time
 from dataclasses import dataclass
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from aigateway.config_watch import config_watch
+from aigateway.db import db_read
 from aigateway.redis import redis_async
 from providers.health import HEALTH_DOWN_KEY
 
@@ -110,7 +110,7 @@ class Router:
     async def table(self) -> RouteTable:
         await config_watch.check()
         if self._table is None:
-            self._table = await sync_to_async(route_table_load, thread_sensitive=False)()
+            self._table = await db_read(route_table_load)
         return self._table
 
     async def candidates(self, model: str) -> list[Route]:

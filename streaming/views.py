@@ -7,9 +7,11 @@ from django.http import HttpResponse, JsonResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.limits import limits_admit
+from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
+from providers.health import providers_health_overview
 from providers.routing import router
 from streaming.edge import authenticate, check_chat_body, check_messages_body, read_json_body, speaks
 from streaming.meter import StreamMeter
@@ -122,29 +124,19 @@ async def health(request):
         ctx = await key_context_resolve(plaintext)
         if ctx is not None and ctx.is_staff:
             payload["providers"] = await _provider_health()
-    elif getattr(request, "user", None) is not None and await _is_staff_session(request):
-        payload["providers"] = await _provider_health()
     return JsonResponse(payload)
 
 
-async def _is_staff_session(request) -> bool:
-    user = await request.auser()
-    return bool(user.is_authenticated and user.is_staff)
-
-
 async def _provider_health() -> list[dict]:
-    from providers.models import Provider
-
-    rows = []
-    async for p in Provider.objects.order_by("name"):
-        rows.append(
-            {
-                "name": p.name,
-                "enabled": p.enabled,
-                "status": p.health_status,
-                "checked_at": p.health_checked_at.isoformat() if p.health_checked_at else None,
-                "latency_ms": p.health_latency_ms,
-                "consecutive_failures": p.health_consecutive_failures,
-            }
-        )
-    return rows
+    rows = await db_read(providers_health_overview)
+    return [
+        {
+            "name": row["name"],
+            "enabled": row["enabled"],
+            "status": row["health_status"],
+            "checked_at": row["health_checked_at"].isoformat() if row["health_checked_at"] else None,
+            "latency_ms": row["health_latency_ms"],
+            "consecutive_failures": row["health_consecutive_failures"],
+        }
+        for row in rows
+    ]
