@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -355,6 +356,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--servers", default="uvicorn,daphne")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the `finally` below stops every process the bench started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     bench = Bench(args)
     rows = []
     try:
