@@ -10,7 +10,7 @@ from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.keys import key_hash, key_matches
+from accounts.keys import key_generate, key_hash, key_matches
 from accounts.models import ApiKey, Tier, UsageDaily, UsageRecord
 from accounts.services import api_key_issue
 from aigateway.config_version import CONFIG_VERSION_KEY
@@ -183,7 +183,7 @@ def test_add_form_defaults_the_owner_to_the_signed_in_user(admin_client, admin_u
 
 
 def test_key_and_hash_cannot_be_set_from_the_add_form(admin_client, accounts_data, admin_user):
-    chosen = "sk-gw-chosen-by-the-browser-0000000000"
+    chosen = key_generate()  # a well-formed key the browser made up
     data = api_key_post_data(admin_user, accounts_data["tier"], key_hash=key_hash(chosen), prefix="sk-gw-chosen")
     admin_client.post(admin_url("apikey_add"), data)
     api_key = ApiKey.objects.get(name="partner")

@@ -4,6 +4,7 @@ import httpx
 import openai
 import pytest
 
+from accounts.keys import key_generate
 from accounts.models import ApiKey
 from tests.support.data import key_create, model_create, provider_create
 
@@ -75,12 +76,12 @@ def test_invalid_fields(gateway, key, body, needle, param):
 def test_auth_errors(gateway, key):
     body = {"model": "sim-fast", "messages": [{"role": "user", "content": "x"}]}
     assert_error(post(gateway, None, body), 401, "no API key", code="missing_api_key")
-    assert_error(post(gateway, "sk-gw-notarealkeynotarealkey", body), 401, "invalid", code="invalid_api_key")
+    assert_error(post(gateway, key_generate(), body), 401, "invalid", code="invalid_api_key")
     response = post(gateway, key + "x", body)
     assert_error(response, 401, code="invalid_api_key")
     assert key not in response.text
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gateway.openai_base, api_key="sk-gw-wrongwrongwrongwrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=gateway.openai_base, api_key=key_generate(), max_retries=0).models.list()
 
 
 def test_disabled_key_is_refused_within_seconds(gateway, key):

@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from accounts.keys import key_generate
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.ports import free_port
 from tests.support.usage import wait_usage
@@ -415,9 +416,9 @@ def test_bad_json_and_wrong_method(gateway, key):
 def test_auth_errors(gateway, key):
     body = {"model": "claude", "max_tokens": 5, "messages": MESSAGES}
     assert_error(post(gateway, None, body), 401, "authentication_error", "no API key")
-    assert_error(post(gateway, "sk-gw-notarealkeynotarealkey", body), 401, "authentication_error", "invalid")
+    assert_error(post(gateway, key_generate(), body), 401, "authentication_error", "invalid")
     with pytest.raises(anthropic.AuthenticationError) as caught:
-        through(gateway, "sk-gw-wrongwrongwrongwrong").messages.create(**body)
+        through(gateway, key_generate()).messages.create(**body)
     assert caught.value.status_code == 401
     assert caught.value.body["error"]["type"] == "authentication_error"
 
