@@ -10,7 +10,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
-from accounts.models import ApiKey, Tier, UsageDaily, UsageRecord
+from accounts.models import LIMIT_FIELDS, ApiKey, Tier, UsageDaily, UsageRecord
 from accounts.services import api_key_issue, api_key_set_enabled
 
 # The plaintext of a key issued while handling one add request lives only on that request object.
@@ -22,11 +22,7 @@ ISSUE_OPTION_FIELDS = ("enabled", "expires_at", "rpm", "tpm", "max_concurrent", 
 class TierAdmin(admin.ModelAdmin):
     list_display = [
         "name",
-        "rpm",
-        "tpm",
-        "max_concurrent",
-        "daily_tokens",
-        "max_output_tokens",
+        *LIMIT_FIELDS,
         "max_compare_models",
         "models_allowed",
         "key_count",

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 
-from accounts.models import Tier
+from accounts.models import LIMIT_FIELDS, Tier
 from providers.models import Deployment, Dialect, Model, Provider
 
 INT32_MAX = 2**31 - 1
@@ -58,16 +58,7 @@ MODEL_KEYS = (
     "deployments",
 )
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled")
-TIER_KEYS = (
-    "name",
-    "rpm",
-    "tpm",
-    "max_concurrent",
-    "daily_tokens",
-    "max_output_tokens",
-    "max_compare_models",
-    "models",
-)
+TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "models")
 
 
 class ConfigImportError(Exception):
@@ -476,10 +467,7 @@ def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list
             "enabled": entry.boolean("enabled", default=True),
         }
         api_key = _provider_api_key(entry, secrets)
-        if isinstance(name, str):
-            if name in seen:
-                problems.add(mapping.line, f"provider '{name}' is defined twice (first at line {seen[name]})")
-            seen.setdefault(name, mapping.line)
+        _note_duplicate(problems, seen, "provider", name, mapping.line)
         if _all_valid(name, api_key, *fields.values()):
             specs.append(_ProviderSpec(line=mapping.line, name=name, fields=fields, api_key=api_key))
     return specs
@@ -508,6 +496,24 @@ def _provider_api_key(entry: _Entry, secrets: set[str]) -> str | None | _Invalid
     return None
 
 
+def _note_duplicate(problems: _Problems, seen: dict, kind: str, name, line: int) -> None:
+    """A name defined twice in one file is reported at its second definition."""
+    if not isinstance(name, str):
+        return
+    if name in seen:
+        problems.add(line, f"{kind} '{name}' is defined twice (first at line {seen[name]})")
+    seen.setdefault(name, line)
+
+
+def _note_unknown(problems: _Problems, referenced: list, model_class, kind: str, *, defined_here: set[str]) -> None:
+    """References (name, line, label) to rows neither in this file nor in the database."""
+    names = {name for name, _line, _label in referenced}
+    known = defined_here | set(model_class.objects.filter(name__in=names).values_list("name", flat=True))
+    for name, line, label in referenced:
+        if name not in known:
+            problems.add(line, f"{label} refers to unknown {kind} '{name}' (not in this file or the database)")
+
+
 def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> list[_ModelSpec]:
     if isinstance(entries, _Invalid):
         return []
@@ -524,20 +530,12 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
             "context_window": entry.integer("context_window", default=None, minimum=1, nullable=True),
             "description": entry.string("description"),
         }
-        if isinstance(name, str):
-            if name in seen:
-                problems.add(mapping.line, f"model '{name}' is defined twice (first at line {seen[name]})")
-            seen.setdefault(name, mapping.line)
+        _note_duplicate(problems, seen, "model", name, mapping.line)
         deployments = _deployments_validate(entry, problems, referenced)
         if _all_valid(name, deployments, *fields.values()):
             specs.append(_ModelSpec(line=mapping.line, name=name, fields=fields, deployments=deployments))
 
-    known = file_providers | set(
-        Provider.objects.filter(name__in={r[0] for r in referenced}).values_list("name", flat=True)
-    )
-    for provider, line, label in referenced:
-        if provider not in known:
-            problems.add(line, f"{label} refers to unknown provider '{provider}' (not in this file or the database)")
+    _note_unknown(problems, referenced, Provider, "provider", defined_here=file_providers)
     return specs
 
 
@@ -596,19 +594,13 @@ def _tiers_validate(entries, problems: _Problems, file_models: set[str]) -> list
             "max_compare_models": entry.integer("max_compare_models", default=4, minimum=1),
         }
         models = entry.names("models")
-        if isinstance(name, str):
-            if name in seen:
-                problems.add(mapping.line, f"tier '{name}' is defined twice (first at line {seen[name]})")
-            seen.setdefault(name, mapping.line)
+        _note_duplicate(problems, seen, "tier", name, mapping.line)
         if not isinstance(models, _Invalid):
             referenced.extend((model, line, entry.label) for model, line in models)
         if _all_valid(name, models, *fields.values()):
             specs.append(_TierSpec(mapping.line, name, fields, [model for model, _line in models]))
 
-    known = file_models | set(Model.objects.filter(name__in={r[0] for r in referenced}).values_list("name", flat=True))
-    for model, line, label in referenced:
-        if model not in known:
-            problems.add(line, f"{label} refers to unknown model '{model}' (not in this file or the database)")
+    _note_unknown(problems, referenced, Model, "model", defined_here=file_models)
     return specs
 
 
