@@ -1,24 +1,15 @@
 """Changes made in Django admin reach every gateway process within seconds."""
 
-import time
-
 import openai
 import pytest
 
 from accounts.models import ApiKey
 from providers.models import Provider
 from tests.support.data import key_create, model_create, provider_create
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGES = [{"role": "user", "content": "admin"}]
-
-
-def eventually(check, timeout: float = 5.0) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, "change not effective within 5 s"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def test_admin_disables_key_and_provider_on_two_processes(gateway_factory, fresh_simulator, admin_client):
@@ -58,7 +49,7 @@ def test_admin_disables_key_and_provider_on_two_processes(gateway_factory, fresh
     provider = Provider.objects.get(pk=first.pk)
     assert not provider.enabled and provider.api_key == "sk-upstream-test"
     for client in clients:
-        eventually(lambda c=client: provider_used(c) == "second")
+        eventually(lambda c=client: provider_used(c) == "second", timeout=5, what="provider disabled")
 
     api_key = ApiKey.objects.get()
     response = admin_client.post(
@@ -75,4 +66,4 @@ def test_admin_disables_key_and_provider_on_two_processes(gateway_factory, fresh
         return False
 
     for client in clients:
-        eventually(lambda c=client: refused(c))
+        eventually(lambda c=client: refused(c), timeout=5, what="key disabled")

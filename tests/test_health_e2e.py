@@ -7,17 +7,17 @@ import pytest
 
 from providers.models import HealthStatus, Provider
 from tests.support.data import key_create, model_create, provider_create
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 MESSAGES = [{"role": "user", "content": "health"}]
 
 
 def wait_status(name: str, status: str, timeout: float) -> float:
-    started = time.monotonic()
-    while Provider.objects.get(name=name).health_status != status:
-        assert time.monotonic() - started < timeout, f"{name} not {status} after {timeout}s"
-        time.sleep(0.1)
-    return time.monotonic() - started
+    def reached():
+        return Provider.objects.get(name=name).health_status == status
+
+    return eventually(reached, timeout=timeout, what=f"{name} {status}")
 
 
 def test_down_provider_gets_no_traffic_until_it_recovers(gateway, simulator_factory, celery_worker):
@@ -56,31 +56,23 @@ def test_disabling_a_deployment_takes_effect_within_seconds(gateway, fresh_simul
     model = model_create("sim-two", [(first, "sim-echo", 0), (second, "sim-echo", 1)])
     key = key_create("free")
     client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
-    assert (
-        client.chat.completions.with_raw_response.create(model="sim-two", messages=MESSAGES).headers[
-            "x-gateway-provider"
-        ]
-        == "first"
-    )
-    deployment = model.deployments.get(provider=first)
-    deployment.enabled = False
-    deployment.save()
-    deadline = time.monotonic() + 5
-    while (
-        client.chat.completions.with_raw_response.create(model="sim-two", messages=MESSAGES).headers[
-            "x-gateway-provider"
-        ]
-        != "second"
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    model.enabled = False
-    model.save()
-    deadline = time.monotonic() + 5
-    while True:
+
+    def provider_used() -> str:
+        response = client.chat.completions.with_raw_response.create(model="sim-two", messages=MESSAGES)
+        return response.headers["x-gateway-provider"]
+
+    def model_gone() -> bool:
         try:
             client.chat.completions.create(model="sim-two", messages=MESSAGES)
         except openai.NotFoundError:
-            break
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+            return True
+        return False
+
+    assert provider_used() == "first"
+    deployment = model.deployments.get(provider=first)
+    deployment.enabled = False
+    deployment.save()
+    eventually(lambda: provider_used() == "second", timeout=5, what="deployment disabled")
+    model.enabled = False
+    model.save()
+    eventually(model_gone, timeout=5, what="model disabled")
