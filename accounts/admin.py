@@ -59,8 +59,18 @@ class TierAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "owner", "tier", "enabled", "expires_at", "created_at", "last_used_at"]
-    list_filter = ["tier", "enabled"]
+    list_display = [
+        "name",
+        "prefix",
+        "owner",
+        "tier",
+        "enabled",
+        "playground",
+        "expires_at",
+        "created_at",
+        "last_used_at",
+    ]
+    list_filter = ["tier", "enabled", "playground"]
     search_fields = ["name", "prefix", "owner__username"]
     list_select_related = ["owner", "tier"]
     actions = ["enable_keys", "disable_keys"]
@@ -171,9 +181,9 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "duration_ms",
         "stream",
     ]
-    list_filter = ["model", "provider", "status_code", "stream"]
+    list_filter = ["model", "provider", "endpoint", "status_code", "stream"]
     date_hierarchy = "created_at"
-    search_fields = ["request_id"]
+    search_fields = ["request_id", "run_id"]
     list_select_related = ["api_key"]
 
 

@@ -60,6 +60,18 @@ def key_context_load(hashed: str) -> KeyContext | None:
     return key_context_build(api_key) if api_key else None
 
 
+def key_context_for_owner(*, owner_id: int, key_id: int) -> KeyContext | None:
+    """The KeyContext of one of a user's own keys (the browser playground pays with it), or None
+    when the key is not theirs, disabled or expired. Reads the database: not for the hot path."""
+    api_key = (
+        ApiKey.objects.select_related("tier", "owner")
+        .prefetch_related("tier__allowed_models")
+        .filter(pk=key_id, owner_id=owner_id, enabled=True, owner__is_active=True)
+        .first()
+    )
+    return _usable(key_context_build(api_key)) if api_key else None
+
+
 def _usable(ctx: KeyContext | None) -> KeyContext | None:
     if ctx is not None and ctx.expires_at is not None and ctx.expires_at <= timezone.now():
         return None

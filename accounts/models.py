@@ -37,6 +37,9 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=16, editable=False, help_text="Display prefix of the key.")
     enabled = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
+    playground = models.BooleanField(
+        default=False, editable=False, help_text="Created for a staff user's browser playground; never shown."
+    )
     # Per-key overrides of the tier's limits; null = use the tier's value.
     rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute override")
     tpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="tokens / minute override")
@@ -63,6 +66,8 @@ class UsageRecord(models.Model):
         "providers.Deployment", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
     )
     endpoint = models.CharField(max_length=64)
+    # The compare run (one per /v1/compare request or playground turn) this record belongs to.
+    run_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     stream = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True, default="")

@@ -201,3 +201,17 @@ def dashboard_data(*, window: str, now: datetime | None = None) -> dict:
         "timeseries": usage_timeseries(since=since, until=now, bucket="minute" if window == "1h" else "hour"),
         "top_keys": usage_top_keys(since=since),
     }
+
+
+def playground_keys(*, user) -> list:
+    """The user's keys the browser playground may run as: enabled and unexpired, oldest first."""
+    from accounts.models import ApiKey
+
+    now = timezone.now()
+    return list(
+        ApiKey.objects.filter(owner=user, enabled=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .select_related("tier")
+        .prefetch_related("tier__allowed_models")
+        .order_by("created_at")
+    )

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
@@ -45,3 +46,21 @@ def api_key_set_enabled(*, api_key: ApiKey, enabled: bool) -> None:
     # The post_save signal moves the config version, so every process drops the cached key.
     api_key.enabled = enabled
     api_key.save(update_fields=["enabled"])
+
+
+PLAYGROUND_KEY_NAME = "playground"
+# Used only when the tier named by GATEWAY_PLAYGROUND_TIER does not exist yet.
+PLAYGROUND_TIER_DEFAULTS = {"rpm": 60, "max_concurrent": 8, "daily_tokens": 1_000_000, "max_compare_models": 4}
+
+
+@transaction.atomic
+def playground_key_get_or_create(*, user) -> ApiKey:
+    """A staff user's own browser-playground key on the GATEWAY_PLAYGROUND_TIER tier.
+
+    Created on first use; like every key only its hash is stored, and the plaintext is thrown away:
+    the playground authenticates the browser by its session and never needs it."""
+    existing = ApiKey.objects.select_for_update().filter(owner=user, playground=True).first()
+    if existing is not None:
+        return existing
+    tier, _ = Tier.objects.get_or_create(name=settings.GATEWAY_PLAYGROUND_TIER, defaults=PLAYGROUND_TIER_DEFAULTS)
+    return api_key_issue(owner=user, tier=tier, name=PLAYGROUND_KEY_NAME, playground=True).api_key

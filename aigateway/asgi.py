@@ -92,6 +92,21 @@ class ApiHandler(ASGIHandler):
         body_file.close()
 
 
+class OriginCheckUnlessKey:
+    """Browsers send their cookies with a websocket opened by any site, so a session-authenticated
+    socket must come from one of our own hosts (AllowedHostsOriginValidator). A socket carrying an API
+    key header comes from a program (a browser page cannot set headers on a websocket) and needs no
+    Origin; the consumer then authenticates by the key alone and ignores any session."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.origin_checked = AllowedHostsOriginValidator(app)
+
+    async def __call__(self, scope, receive, send):
+        has_key = any(name in (b"authorization", b"x-api-key") for name, _ in scope.get("headers", ()))
+        return await (self.app if has_key else self.origin_checked)(scope, receive, send)
+
+
 class HttpDispatch:
     def __init__(self, api_app, site_app) -> None:
         self.api_app = api_app
@@ -107,6 +122,6 @@ application = ProtocolTypeRouter(
         # Static files (admin assets) are served under STATIC_URL by the site handler.
         "http": HttpDispatch(ApiHandler(), ASGIStaticFilesHandler(django_asgi_app)),
         "lifespan": lifespan_app,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginCheckUnlessKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -137,6 +137,12 @@ GATEWAY_KEY_CACHE_SECONDS = env.float("GATEWAY_KEY_CACHE_SECONDS", default=60.0)
 # A concurrency lease not released (process died) expires after this; live streams renew theirs.
 GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0)
 
+# Tier of the key a staff user without keys of their own gets in the browser playground.
+GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "playground"
+
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],

@@ -24,7 +24,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
 import orjson
@@ -40,6 +40,7 @@ OPTION_NAMES = (
     "malformed_after",  # after k token events, send one event that is not JSON, then go on
     "no_usage",  # leave usage out everywhere
     "echo",  # the answer is the last user message, word by word
+    "reasoning",  # stream this many reasoning ("thinking") tokens before the answer
 )
 FAULT_OPTIONS = ("fail", "hang", "drop_after", "malformed_after")
 DEFAULT_TOKENS = 12
@@ -181,10 +182,12 @@ class Completion:
     finish: str  # "stop", "length" or "tool"
     tool_name: str | None
     prompt_tokens: int
+    # Reasoning tokens written before the answer (first choice only); counted as completion tokens.
+    reasoning: list[str] = field(default_factory=list)
 
     @property
     def completion_tokens(self) -> int:
-        return sum(len(tokens) for tokens in self.choices)
+        return sum(len(tokens) for tokens in self.choices) + len(self.reasoning)
 
 
 def completion_plan(
@@ -206,7 +209,8 @@ def completion_plan(
     if cap is not None and any(len(tokens) > cap for tokens in choices):
         choices = [tokens[: max(cap, 0)] for tokens in choices]
         finish = "length"
-    return Completion(choices, finish, None, prompt_tokens)
+    reasoning = [f" step{index + 1}" for index in range(max(options.get("reasoning", 0), 0))]
+    return Completion(choices, finish, None, prompt_tokens, reasoning)
 
 
 def _new_id(prefix: str) -> str:
@@ -572,6 +576,8 @@ class Simulator:
                 }
             else:
                 message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+                if plan.reasoning and index == 0:
+                    message["reasoning_content"] = "".join(plan.reasoning)
             finish = "tool_calls" if plan.tool_name else plan.finish
             choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
         payload = {
@@ -632,6 +638,10 @@ class Simulator:
             await exchange.event(chunk(choice(index, delta)))
         steps = max(len(tokens) for tokens in plan.choices)
         interval = options.get("interval_ms", 0) / 1000
+        for token in plan.reasoning:
+            await exchange.event(chunk(choice(0, {"reasoning_content": token})), token=True)
+            if interval > 0:
+                await asyncio.sleep(interval)
         for step in range(steps):
             if step and interval > 0:
                 await asyncio.sleep(interval)
@@ -663,6 +673,8 @@ class Simulator:
             content = [{"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": TOOL_ARGUMENTS}]
         else:
             content = [{"type": "text", "text": "".join(tokens)}]
+        if plan.reasoning:
+            content.insert(0, {"type": "thinking", "thinking": "".join(plan.reasoning), "signature": "sim-signature"})
         payload = {
             "id": _new_id("msg_"),
             "type": "message",
@@ -673,8 +685,8 @@ class Simulator:
             "stop_sequence": None,
         }
         if not options.get("no_usage"):
-            payload["usage"] = {"input_tokens": plan.prompt_tokens, "output_tokens": len(tokens)}
-        exchange.record["tokens_sent"] = len(tokens)
+            payload["usage"] = {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens}
+        exchange.record["tokens_sent"] = plan.completion_tokens
         await exchange.json(200, payload)
 
     @staticmethod
@@ -707,13 +719,31 @@ class Simulator:
         if options.get("ttft_ms"):
             await asyncio.sleep(options["ttft_ms"] / 1000)
         await exchange.event(event("message_start", {"type": "message_start", "message": message}))
+        interval = options.get("interval_ms", 0) / 1000
+        index = 0
+        if plan.reasoning:
+            thinking = {"type": "thinking", "thinking": "", "signature": ""}
+            await exchange.event(
+                event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": thinking})
+            )
+            for token in plan.reasoning:
+                delta = {"type": "thinking_delta", "thinking": token}
+                payload = {"type": "content_block_delta", "index": 0, "delta": delta}
+                await exchange.event(event("content_block_delta", payload), token=True)
+                if interval > 0:
+                    await asyncio.sleep(interval)
+            delta = {"type": "signature_delta", "signature": "sim-signature"}
+            await exchange.event(
+                event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            )
+            await exchange.event(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            index = 1
         await exchange.event(
-            event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+            event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         )
         await exchange.event(event("ping", {"type": "ping"}))
         malformed = b"event: content_block_delta\n" + MALFORMED_EVENT
         steps = len(tokens)
-        interval = options.get("interval_ms", 0) / 1000
         for step, token in enumerate(tokens):
             if step and interval > 0:
                 await asyncio.sleep(interval)
@@ -722,16 +752,16 @@ class Simulator:
                 delta = {"type": "input_json_delta", "partial_json": token}
             else:
                 delta = {"type": "text_delta", "text": token}
-            payload = {"type": "content_block_delta", "index": 0, "delta": delta}
+            payload = {"type": "content_block_delta", "index": index, "delta": delta}
             await exchange.event(event("content_block_delta", payload), token=True)
         await self._fault_at(exchange, steps, steps, options, malformed)
-        await exchange.event(event("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await exchange.event(event("content_block_stop", {"type": "content_block_stop", "index": index}))
         payload = {
             "type": "message_delta",
             "delta": {"stop_reason": self._anthropic_stop_reason(plan), "stop_sequence": None},
         }
         if usage:
-            payload["usage"] = {"output_tokens": len(tokens)}
+            payload["usage"] = {"output_tokens": plan.completion_tokens}
         await exchange.event(event("message_delta", payload))
         await exchange.event(event("message_stop", {"type": "message_stop"}))
         await exchange.end()

@@ -11,7 +11,10 @@ from django.http import HttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
+from accounts.limits import limits_admit
 from aigateway.errors import GatewayError, bad_request
+from providers.routing import router
+from streaming.tokens import rough_prompt_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +64,33 @@ async def authenticate(request) -> KeyContext:
         # Never echo the key back; the prefix alone is not a secret but adds nothing either.
         raise GatewayError(401, "invalid_api_key", "invalid, disabled or expired API key")
     return ctx
+
+
+async def call_admit(call, body_size: int) -> None:
+    """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429."""
+    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or call.ctx.max_output_tokens
+    if call.ctx.max_output_tokens and max_output:
+        max_output = min(max_output, call.ctx.max_output_tokens)
+    call.admission = await limits_admit(
+        call.ctx, estimate_tokens=rough_prompt_estimate(body_size, max_output), request_id=call.request_id
+    )
+    if not call.admission.allowed:
+        headers = dict(call.admission.headers)
+        headers["x-request-id"] = call.request_id
+        raise GatewayError(
+            429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code
+        )
+
+
+async def model_check(ctx: KeyContext, model: str) -> None:
+    """The model exists (404) and the key's tier allows it (403)."""
+    table = await router.table()
+    if model not in table.models:
+        raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+    if not ctx.may_use(model):
+        raise GatewayError(
+            403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model"
+        )
 
 
 def read_json_body(request) -> dict:

@@ -90,6 +90,8 @@ class RelayCall:
     completion_parts: list[str] = field(default_factory=list)
     finished: bool = False
     request: ChatRequest | None = None
+    # The compare run this call is one model of ("" outside /v1/compare and the playground).
+    run_id: str = ""
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
@@ -119,17 +121,22 @@ def _system_text(system) -> str | None:
     return system if isinstance(system, str) else None
 
 
+def call_usage(call: RelayCall) -> tuple[Usage, bool]:
+    """The tokens the call is billed for, and whether they are the gateway's estimate because the
+    provider reported none (the answer was cut short, or the provider never counts)."""
+    if call.usage is not None:
+        return call.usage, False
+    if call.route is None:
+        return Usage(), False
+    prompt = call.prompt_tokens_reported
+    if prompt is None:
+        prompt = count_prompt_tokens(call.body.get("messages"), _system_text(call.body.get("system")))
+    return Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts))), True
+
+
 async def call_finish(call: RelayCall) -> None:
     """Settle the limits lease and push the usage event; never raises."""
-    estimated = False
-    usage = call.usage
-    if usage is None and call.route is not None:
-        estimated = True
-        prompt = call.prompt_tokens_reported
-        if prompt is None:
-            prompt = count_prompt_tokens(call.body.get("messages"), _system_text(call.body.get("system")))
-        usage = Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts)))
-    usage = usage or Usage()
+    usage, estimated = call_usage(call)
     summary = call.meter.summary()
     event = {
         "request_id": call.request_id,
@@ -145,6 +152,7 @@ async def call_finish(call: RelayCall) -> None:
         "completion_tokens": usage.completion_tokens,
         "tokens_estimated": estimated,
         "attempts": call.attempts,
+        "run_id": call.run_id,
         "created_at": time.time(),
         **summary,
     }
@@ -238,7 +246,20 @@ async def _upstream_client_error(response: httpx.Response, upstream: Dialect) ->
 
 
 async def relay_chat(call: RelayCall) -> HttpResponse:
-    """A chat request (/v1/chat/completions or /v1/messages) against the model's deployments, in order."""
+    """A chat request (/v1/chat/completions or /v1/messages) as an HTTP response in the client's dialect."""
+    result = await relay_open(call)
+    if call.stream:
+        return StreamingHttpResponse(result, headers={**STREAM_HEADERS, **call.headers()})
+    return HttpResponse(result, content_type="application/json", headers=call.headers())
+
+
+async def relay_open(call: RelayCall):
+    """Open the model's deployments in order until one answers; return what the client gets.
+
+    Streamed: an async iterator of what the client's dialect renders for each upstream event (SSE
+    body chunks for the HTTP doors, event dicts for compare), which closes the upstream and records
+    usage however it ends. Not streamed: the response body. Raises GatewayError when no deployment
+    answered; the caller records that."""
     candidates = await router.candidates(call.model)
     if not candidates:
         raise GatewayError(503, "no_deployment", f"model '{call.model}' has no available deployment")
@@ -277,7 +298,7 @@ async def relay_chat(call: RelayCall) -> HttpResponse:
     raise GatewayError(status, "upstream_unavailable", f"all deployments of '{call.model}' failed; last: {last.reason}")
 
 
-async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> HttpResponse:
+async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> bytes:
     try:
         raw = await response.aread()
     except httpx.TransportError as exc:
@@ -304,7 +325,7 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
     body = orjson.dumps(data)
     call.meter.sent()
     call.finished = True
-    return HttpResponse(body, content_type="application/json", headers=call.headers())
+    return body
 
 
 def _account(call: RelayCall, events: list[StreamEvent]) -> None:
@@ -366,7 +387,7 @@ class StreamBridge:
         return (self.passthrough or self.renderer).close()
 
 
-async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dialect) -> StreamingHttpResponse:
+async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dialect):
     """Read up to the first upstream event (still failover-able), then hand the stream to the client."""
     decoder = SSEDecoder()
     chunks = response.aiter_bytes()
@@ -385,10 +406,7 @@ async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dia
         await response.aclose()
         raise
     bridge = StreamBridge(call, upstream)
-    return StreamingHttpResponse(
-        _stream_body(call, response, chunks, decoder, first, bridge),
-        headers={**STREAM_HEADERS, **call.headers()},
-    )
+    return _stream_body(call, response, chunks, decoder, first, bridge)
 
 
 async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decoder, first: list, bridge: StreamBridge):

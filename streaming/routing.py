@@ -1,3 +1,9 @@
 """Websocket routes (the playground consumer)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from streaming.consumers import PlaygroundConsumer
+
+websocket_urlpatterns = [
+    path("ws/playground/", PlaygroundConsumer.as_asgi()),
+]

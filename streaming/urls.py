@@ -1,10 +1,17 @@
+from django.contrib.auth import views as auth_views
 from django.urls import path
+from django.views.generic import RedirectView
 
-from streaming import views
+from streaming import playground, views
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="playground", permanent=False)),
     path("health", views.health, name="health"),
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/messages", views.messages, name="messages"),
+    path("v1/compare", views.compare, name="compare"),
     path("v1/models", views.models, name="models"),
+    path("playground/", playground.playground, name="playground"),
+    path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

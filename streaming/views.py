@@ -1,50 +1,34 @@
 """Async HTTP views of the gateway: the OpenAI- and Anthropic-compatible APIs and health."""
 
 import time
+from contextlib import aclosing
 
 import orjson
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
-from accounts.limits import limits_admit
 from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
 from providers.health import providers_health_overview
 from providers.routing import router
-from streaming.edge import authenticate, check_chat_body, check_messages_body, read_json_body, speaks
+from streaming.compare import CompareRun, compare_prepare
+from streaming.edge import (
+    authenticate,
+    call_admit,
+    check_chat_body,
+    check_messages_body,
+    model_check,
+    read_json_body,
+    speaks,
+)
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, call_finish, new_request_id, relay_chat, spawn
-from streaming.tokens import rough_prompt_estimate
+from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat, spawn
+from streaming.sse import sse_encode
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta",)}
-
-
-async def _admit(call: RelayCall, body_size: int) -> None:
-    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or call.ctx.max_output_tokens
-    if call.ctx.max_output_tokens and max_output:
-        max_output = min(max_output, call.ctx.max_output_tokens)
-    call.admission = await limits_admit(
-        call.ctx, estimate_tokens=rough_prompt_estimate(body_size, max_output), request_id=call.request_id
-    )
-    if not call.admission.allowed:
-        headers = dict(call.admission.headers)
-        headers["x-request-id"] = call.request_id
-        raise GatewayError(
-            429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code
-        )
-
-
-async def _check_model(ctx, model: str) -> None:
-    table = await router.table()
-    if model not in table.models:
-        raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-    if not ctx.may_use(model):
-        raise GatewayError(
-            403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model"
-        )
 
 
 async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
@@ -57,7 +41,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
     body = read_json_body(request)
     check_body(body)
     stream = bool(body.get("stream"))
-    await _check_model(ctx, body["model"])
+    await model_check(ctx, body["model"])
     options = body.get("stream_options")
     call = RelayCall(
         request_id=request_id,
@@ -73,7 +57,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
             name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers
         },
     )
-    await _admit(call, len(request.body))
+    await call_admit(call, len(request.body))
     try:
         response = await relay_chat(call)
     except GatewayError as error:
@@ -101,6 +85,28 @@ async def chat_completions(request):
 async def messages(request):
     """Anthropic Messages, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=anthropic, endpoint="messages", check_body=check_messages_body)
+
+
+@speaks(openai)
+async def compare(request):
+    """Several models at once, their events merged into one SSE stream (see streaming.compare)."""
+    started = time.perf_counter()
+    request.gateway_request_id = request_id = new_request_id()
+    if request.method != "POST":
+        raise GatewayError(405, "method_not_allowed", f"use POST for {request.path}")
+    ctx = await authenticate(request)
+    body = read_json_body(request)
+    prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body))
+    run = CompareRun(prepared, started=started)
+    headers = {**STREAM_HEADERS, "x-request-id": request_id, "x-gateway-run-id": run.run_id}
+    return StreamingHttpResponse(_compare_sse(run), headers=headers)
+
+
+async def _compare_sse(run: CompareRun):
+    async with aclosing(run.events()) as events:
+        async for event in events:
+            yield sse_encode(orjson.dumps(event))
+    yield sse_encode(b"[DONE]")
 
 
 @speaks(openai)

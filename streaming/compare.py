@@ -1,0 +1,293 @@
+"""Compare: one prompt, several models at once, their answers merged into one stream of event dicts.
+
+It is a door like the chat endpoints: each model is one ordinary relay call (admitted under the
+key's limits, routed with failover, recorded as its own usage record with endpoint `compare` and
+the run's id, closed upstream when the run stops). `/v1/compare` writes the events as SSE, the
+playground websocket as JSON frames. Events of different models interleave as they arrive; one
+model failing or being refused never stops the others.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from accounts.context import KeyContext
+from accounts.usage import usage_cost
+from aigateway.errors import GatewayError, bad_request
+from providers.dialects.base import Dialect, StreamRenderer
+from providers.dialects.canonical import StreamError, StreamEvent, TextDelta, ThinkingDelta
+from providers.dialects.openai import openai
+from streaming.edge import call_admit, check_chat_body, model_check
+from streaming.meter import StreamMeter
+from streaming.relay import RelayCall, call_finish, call_usage, new_request_id, relay_open, spawn
+
+logger = logging.getLogger(__name__)
+
+# Body fields that belong to the compare request itself, not to each model's chat request.
+_RUN_FIELDS = ("type", "key_id", "models", "model", "messages", "messages_by_model", "stream", "stream_options")
+
+
+class CompareRenderer(StreamRenderer):
+    """Canonical stream events of one model -> compare event dicts."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    def render(self, event: StreamEvent) -> list[dict]:
+        match event:
+            case TextDelta(text=text) if text:
+                return [{"type": "chunk", "model": self.model, "content": text}]
+            case ThinkingDelta(text=text) if text:
+                return [{"type": "reasoning", "model": self.model, "content": text}]
+            case StreamError(message=message):
+                return [error_event(GatewayError(502, "upstream_stream_error", message), self.model)]
+        return []
+
+    def close(self) -> list[dict]:
+        return []
+
+
+@dataclass
+class CompareFormat(Dialect):
+    """The compare door as a client dialect of the relay: requests read as OpenAI chat bodies, answers
+    render as compare events of one model. Never the same as a provider's dialect, so the relay always
+    translates through the canonical model."""
+
+    model: str = ""
+
+    def parse_request(self, body: dict):
+        return openai.parse_request(body)
+
+    def stream_renderer(self, *, model: str, include_usage: bool) -> CompareRenderer:
+        return CompareRenderer(self.model)
+
+    def stream_error_event(self, error: GatewayError) -> dict:
+        return error_event(error, self.model)
+
+
+def error_event(error: GatewayError, model: str | None = None) -> dict:
+    event = {"type": "error", "status": error.status, "code": error.code, "message": error.message}
+    if model is not None:
+        event["model"] = model
+    return event
+
+
+@dataclass
+class CompareRequest:
+    """A checked compare request: the key, and one OpenAI chat body per model."""
+
+    ctx: KeyContext
+    models: list[str]
+    bodies: dict[str, dict]
+    body_size: int
+
+
+def _models(body: dict, cap: int) -> list[str]:
+    models = body.get("models")
+    if models is None:
+        raise bad_request("'models' is required: a list of model names to compare", param="models")
+    if not isinstance(models, list) or not models:
+        raise bad_request("'models' must be a non-empty array of model names", param="models")
+    for index, name in enumerate(models):
+        if not isinstance(name, str) or not name.strip():
+            raise bad_request(f"'models[{index}]' must be a non-empty string", param=f"models[{index}]")
+    duplicates = sorted({name for name in models if models.count(name) > 1})
+    if duplicates:
+        raise bad_request(f"'models' lists {', '.join(duplicates)} more than once", param="models")
+    if len(models) > cap:
+        raise bad_request(
+            f"this key's tier allows at most {cap} models per compare request, got {len(models)}",
+            param="models",
+            code="too_many_models",
+        )
+    return models
+
+
+def _conversations(body: dict, models: list[str]) -> dict[str, object]:
+    """The messages each model gets: one shared `messages`, or `messages_by_model` (one history per model)."""
+    by_model = body.get("messages_by_model")
+    if by_model is None:
+        if "messages" not in body:
+            raise bad_request("'messages' (or 'messages_by_model') is required", param="messages")
+        return dict.fromkeys(models, body["messages"])
+    if "messages" in body:
+        raise bad_request("send either 'messages' or 'messages_by_model', not both", param="messages_by_model")
+    if not isinstance(by_model, dict):
+        raise bad_request("'messages_by_model' must be an object of model name -> messages", param="messages_by_model")
+    missing = [name for name in models if name not in by_model]
+    extra = sorted(set(by_model) - set(models))
+    if missing or extra:
+        problems = ([f"no messages for {', '.join(missing)}"] if missing else []) + (
+            [f"messages for {', '.join(extra)}, which is not in 'models'"] if extra else []
+        )
+        raise bad_request(f"'messages_by_model' does not match 'models': {'; '.join(problems)}")
+    return {name: by_model[name] for name in models}
+
+
+async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
+    """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
+    endpoint would answer); nothing is admitted or opened yet."""
+    models = _models(body, ctx.max_compare_models)
+    conversations = _conversations(body, models)
+    shared = {name: value for name, value in body.items() if name not in _RUN_FIELDS}
+    bodies = {}
+    for name in models:
+        chat = {**shared, "model": name, "messages": conversations[name], "stream": True}
+        check_chat_body(chat)
+        openai.parse_request(chat)  # content the relay could not translate is a 400 now, not per model later
+        bodies[name] = chat
+    for name in models:
+        await model_check(ctx, name)
+    return CompareRequest(ctx=ctx, models=models, bodies=bodies, body_size=body_size)
+
+
+def new_run_id() -> str:
+    return "cmp_" + uuid.uuid4().hex
+
+
+def _done_event(call: RelayCall) -> dict:
+    usage, estimated = call_usage(call)
+    summary = call.meter.summary()
+    ttft, duration = summary["ttfb_ms"], summary["duration_ms"]
+    generating = (duration - ttft) / 1000.0 if ttft is not None and duration > ttft else None
+    route = call.route
+    prices = None
+    if route is not None and (route.input_price is not None or route.output_price is not None):
+        prices = (Decimal(str(route.input_price or 0)), Decimal(str(route.output_price or 0)))
+    cost = usage_cost(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, prices=prices)
+    return {
+        "type": "done",
+        "model": call.model,
+        "request_id": call.request_id,
+        "provider": route.provider.name if route else None,
+        "finish_reason": call.finish_reason,
+        "usage": {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        },
+        "tokens_estimated": estimated,
+        "ttft_ms": ttft,
+        "duration_ms": duration,
+        "tokens_per_s": round(usage.completion_tokens / generating, 2) if generating else None,
+        "cost": float(cost),
+    }
+
+
+@dataclass
+class CompareRun:
+    """One compare request in flight: a task per model feeding one queue that `events()` drains."""
+
+    request: CompareRequest
+    started: float = field(default_factory=time.perf_counter)
+    run_id: str = field(default_factory=new_run_id)
+    results: dict[str, dict] = field(default_factory=dict)
+    _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def cancel(self) -> None:
+        """Stop every model still running: upstreams closed, usage recorded as 499; `events()` then
+        reports each as cancelled and completes."""
+        for task in self._tasks:
+            task.cancel()
+
+    async def events(self) -> AsyncIterator[dict]:
+        """The merged events, ending with `complete`. Closing the iterator early cancels every model."""
+        _model_finished = object()
+        self._tasks = [asyncio.create_task(self._run_model(name)) for name in self.request.models]
+        for task in self._tasks:
+            # A done callback fires even for a task cancelled before it ever ran.
+            task.add_done_callback(lambda _task: self._queue.put_nowait(_model_finished))
+        running = len(self._tasks)
+        try:
+            while running:
+                event = await self._queue.get()
+                if event is _model_finished:
+                    running -= 1
+                    continue
+                yield event
+            for name in self.request.models:
+                self.results.setdefault(name, {"status": "cancelled"})
+            yield {"type": "complete", "run_id": self.run_id, "results": self.results}
+        finally:
+            unfinished = [task for task in self._tasks if not task.done()]
+            for task in unfinished:
+                task.cancel()
+            if unfinished:
+                await asyncio.gather(*unfinished, return_exceptions=True)
+
+    def _failed(self, name: str, error: GatewayError, call: RelayCall) -> None:
+        self._queue.put_nowait(error_event(error, name))
+        self.results[name] = {
+            "status": "error",
+            "request_id": call.request_id,
+            "error": {"status": error.status, "code": error.code, "message": error.message},
+        }
+
+    async def _run_model(self, name: str) -> None:
+        request = self.request
+        call = RelayCall(
+            request_id=new_request_id(),
+            ctx=request.ctx,
+            endpoint="compare",
+            model=name,
+            body=request.bodies[name],
+            stream=True,
+            client_wants_usage=True,
+            meter=StreamMeter(self.started),
+            dialect=CompareFormat(name="compare", model=name),
+            run_id=self.run_id,
+        )
+        try:
+            try:
+                await call_admit(call, request.body_size)
+            except GatewayError as error:
+                self._failed(name, error, call)
+                return
+            self._queue.put_nowait({"type": "start", "model": name, "request_id": call.request_id})
+            try:
+                events = await relay_open(call)
+            except GatewayError as error:
+                call.status, call.error_type = error.status, error.code
+                await call_finish(call)
+                self._failed(name, error, call)
+                return
+            except BaseException:
+                if not call.finished:
+                    call.status, call.error_type = 499, "client_disconnected"
+                spawn(call_finish(call))
+                raise
+            # The relay's iterator closes the upstream and records usage however it ends.
+            async with aclosing(events):
+                async for event in events:
+                    self._queue.put_nowait(event)
+            if call.status >= 400:  # the error event went out in the stream
+                error = GatewayError(call.status, call.error_type, "the upstream failed mid-stream")
+                self.results[name] = {
+                    "status": "error",
+                    "request_id": call.request_id,
+                    "error": {"status": error.status, "code": error.code},
+                }
+                return
+            done = _done_event(call)
+            self._queue.put_nowait(done)
+            self.results[name] = {
+                "status": "done",
+                "request_id": call.request_id,
+                "finish_reason": done["finish_reason"],
+                "usage": done["usage"],
+            }
+        except asyncio.CancelledError:
+            self._queue.put_nowait(
+                error_event(GatewayError(499, "cancelled", "the run was cancelled before this model finished"), name)
+            )
+            self.results[name] = {"status": "cancelled", "request_id": call.request_id}
+            raise
+        except Exception:
+            logger.exception("compare run %s: model %s failed unexpectedly", self.run_id, name)
+            self._failed(name, GatewayError(500, "internal_error", "the gateway failed to run this model"), call)

@@ -1,0 +1,44 @@
+// Number formatting shared by the model picker and the column stats.
+
+const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 });
+
+export function formatMs(ms) {
+  if (ms == null || !Number.isFinite(ms)) return "—";
+  if (ms < 1000) return `${integer.format(ms)} ms`;
+  return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+}
+
+export function formatRate(tokensPerSecond) {
+  if (tokensPerSecond == null || !Number.isFinite(tokensPerSecond)) return "—";
+  return `${tokensPerSecond < 10 ? tokensPerSecond.toFixed(1) : integer.format(tokensPerSecond)} tok/s`;
+}
+
+export function formatTokens(count) {
+  return count == null ? "—" : integer.format(count);
+}
+
+/** Costs are tiny; six decimals keep a single short answer visible ($0.000012). */
+export function formatCost(cost) {
+  if (cost == null || !Number.isFinite(Number(cost))) return "—";
+  const value = Number(cost);
+  if (value === 0) return "$0";
+  if (value >= 1) return `$${value.toFixed(2)}`;
+  if (value >= 0.01) return `$${value.toFixed(4)}`;
+  if (value < 0.000001) return "<$0.000001";
+  return `$${value.toFixed(6)}`;
+}
+
+function formatPrice(perMillion) {
+  const value = Number(perMillion);
+  if (value === 0) return "$0";
+  return `$${value < 0.1 ? value.toPrecision(2) : value.toFixed(2)}`;
+}
+
+/** "Free", or input and output prices per million tokens. */
+export function formatModelPrice(model) {
+  const input = model.input_price_per_million;
+  const output = model.output_price_per_million;
+  if (input == null && output == null) return "Free";
+  if (!Number(input) && !Number(output)) return "Free";
+  return `${formatPrice(input ?? 0)} in / ${formatPrice(output ?? 0)} out per 1M tokens`;
+}
