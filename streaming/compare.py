@@ -129,10 +129,10 @@ def _conversations(body: dict, models: list[str]) -> dict[str, object]:
     return {name: by_model[name] for name in models}
 
 
-async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
-    """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
-    endpoint would answer); nothing is admitted or opened yet."""
-    models = _models(body, ctx.max_compare_models)
+def compare_bodies(body: dict, *, cap: int) -> dict[str, dict]:
+    """The OpenAI chat body of each model of a compare request, in the request's order; a 400
+    GatewayError naming the problem for anything the relay could not run (pure: no I/O)."""
+    models = _models(body, cap)
     conversations = _conversations(body, models)
     shared = {name: value for name, value in body.items() if name not in _RUN_FIELDS}
     bodies = {}
@@ -141,9 +141,16 @@ async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> Com
         check_chat_body(chat)
         openai.parse_request(chat)  # content the relay could not translate is a 400 now, not per model later
         bodies[name] = chat
-    for name in models:
+    return bodies
+
+
+async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
+    """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
+    endpoint would answer); nothing is admitted or opened yet."""
+    bodies = compare_bodies(body, cap=ctx.max_compare_models)
+    for name in bodies:
         await model_check(ctx, name)
-    return CompareRequest(ctx=ctx, models=models, bodies=bodies, body_size=body_size)
+    return CompareRequest(ctx=ctx, models=list(bodies), bodies=bodies, body_size=body_size)
 
 
 def new_run_id() -> str:

@@ -22,3 +22,17 @@ def wait_usage(predicate, timeout: float = 3.0) -> list[dict]:
         if time.monotonic() > deadline:
             raise AssertionError(f"usage events did not match: {events}")
         time.sleep(0.02)
+
+
+async def await_usage(predicate, timeout: float = 3.0) -> list[dict]:
+    """`wait_usage` for async tests: polls without blocking the event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = usage_events()
+        if predicate(events):
+            return events
+        if time.monotonic() > deadline:
+            raise AssertionError(f"usage events did not match: {events}")
+        await asyncio.sleep(0.02)
