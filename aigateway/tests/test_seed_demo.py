@@ -13,8 +13,8 @@ from providers.models import Deployment, Model, Provider
 
 pytestmark = pytest.mark.django_db
 
-ADMIN_LINE_RE = re.compile(r"^Admin:    (\S+)  \(user admin, (.+)\)$")
-KEY_LINE_RE = re.compile(r"^API key:  (sk-gw-\S+)$")
+ADMIN_LINE_RE = re.compile(r"^Admin: +(\S+)  \(user admin, (.+)\)$")
+KEY_LINE_RE = re.compile(r"^API key: +(sk-gw-\S+)$")
 
 
 @pytest.fixture(autouse=True)
@@ -104,7 +104,7 @@ def test_repeated_runs_keep_counts_and_replace_the_demo_key():
     _lines, _password, second_key = seed_demo()
 
     assert counts() == after_first
-    assert after_first == {"providers": 2, "models": 4, "deployments": 5, "tiers": 2, "keys": 1, "users": 1}
+    assert after_first == {"providers": 2, "models": 5, "deployments": 6, "tiers": 3, "keys": 1, "users": 1}
     demo = ApiKey.objects.get(name="demo")
     assert demo.owner.username == "admin"
     assert demo.tier.name == "pro"
@@ -134,4 +134,6 @@ def test_urls_come_from_the_environment(monkeypatch):
     call_command("seed_demo", stdout=out)
     assert Provider.objects.get(name="sim").base_url == "http://sim.example.com:9999/v1"
     assert Provider.objects.get(name="sim-anthropic").base_url == "http://sim.example.com:9999"
-    assert out.getvalue().splitlines()[-2].startswith("Admin:    https://gw.example.com/admin/  (user admin, ")
+    lines = out.getvalue().splitlines()
+    assert lines[-3].startswith("Playground: https://gw.example.com/playground/")
+    assert lines[-2].startswith("Admin:      https://gw.example.com/admin/  (user admin, ")

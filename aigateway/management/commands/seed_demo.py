@@ -60,6 +60,11 @@ def demo_config(simulator_url: str) -> dict:
                 "deployments": [{"provider": "sim-anthropic", "upstream_model": "sim-echo"}],
             },
             {
+                "name": "sim-thinker",
+                "description": "Simulator that reasons (8 thinking tokens) before a 40-token answer.",
+                "deployments": [{"provider": "sim", "upstream_model": "sim-echo?reasoning=8&tokens=40&interval_ms=40"}],
+            },
+            {
                 "name": "sim-failover",
                 "description": "First deployment always answers 500; the gateway fails over to the second.",
                 "deployments": [
@@ -78,6 +83,7 @@ def demo_config(simulator_url: str) -> dict:
                 "max_output_tokens": 4096,
             },
             {"name": "pro", "rpm": 600, "max_concurrent": 50},
+            {"name": "playground", "rpm": 120, "max_concurrent": 16, "daily_tokens": 2000000, "max_compare_models": 4},
         ],
     }
 
@@ -126,5 +132,6 @@ class Command(BaseCommand):
         replaced_note = " (the previous one was deleted)" if replaced else ""
         self.stdout.write(f"Issued API key '{DEMO_KEY_NAME}' on tier {DEMO_KEY_TIER}{replaced_note}.")
         self.stdout.write("")
-        self.stdout.write(f"Admin:    {public_url}/admin/  (user {ADMIN_USERNAME}, {password_note})")
-        self.stdout.write(f"API key:  {issued.plaintext}")
+        self.stdout.write(f"Playground: {public_url}/playground/  (log in as the admin user below)")
+        self.stdout.write(f"Admin:      {public_url}/admin/  (user {ADMIN_USERNAME}, {password_note})")
+        self.stdout.write(f"API key:    {issued.plaintext}")
