@@ -107,12 +107,17 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_SOCKET = VAR_DIR / "redis.sock"
 REDIS_URL = env("REDIS_URL", default=f"unix://{REDIS_SOCKET}")
 
-CHANNEL_LAYERS = {
-    "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL]},
-    }
-}
+# The layer waits on Redis with BRPOP for 5 s at a time; the client's read timeout must be longer, or an
+# idle websocket's consumer dies of a read timeout after a few seconds.
+CHANNEL_LAYER_SOCKET_TIMEOUT = 30
+
+
+def channel_layers(redis_url: str) -> dict:
+    host = {"address": redis_url, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}
+    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+
+
+CHANNEL_LAYERS = channel_layers(REDIS_URL)
 
 # Kombu spells a unix socket "redis+socket://", redis-py "unix://".
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL.replace("unix://", "redis+socket://", 1))

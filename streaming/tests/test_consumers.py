@@ -100,6 +100,17 @@ async def test_session_socket_streams_two_models_and_runs_again(setup):
         await ws.disconnect()
 
 
+async def test_an_idle_socket_stays_open(setup):
+    """The channel layer blocks on Redis for 5 s at a time: a socket idle for longer must survive it."""
+    ws = await session_socket(setup["alice"])
+    try:
+        await asyncio.sleep(6.5)
+        await ws.send_json_to({"type": "chat", "models": ["ws-fast"], "messages": MESSAGES})
+        assert (await until_complete(ws))[-1]["results"]["ws-fast"]["status"] == "done"
+    finally:
+        await ws.disconnect()
+
+
 async def test_session_socket_needs_one_of_our_origins(setup):
     cookie = await sync_to_async(session_cookie)(setup["alice"])
     for headers in ([(b"cookie", cookie), (b"origin", b"http://evil.example")], [(b"cookie", cookie)]):

@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings
 
 from aigateway.embedded_redis import redis_server_start
+from aigateway.settings import channel_layers
 from tests.support.ports import stop_process
 
 
@@ -19,9 +20,7 @@ def redis_server():
     previous = settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url.replace("unix://", "redis+socket://", 1)
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [url]}}
-    }
+    settings.CHANNEL_LAYERS = channel_layers(url)
     yield url
     settings.REDIS_URL, settings.CELERY_BROKER_URL, settings.CHANNEL_LAYERS = previous
     stop_process(process)
