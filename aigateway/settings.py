@@ -147,6 +147,7 @@ GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "playground"
+LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

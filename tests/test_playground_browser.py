@@ -158,7 +158,9 @@ def test_playground_compares_streams_stops_and_keeps_history(gateway, user, brow
     while snapshot(page)["pw-slow"]["length"] < 40:
         if time.monotonic() > deadline:
             page.screenshot(path=str(ARTIFACTS / "debug-stop.png"), full_page=True)
-            raise AssertionError((snapshot(page), page.get_by_test_id("banner").inner_text(), page.get_by_test_id("status").inner_text()))
+            raise AssertionError(
+                (snapshot(page), page.get_by_test_id("banner").inner_text(), page.get_by_test_id("status").inner_text())
+            )
         time.sleep(0.05)
     page.get_by_test_id("stop").click()
     stopped_at = time.time()

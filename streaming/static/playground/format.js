@@ -31,14 +31,14 @@ export function formatCost(cost) {
 function formatPrice(perMillion) {
   const value = Number(perMillion);
   if (value === 0) return "$0";
-  return `$${value < 0.1 ? value.toPrecision(2) : value.toFixed(2)}`;
+  if (value < 0.1) return `$${value.toPrecision(2)}`;
+  return Number.isInteger(value) ? `$${value}` : `$${value.toFixed(2)}`;
 }
 
 /** "Free", or input and output prices per million tokens. */
 export function formatModelPrice(model) {
   const input = model.input_price_per_million;
   const output = model.output_price_per_million;
-  if (input == null && output == null) return "Free";
   if (!Number(input) && !Number(output)) return "Free";
-  return `${formatPrice(input ?? 0)} in / ${formatPrice(output ?? 0)} out per 1M tokens`;
+  return `${formatPrice(input ?? 0)} in · ${formatPrice(output ?? 0)} out per 1M tokens`;
 }

@@ -43,8 +43,7 @@ const marked = new Marked({
         }
       }
       const classes = language ? `hljs language-${language}` : "hljs";
-      const label = language ? ` data-lang="${escapeHtml(language)}"` : "";
-      return `<pre${label}><code class="${classes}">${body ?? escapeHtml(text)}</code></pre>\n`;
+      return `<pre><code class="${classes}">${body ?? escapeHtml(text)}</code></pre>\n`;
     },
     image({ href, text }) {
       // No remote content: an image becomes a link to it.
@@ -61,7 +60,7 @@ const ALLOWED_TAGS = [
 
 const PURIFY_CONFIG = {
   ALLOWED_TAGS,
-  ALLOWED_ATTR: ["href", "title", "class", "start", "align", "data-lang"],
+  ALLOWED_ATTR: ["href", "title", "class", "start", "align"],
   // Belt and braces: even if the allowlist grows, these stay out.
   FORBID_TAGS: [
     "img", "svg", "math", "style", "script", "iframe", "frame", "form", "input", "button",
@@ -108,5 +107,12 @@ export function renderMarkdown(text) {
   } catch {
     html = `<p>${escapeHtml(text)}</p>`;
   }
-  return purifier.sanitize(html, PURIFY_CONFIG);
+  const fragment = purifier.sanitize(html, PURIFY_CONFIG);
+  // The language label is drawn by CSS from data-lang, set here so no data-* attribute has to
+  // pass the sanitizer.
+  for (const code of fragment.querySelectorAll("pre > code[class*='language-']")) {
+    const match = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className);
+    if (match) code.parentElement.dataset.lang = match[1];
+  }
+  return fragment;
 }

@@ -1,0 +1,673 @@
+// The playground page: settings, the model columns, the prompt, and one websocket to the gateway.
+// A "run" is one prompt sent to every selected model; frames from the server are routed to the
+// column of the model they name, and frames without a model concern the run as a whole.
+
+import { GatewaySocket } from "./connection.js";
+import { ModelColumn } from "./column.js";
+import { formatModelPrice, formatMs } from "./format.js";
+import { curlSnippet, pythonSnippet } from "./snippets.js";
+
+const config = JSON.parse(document.getElementById("playground-config").textContent);
+const STORAGE_KEY = "aigateway.playground.settings";
+// The consumer closes a socket it cannot authenticate with this code.
+const CLOSE_UNAUTHENTICATED = 4401;
+const EXAMPLE_PROMPT = "Hello! What can you do?";
+
+const byId = (id) => document.getElementById(id);
+const ui = {
+  workspace: byId("workspace"),
+  keyPicker: byId("key-picker"),
+  modelPicker: byId("model-picker"),
+  modelOptions: byId("model-options"),
+  modelCap: byId("model-cap"),
+  system: byId("system-prompt"),
+  temperature: byId("temperature"),
+  temperatureRange: byId("temperature-range"),
+  temperatureReset: byId("temperature-reset"),
+  maxTokens: byId("max-tokens"),
+  settingsToggle: byId("settings-toggle"),
+  settingsPanel: byId("settings-panel"),
+  settingsSummary: byId("settings-summary"),
+  status: byId("status"),
+  banner: byId("banner"),
+  bannerText: byId("banner-text"),
+  bannerClose: byId("banner-close"),
+  columns: byId("columns"),
+  composer: byId("composer"),
+  prompt: byId("prompt"),
+  send: byId("send"),
+  stop: byId("stop"),
+  newChat: byId("new-chat"),
+  copyCurl: byId("copy-curl"),
+  copyPython: byId("copy-python"),
+  dialog: byId("snippet-dialog"),
+  snippet: byId("snippet"),
+  snippetTitle: byId("snippet-title"),
+  snippetNote: byId("snippet-note"),
+  snippetCopy: byId("snippet-copy"),
+  snippetClose: byId("snippet-close"),
+};
+
+const state = {
+  key: config.keys[0],
+  selected: [],
+  // Columns outlive deselection so a model picked again resumes its own conversation.
+  columns: new Map(),
+  run: null,
+  lastRequest: null,
+};
+
+
+function loadSaved() {
+  try {
+    return JSON.parse(localStorage.getItem(STORAGE_KEY)) || {};
+  } catch {
+    return {};
+  }
+}
+
+function save() {
+  const saved = loadSaved();
+  const modelsByKey = saved.modelsByKey || {};
+  modelsByKey[state.key.id] = state.selected;
+  try {
+    localStorage.setItem(
+      STORAGE_KEY,
+      JSON.stringify({
+        keyId: state.key.id,
+        modelsByKey,
+        system: ui.system.value,
+        temperature: ui.temperature.value,
+        maxTokens: ui.maxTokens.value,
+      }),
+    );
+  } catch {
+    // Storage may be full or disabled; settings then last for this page only.
+  }
+}
+
+
+function setStatus(text, level = "idle") {
+  ui.status.textContent = text;
+  ui.status.dataset.level = level;
+}
+
+function showBanner(message, code, action) {
+  ui.bannerText.replaceChildren();
+  const text = document.createElement("span");
+  text.textContent = message || "The request could not be run.";
+  ui.bannerText.append(text);
+  if (code) {
+    const detail = document.createElement("span");
+    detail.className = "banner-code";
+    detail.textContent = code;
+    ui.bannerText.append(" ", detail);
+  }
+  if (action) {
+    const link = document.createElement("a");
+    link.className = "banner-action";
+    link.href = action.href;
+    link.textContent = action.text;
+    ui.bannerText.append(" ", link);
+  }
+  ui.banner.hidden = false;
+}
+
+function hideBanner() {
+  ui.banner.hidden = true;
+  ui.bannerText.replaceChildren();
+}
+
+
+function capOf(key) {
+  return Math.max(1, Number(key.max_compare_models) || 1);
+}
+
+function defaultSelection(key) {
+  const names = key.models.map((model) => model.name);
+  return names.slice(0, Math.min(2, capOf(key)));
+}
+
+function selectKey(key, preferred) {
+  state.key = key;
+  ui.keyPicker.value = String(key.id);
+  const names = new Set(key.models.map((model) => model.name));
+  let selection = (preferred || []).filter((name) => names.has(name)).slice(0, capOf(key));
+  if (!selection.length) selection = defaultSelection(key);
+  state.selected = selection;
+  renderModelPicker();
+  syncColumns();
+}
+
+function renderModelPicker() {
+  const key = state.key;
+  ui.modelOptions.replaceChildren();
+  for (const model of key.models) {
+    const label = document.createElement("label");
+    label.className = "model-option";
+    const input = document.createElement("input");
+    input.type = "checkbox";
+    input.value = model.name;
+    input.dataset.testid = "model-option";
+    input.checked = state.selected.includes(model.name);
+    input.addEventListener("change", onModelToggle);
+    const text = document.createElement("span");
+    text.className = "model-option-text";
+    const name = document.createElement("span");
+    name.className = "model-name";
+    name.textContent = model.name;
+    const price = document.createElement("span");
+    price.className = "model-price";
+    price.textContent = formatModelPrice(model);
+    text.append(name, price);
+    label.append(input, text);
+    ui.modelOptions.append(label);
+  }
+  updateModelCap();
+}
+
+function updateModelCap() {
+  const key = state.key;
+  const cap = capOf(key);
+  const full = state.selected.length >= cap;
+  const running = Boolean(state.run);
+  for (const input of ui.modelOptions.querySelectorAll("input")) {
+    input.disabled = running || (!input.checked && full);
+    input.closest(".model-option").classList.toggle("is-unavailable", !input.checked && full);
+  }
+  ui.modelPicker.classList.toggle("is-full", full);
+  if (!key.models.length) {
+    ui.modelCap.textContent = `The ${key.tier} tier of this key allows no models.`;
+  } else if (full && key.models.length > cap) {
+    ui.modelCap.textContent =
+      `${cap} of ${cap} selected: the ${key.tier} tier compares up to ${cap} model${cap === 1 ? "" : "s"} at once.`;
+  } else {
+    ui.modelCap.textContent = `${state.selected.length} of up to ${cap} selected.`;
+  }
+  updateSummary();
+}
+
+function onModelToggle(event) {
+  const name = event.target.value;
+  const order = state.key.models.map((model) => model.name);
+  const chosen = new Set(state.selected);
+  if (event.target.checked) chosen.add(name);
+  else chosen.delete(name);
+  state.selected = order.filter((model) => chosen.has(model)).slice(0, capOf(state.key));
+  updateModelCap();
+  syncColumns();
+  save();
+}
+
+function removeModel(name) {
+  if (state.run) return;
+  state.selected = state.selected.filter((model) => model !== name);
+  for (const input of ui.modelOptions.querySelectorAll("input")) {
+    if (input.value === name) input.checked = false;
+  }
+  updateModelCap();
+  syncColumns();
+  save();
+}
+
+function columnFor(model) {
+  let column = state.columns.get(model.name);
+  if (!column) {
+    column = new ModelColumn(model, { onRemove: removeModel });
+    state.columns.set(model.name, column);
+  }
+  return column;
+}
+
+function syncColumns() {
+  const models = state.key.models.filter((model) => state.selected.includes(model.name));
+  const wanted = models.map(columnFor);
+  const children = [...ui.columns.children];
+  if (wanted.length !== children.length || wanted.some((column, i) => column.element !== children[i])) {
+    ui.columns.replaceChildren(...wanted.map((column) => column.element));
+  }
+  if (!wanted.length) ui.columns.append(emptyColumnsNote());
+  ui.columns.dataset.count = String(wanted.length);
+  for (const column of wanted) column.setRemovable(wanted.length > 1 && !state.run);
+  updateControls();
+}
+
+function emptyColumnsNote() {
+  const note = document.createElement("div");
+  note.className = "columns-empty";
+  const title = document.createElement("p");
+  title.className = "columns-empty-title";
+  title.textContent = "No model selected";
+  const text = document.createElement("p");
+  text.textContent = state.key.models.length
+    ? "Choose one or more models in the settings to compare their answers side by side."
+    : "This key's tier allows no models. Pick another key or ask an administrator.";
+  note.append(title, text);
+  return note;
+}
+
+function selectedColumns() {
+  return state.selected.map((name) => state.columns.get(name)).filter(Boolean);
+}
+
+
+function readNumber(input, { integer }) {
+  const raw = input.value.trim();
+  if (raw === "") return { value: null, valid: input.validity.valid };
+  const value = Number(raw);
+  const valid = input.validity.valid && Number.isFinite(value) && (!integer || Number.isInteger(value));
+  return { value: valid ? value : null, valid };
+}
+
+function readSettings() {
+  const temperature = readNumber(ui.temperature, { integer: false });
+  const maxTokens = readNumber(ui.maxTokens, { integer: true });
+  ui.temperature.classList.toggle("is-invalid", !temperature.valid);
+  ui.maxTokens.classList.toggle("is-invalid", !maxTokens.valid);
+  return {
+    system: ui.system.value.trim(),
+    temperature: temperature.value,
+    maxTokens: maxTokens.value,
+    problem: !temperature.valid
+      ? { input: ui.temperature, message: "Temperature must be a number from 0 to 2." }
+      : !maxTokens.valid
+        ? { input: ui.maxTokens, message: "Max tokens must be a whole number of at least 1." }
+        : null,
+  };
+}
+
+function syncTemperatureRange() {
+  const { value, valid } = readNumber(ui.temperature, { integer: false });
+  const unset = value == null;
+  ui.temperatureRange.classList.toggle("is-unset", unset);
+  if (!unset) ui.temperatureRange.value = String(value);
+  ui.temperatureReset.hidden = ui.temperature.value === "";
+  ui.temperature.classList.toggle("is-invalid", !valid);
+}
+
+function updateSummary() {
+  const settings = readSettings();
+  const parts = [];
+  if (settings.system) parts.push("system prompt");
+  if (settings.temperature != null) parts.push(`temp ${settings.temperature}`);
+  if (settings.maxTokens != null) parts.push(`max ${settings.maxTokens} tokens`);
+  ui.settingsSummary.textContent = parts.length ? parts.join(" · ") : "Defaults";
+}
+
+
+function updateControls() {
+  const running = Boolean(state.run);
+  ui.send.disabled = running || !ui.prompt.value.trim() || state.selected.length === 0;
+  ui.stop.disabled = !running || state.run.stopping;
+  ui.newChat.disabled = running;
+  ui.keyPicker.disabled = running;
+  ui.composer.classList.toggle("is-running", running);
+}
+
+function autosizePrompt() {
+  ui.prompt.style.height = "auto";
+  ui.prompt.style.height = `${Math.min(ui.prompt.scrollHeight, 240)}px`;
+}
+
+
+function buildRequest(prompt) {
+  const settings = readSettings();
+  const models = state.selected.length ? [...state.selected] : state.key.models.slice(0, 1).map((m) => m.name);
+  const messagesByModel = {};
+  for (const name of models) {
+    const column = state.columns.get(name);
+    messagesByModel[name] = column
+      ? column.messagesFor(prompt, settings.system)
+      : [
+          ...(settings.system ? [{ role: "system", content: settings.system }] : []),
+          { role: "user", content: prompt },
+        ];
+  }
+  return { keyId: state.key.id, models, messagesByModel, temperature: settings.temperature, maxTokens: settings.maxTokens };
+}
+
+function chatFrame(request) {
+  const frame = {
+    type: "chat",
+    key_id: request.keyId,
+    models: request.models,
+    messages_by_model: request.messagesByModel,
+  };
+  if (request.temperature != null) frame.temperature = request.temperature;
+  if (request.maxTokens != null) frame.max_tokens = request.maxTokens;
+  return frame;
+}
+
+async function send() {
+  if (state.run) return;
+  const prompt = ui.prompt.value.trim();
+  if (!prompt || !state.selected.length) return;
+  const settings = readSettings();
+  if (settings.problem) {
+    showBanner(settings.problem.message);
+    openSettings();
+    settings.problem.input.focus();
+    return;
+  }
+  hideBanner();
+
+  const request = buildRequest(prompt);
+  const sentAt = performance.now();
+  const columns = request.models.map((name) => state.columns.get(name));
+  state.run = { models: new Set(request.models), columns, sentAt, prompt, started: false, stopping: false };
+  state.lastRequest = request;
+  for (const column of columns) column.beginTurn(prompt, sentAt);
+  ui.prompt.value = "";
+  autosizePrompt();
+  closeSettings();
+  syncColumns();
+  updateModelCap();
+  setStatus(
+    `Sending to ${request.models.length} model${request.models.length === 1 ? "" : "s"}…`,
+    "busy",
+  );
+
+  try {
+    await socket.send(chatFrame(request));
+    if (state.run && !state.run.started) setStatus("Waiting for the first token…", "busy");
+  } catch (error) {
+    rollbackRun(error.message);
+  }
+}
+
+/** The server refused the run before any model started: nothing happened, so undo it. */
+function rollbackRun(message, code) {
+  const run = state.run;
+  if (!run) return;
+  for (const column of run.columns) column.rollbackTurn();
+  if (!ui.prompt.value.trim()) {
+    ui.prompt.value = run.prompt;
+    autosizePrompt();
+  }
+  showBanner(message, code);
+  endRun();
+  setStatus(socket.state === "open" ? "Ready" : "Not connected. Connects again when you send.", socket.state === "open" ? "ok" : "error");
+}
+
+function endRun() {
+  state.run = null;
+  syncColumns();
+  updateModelCap();
+  updateControls();
+}
+
+function stop() {
+  const run = state.run;
+  if (!run || run.stopping) return;
+  run.stopping = true;
+  updateControls();
+  if (socket.sendIfOpen({ type: "cancel" })) {
+    setStatus("Stopping…", "busy");
+  } else {
+    abortRun("The connection closed before the answer finished.");
+  }
+}
+
+function abortRun(message) {
+  const run = state.run;
+  if (!run) return;
+  for (const column of run.columns) {
+    if (column.running) column.fail({ message });
+  }
+  endRun();
+}
+
+function newChat() {
+  if (state.run) return;
+  for (const column of state.columns.values()) column.clear();
+  state.lastRequest = null;
+  hideBanner();
+  setStatus(socket.state === "open" ? "New chat" : "New chat. Connects when you send.", socket.state === "open" ? "ok" : "idle");
+  ui.prompt.focus();
+}
+
+
+function onFrame(frame) {
+  const run = state.run;
+  const column = run && typeof frame.model === "string" && run.models.has(frame.model)
+    ? state.columns.get(frame.model)
+    : null;
+
+  switch (frame.type) {
+    case "ready":
+      if (!run) setStatus("Connected", "ok");
+      return;
+    case "start":
+      if (!column) return;
+      run.started = true;
+      column.start(frame);
+      setRunProgress();
+      return;
+    case "chunk":
+      if (column) {
+        run.started = true;
+        column.appendChunk(frame.content);
+      }
+      return;
+    case "reasoning":
+      if (column) {
+        run.started = true;
+        column.appendReasoning(frame.content);
+      }
+      return;
+    case "done":
+      if (column && column.running) {
+        column.finish(frame);
+        setRunProgress();
+      }
+      return;
+    case "error":
+      if (frame.model != null) {
+        if (column && column.running) {
+          run.started = true;
+          column.fail(frame);
+          setRunProgress();
+        }
+      } else if (run && !run.started) {
+        rollbackRun(frame.message, frame.code);
+      } else if (frame.code !== "no_run") {
+        // A Stop that crossed the end of the run gets "no_run" back: nothing worth showing.
+        showBanner(frame.message, frame.code);
+      }
+      return;
+    case "complete":
+      if (run) completeRun(frame);
+      return;
+    default:
+      return;
+  }
+}
+
+function setRunProgress() {
+  const run = state.run;
+  if (!run || run.stopping) return;
+  const finished = run.columns.filter((column) => !column.running).length;
+  const total = run.columns.length;
+  setStatus(finished ? `Streaming: ${finished} of ${total} finished` : `Streaming from ${total} model${total === 1 ? "" : "s"}…`, "busy");
+}
+
+function completeRun(frame) {
+  const run = state.run;
+  const results = (frame && frame.results) || {};
+  for (const column of run.columns) {
+    if (!column.running) continue;
+    const result = results[column.model] || {};
+    if (result.status === "done") column.finish(result);
+    else if (result.status === "cancelled") column.fail({ code: "cancelled", status: 499 });
+    else {
+      const error = result.error || {};
+      column.fail({ code: error.code || "error", status: error.status, message: error.message || "The model did not finish." });
+    }
+  }
+  const elapsed = formatMs(performance.now() - run.sentAt);
+  const states = run.columns.map((column) => column.state);
+  endRun();
+  if (states.every((s) => s === "done")) setStatus(`Done in ${elapsed}`, "ok");
+  else if (states.some((s) => s === "cancelled")) setStatus(`Stopped after ${elapsed}`, "idle");
+  else if (states.every((s) => s === "error")) setStatus("The run failed", "error");
+  else setStatus(`Finished with errors in ${elapsed}`, "error");
+  if (document.activeElement === document.body) ui.prompt.focus();
+}
+
+function onSocketState(socketState, detail) {
+  if (socketState === "connecting") {
+    if (!state.run) setStatus("Connecting…", "busy");
+  } else if (socketState === "open") {
+    if (!state.run) setStatus("Connected", "ok");
+  } else if (socketState === "closed") {
+    const wasOpen = Boolean(detail && detail.wasOpen);
+    if (detail && detail.code === CLOSE_UNAUTHENTICATED) {
+      abortRun("The session ended before the answer finished.");
+      setStatus("Signed out", "error");
+      showBanner("Your session has ended.", null, { href: ui.workspace.dataset.loginUrl, text: "Sign in again" });
+    } else if (!wasOpen) {
+      // A run waiting for this socket was never sent; send() rolls it back.
+      if (!state.run) setStatus("Not connected. Connects when you send.", "error");
+    } else {
+      abortRun("The connection closed before the answer finished.");
+      setStatus("Disconnected. Connects again when you send.", "error");
+    }
+  }
+}
+
+const socket = new GatewaySocket(config.ws_path, { onFrame, onState: onSocketState });
+
+
+function snippetRequest() {
+  const prompt = ui.prompt.value.trim();
+  if (prompt) return { request: buildRequest(prompt), note: "The request the prompt box would send now." };
+  if (state.lastRequest) return { request: state.lastRequest, note: "The last request sent." };
+  return { request: buildRequest(EXAMPLE_PROMPT), note: "The prompt box is empty, so this uses an example message." };
+}
+
+async function showSnippet(kind) {
+  const { request, note } = snippetRequest();
+  const key = config.keys.find((item) => item.id === request.keyId) || state.key;
+  const args = { apiBase: config.api_base, key, request };
+  const text = kind === "curl" ? curlSnippet(args) : pythonSnippet(args);
+  ui.snippetTitle.textContent = kind === "curl" ? "Copy as curl" : "Copy as Python";
+  ui.snippet.textContent = text;
+  ui.snippetNote.textContent = note;
+  if (!ui.dialog.open) ui.dialog.showModal();
+  const copied = await copyText(text);
+  ui.snippetNote.textContent = copied ? `${note} Copied to the clipboard.` : `${note} Select it below to copy.`;
+}
+
+async function copyText(text) {
+  if (!navigator.clipboard || !window.isSecureContext) return false;
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+
+function openSettings() {
+  ui.settingsPanel.classList.add("is-open");
+  ui.settingsToggle.setAttribute("aria-expanded", "true");
+}
+
+function closeSettings() {
+  ui.settingsPanel.classList.remove("is-open");
+  ui.settingsToggle.setAttribute("aria-expanded", "false");
+}
+
+
+function init() {
+  const saved = loadSaved();
+  const savedKey = config.keys.find((key) => key.id === saved.keyId);
+  ui.system.value = typeof saved.system === "string" ? saved.system : "";
+  ui.temperature.value = typeof saved.temperature === "string" ? saved.temperature : "";
+  ui.maxTokens.value = typeof saved.maxTokens === "string" ? saved.maxTokens : "";
+  const key = savedKey || config.keys[0];
+  selectKey(key, (saved.modelsByKey || {})[key.id]);
+  syncTemperatureRange();
+  updateSummary();
+
+  ui.keyPicker.addEventListener("change", () => {
+    const key = config.keys.find((item) => String(item.id) === ui.keyPicker.value);
+    if (!key || state.run) return;
+    selectKey(key, (loadSaved().modelsByKey || {})[key.id]);
+    save();
+  });
+
+  ui.temperatureRange.addEventListener("input", () => {
+    ui.temperature.value = ui.temperatureRange.value;
+    syncTemperatureRange();
+    updateSummary();
+  });
+  ui.temperatureReset.addEventListener("click", () => {
+    ui.temperature.value = "";
+    syncTemperatureRange();
+    updateSummary();
+    save();
+    ui.temperature.focus();
+  });
+  ui.temperature.addEventListener("input", () => {
+    syncTemperatureRange();
+    updateSummary();
+  });
+  for (const input of [ui.system, ui.temperature, ui.temperatureRange, ui.maxTokens]) {
+    input.addEventListener("change", () => {
+      updateSummary();
+      save();
+    });
+  }
+  ui.maxTokens.addEventListener("input", updateSummary);
+
+  ui.settingsToggle.addEventListener("click", () => {
+    if (ui.settingsPanel.classList.contains("is-open")) closeSettings();
+    else openSettings();
+  });
+
+  ui.prompt.addEventListener("input", () => {
+    autosizePrompt();
+    updateControls();
+  });
+  ui.prompt.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      if (!ui.send.disabled) send();
+    } else if (event.key === "Escape" && state.run) {
+      event.preventDefault();
+      stop();
+    }
+  });
+  ui.composer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  ui.stop.addEventListener("click", stop);
+  ui.newChat.addEventListener("click", newChat);
+  ui.bannerClose.addEventListener("click", hideBanner);
+  ui.copyCurl.addEventListener("click", () => showSnippet("curl"));
+  ui.copyPython.addEventListener("click", () => showSnippet("python"));
+  ui.snippetClose.addEventListener("click", () => ui.dialog.close());
+  ui.snippetCopy.addEventListener("click", async () => {
+    const copied = await copyText(ui.snippet.textContent);
+    if (copied) {
+      ui.snippetNote.textContent = "Copied to the clipboard.";
+    } else {
+      getSelection().selectAllChildren(ui.snippet);
+      ui.snippetNote.textContent = "Selected. Press Ctrl+C (or Cmd+C) to copy.";
+    }
+  });
+  ui.dialog.addEventListener("click", (event) => {
+    // A click on the backdrop lands on the dialog element itself.
+    if (event.target === ui.dialog) ui.dialog.close();
+  });
+
+  updateControls();
+  socket.connect().catch(() => {
+    // The state handler has already said so in the status line.
+  });
+}
+
+init();
