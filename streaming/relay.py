@@ -41,10 +41,10 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai as openai_dialect
+from providers.dialects.sse import SSEDecoder, SSEvent
 from providers.routing import Route, router
 from providers.upstream import upstream_client
 from streaming.meter import StreamMeter
-from streaming.sse import SSEDecoder, SSEvent
 from streaming.tokens import count_prompt_tokens, count_tokens
 
 logger = logging.getLogger(__name__)

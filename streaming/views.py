@@ -11,6 +11,7 @@ from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
+from providers.dialects.sse import sse_encode
 from providers.health import providers_health_overview
 from providers.routing import router
 from streaming.compare import CompareRun, compare_prepare
@@ -25,7 +26,6 @@ from streaming.edge import (
 )
 from streaming.meter import StreamMeter
 from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat, spawn
-from streaming.sse import sse_encode
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta",)}

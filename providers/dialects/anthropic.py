@@ -31,7 +31,7 @@ from providers.dialects.canonical import (
     Usage,
     UsageReport,
 )
-from streaming.sse import sse_encode
+from providers.dialects.sse import sse_encode
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a client of another dialect may leave it out.

@@ -32,7 +32,7 @@ from providers.dialects.canonical import (
     Usage,
     UsageReport,
 )
-from streaming.sse import sse_encode
+from providers.dialects.sse import sse_encode
 
 DONE = b"data: [DONE]\n\n"
 

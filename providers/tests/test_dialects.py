@@ -18,7 +18,7 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai
-from streaming.sse import SSEDecoder
+from providers.dialects.sse import SSEDecoder
 
 WEATHER_TOOL = {
     "type": "function",
