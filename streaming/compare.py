@@ -24,7 +24,7 @@ from providers.dialects.canonical import StreamError, StreamEvent, TextDelta, Th
 from providers.dialects.openai import openai
 from streaming.edge import call_admit, check_chat_body, model_check
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, call_finish, call_usage, new_request_id, relay_open, spawn
+from streaming.relay import RelayCall, call_usage, new_request_id, relay_open
 
 logger = logging.getLogger(__name__)
 
@@ -258,17 +258,10 @@ class CompareRun:
                 return
             self._queue.put_nowait({"type": "start", "model": name, "request_id": call.request_id})
             try:
-                events = await relay_open(call)
+                events = await relay_open(call)  # records the call itself when it fails or is cancelled
             except GatewayError as error:
-                call.status, call.error_type = error.status, error.code
-                await call_finish(call)
                 self._failed(name, error, call)
                 return
-            except BaseException:
-                if not call.finished:
-                    call.status, call.error_type = 499, "client_disconnected"
-                spawn(call_finish(call))
-                raise
             # The relay's iterator closes the upstream and records usage however it ends.
             async with aclosing(events):
                 async for event in events:

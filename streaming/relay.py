@@ -258,8 +258,23 @@ async def relay_open(call: RelayCall):
 
     Streamed: an async iterator of what the client's dialect renders for each upstream event (SSE
     body chunks for the HTTP doors, event dicts for compare), which closes the upstream and records
-    usage however it ends. Not streamed: the response body. Raises GatewayError when no deployment
-    answered; the caller records that."""
+    usage however it ends. Not streamed: the response body (the caller records the call once the
+    client has it). Raises GatewayError when no deployment answered; a call that ends here, failed or
+    cancelled (client gone), is recorded here."""
+    try:
+        return await _open_with_failover(call)
+    except GatewayError as error:
+        call.status, call.error_type = error.status, error.code
+        await call_finish(call)
+        raise
+    except BaseException:
+        if not call.finished:
+            call.status, call.error_type = 499, "client_disconnected"
+        spawn(call_finish(call))
+        raise
+
+
+async def _open_with_failover(call: RelayCall):
     candidates = await router.candidates(call.model)
     if not candidates:
         raise GatewayError(503, "no_deployment", f"model '{call.model}' has no available deployment")

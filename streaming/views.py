@@ -7,6 +7,7 @@ import orjson
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
+from accounts.context import KeyContext
 from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from providers.dialects.anthropic import anthropic
@@ -25,20 +26,25 @@ from streaming.edge import (
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat, spawn
+from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta",)}
 
 
-async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
-    """The shared path of the chat endpoints: authenticate, check, admit, relay, record."""
-    started = time.perf_counter()
+async def _post_json(request) -> tuple[str, KeyContext, dict]:
+    """What every POST endpoint starts with: a request id, the caller's key, and the JSON body."""
     request.gateway_request_id = request_id = new_request_id()
     if request.method != "POST":
         raise GatewayError(405, "method_not_allowed", f"use POST for {request.path}")
     ctx = await authenticate(request)
-    body = read_json_body(request)
+    return request_id, ctx, read_json_body(request)
+
+
+async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
+    """The shared path of the chat endpoints: authenticate, check, admit, relay, record."""
+    started = time.perf_counter()
+    request_id, ctx, body = await _post_json(request)
     check_body(body)
     stream = bool(body.get("stream"))
     await model_check(ctx, body["model"])
@@ -61,14 +67,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
     try:
         response = await relay_chat(call)
     except GatewayError as error:
-        call.status, call.error_type = error.status, error.code
-        await call_finish(call)
         error.headers = {**call.headers(), **error.headers}
-        raise
-    except BaseException:
-        if not call.finished:
-            call.status, call.error_type = 499, "client_disconnected"
-        spawn(call_finish(call))
         raise
     if not stream:
         await call_finish(call)
@@ -91,11 +90,7 @@ async def messages(request):
 async def compare(request):
     """Several models at once, their events merged into one SSE stream (see streaming.compare)."""
     started = time.perf_counter()
-    request.gateway_request_id = request_id = new_request_id()
-    if request.method != "POST":
-        raise GatewayError(405, "method_not_allowed", f"use POST for {request.path}")
-    ctx = await authenticate(request)
-    body = read_json_body(request)
+    request_id, ctx, body = await _post_json(request)
     prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body))
     run = CompareRun(prepared, started=started)
     headers = {**STREAM_HEADERS, "x-request-id": request_id, "x-gateway-run-id": run.run_id}

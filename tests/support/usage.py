@@ -1,5 +1,6 @@
 """Reading the usage events a gateway process pushed to the Redis queue."""
 
+import asyncio
 import time
 
 import orjson
@@ -12,27 +13,26 @@ def usage_events() -> list[dict]:
     return [orjson.loads(raw) for raw in redis_sync().lrange(USAGE_QUEUE_KEY, 0, -1)]
 
 
+def _matched(predicate, deadline: float) -> list[dict] | None:
+    events = usage_events()
+    if predicate(events):
+        return events
+    if time.monotonic() > deadline:
+        raise AssertionError(f"usage events did not match: {events}")
+    return None
+
+
 def wait_usage(predicate, timeout: float = 3.0) -> list[dict]:
     """The queued usage events once `predicate(events)` holds; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        events = usage_events()
-        if predicate(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"usage events did not match: {events}")
+    while (events := _matched(predicate, deadline)) is None:
         time.sleep(0.02)
+    return events
 
 
 async def await_usage(predicate, timeout: float = 3.0) -> list[dict]:
     """`wait_usage` for async tests: polls without blocking the event loop."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
-    while True:
-        events = usage_events()
-        if predicate(events):
-            return events
-        if time.monotonic() > deadline:
-            raise AssertionError(f"usage events did not match: {events}")
+    while (events := _matched(predicate, deadline)) is None:
         await asyncio.sleep(0.02)
+    return events
