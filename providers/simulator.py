@@ -41,7 +41,10 @@ OPTION_NAMES = (
     "no_usage",  # leave usage out everywhere
     "echo",  # the answer is the last user message, word by word
     "reasoning",  # stream this many reasoning ("thinking") tokens before the answer
+    "tool",  # call the offered tool with this name instead of the first one
+    "tool_args",  # the tool call's arguments: a JSON object (default {"location": "Paris"})
 )
+TEXT_OPTIONS = ("tool", "tool_args")
 FAULT_OPTIONS = ("fail", "hang", "drop_after", "malformed_after")
 DEFAULT_TOKENS = 12
 MAX_CHOICES = 16
@@ -57,7 +60,6 @@ VOCABULARY = tuple(
         "pariatur excepteur sint occaecat cupidatat non proident sunt culpa qui officia deserunt mollit anim"
     ).split()
 )
-TOOL_ARGUMENTS = {"location": "Paris"}
 TOOL_ARGUMENT_PIECES = ('{"', "location", '": "', "Paris", '"}')
 WEATHER = re.compile(r"\bweather\b", re.IGNORECASE)
 
@@ -103,16 +105,20 @@ class _HideConnectionDrops(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], ConnectionDrop))
 
 
-def options_parse(text: str) -> dict[str, int]:
-    """Parse `tokens=20&interval_ms=100` into validated integer options."""
+def options_parse(text: str) -> dict:
+    """Parse `tokens=20&interval_ms=100` into validated options."""
     return options_validate(dict(parse_qsl(text, keep_blank_values=True)))
 
 
-def options_validate(raw: dict) -> dict[str, int]:
+def options_validate(raw: dict) -> dict:
+    """Integer options as ints; `tool` as a name and `tool_args` as a dict (JSON text or, in the config, an object)."""
     options = {}
     for name, value in raw.items():
         if name not in OPTION_NAMES:
             raise OptionError(f"unknown simulator option {name!r}; known: {', '.join(OPTION_NAMES)}")
+        if name in TEXT_OPTIONS:
+            options[name] = _text_option(name, value)
+            continue
         try:
             options[name] = int(value)
         except (TypeError, ValueError):
@@ -120,6 +126,21 @@ def options_validate(raw: dict) -> dict[str, int]:
     if options.get("fail") and not 400 <= options["fail"] <= 599:
         raise OptionError(f"simulator option 'fail' needs an HTTP error status (400-599), got {options['fail']}")
     return options
+
+
+def _text_option(name: str, value):
+    if name == "tool":
+        if not isinstance(value, str) or not value:
+            raise OptionError(f"simulator option 'tool' needs a tool name, got {value!r}")
+        return value
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            value = None
+    if not isinstance(value, dict):
+        raise OptionError("simulator option 'tool_args' needs a JSON object")
+    return value
 
 
 def message_text(message) -> str:
@@ -155,23 +176,46 @@ def last_user_text(messages: list) -> str:
     return ""
 
 
-def tool_to_call(body: dict, dialect: str) -> str | None:
-    """The tool name to call: when tools are offered and the conversation ends with a user asking about weather."""
+def tool_to_call(body: dict, dialect: str, options: dict | None = None) -> str | None:
+    """The tool name to call: when tools are offered and the conversation ends with a user asking about weather.
+
+    The first offered tool, or the one named by the `tool` option (no call when it is not offered). Trailing
+    system-role messages are skipped: agents such as Claude Code append their notes after the user's turn.
+    """
     tools = body.get("tools")
     if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
         return None
     choice = body.get("tool_choice")
     if choice == "none" or (isinstance(choice, dict) and choice.get("type") == "none"):
         return None
-    last = body["messages"][-1]
+    messages = body["messages"]
+    last = next((m for m in reversed(messages) if not (isinstance(m, dict) and m.get("role") == "system")), None)
     if not isinstance(last, dict) or last.get("role") != "user" or not WEATHER.search(message_text(last)):
         return None
+    names = [_tool_name(tool, dialect) for tool in tools]
+    wanted = (options or {}).get("tool")
+    if wanted is not None:
+        return wanted if wanted in names else None
+    return names[0]
+
+
+def _tool_name(tool, dialect: str) -> str | None:
+    if not isinstance(tool, dict):
+        return None
     if dialect == "openai":
-        function = tools[0].get("function")
+        function = tool.get("function")
         name = function.get("name") if isinstance(function, dict) else None
     else:
-        name = tools[0].get("name")
+        name = tool.get("name")
     return name if isinstance(name, str) and name else None
+
+
+def tool_argument_pieces(options: dict) -> list[str]:
+    """The arguments JSON in the pieces a stream sends (a few characters each, like model tokens)."""
+    if "tool_args" not in options:
+        return list(TOOL_ARGUMENT_PIECES)
+    text = orjson.dumps(options["tool_args"]).decode()
+    return [text[start : start + 8] for start in range(0, len(text), 8)]
 
 
 @dataclass(slots=True)
@@ -195,7 +239,7 @@ def completion_plan(
 ) -> Completion:
     prompt_tokens = prompt_token_count(messages, system)
     if tool_name:
-        return Completion([list(TOOL_ARGUMENT_PIECES) for _ in range(n)], "tool", tool_name, prompt_tokens)
+        return Completion([tool_argument_pieces(options) for _ in range(n)], "tool", tool_name, prompt_tokens)
     if options.get("echo"):
         words = last_user_text(messages).split()
         echoed = [word if index == 0 else " " + word for index, word in enumerate(words)]
@@ -278,7 +322,7 @@ class Simulator:
         self.log: deque[dict] = deque(maxlen=REQUEST_LOG_SIZE)
         self.next_id = 1
         self.fail_counters: dict[str, int] = {}
-        self.config: dict[str, int] = {}
+        self.config: dict = {}
         uvicorn_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, _HideConnectionDrops) for f in uvicorn_log.filters):
             uvicorn_log.addFilter(_HideConnectionDrops())
@@ -320,6 +364,7 @@ class Simulator:
         record = {
             "id": self.next_id,
             "path": path,
+            "query": scope.get("query_string", b"").decode("latin-1"),
             "method": method,
             "model": None,
             "headers": headers,
@@ -411,7 +456,7 @@ class Simulator:
             options=options,
             cap=cap if _json_int(cap) else None,
             n=min(n, MAX_CHOICES) if _json_int(n) and n > 1 else 1,
-            tool_name=tool_to_call(body, dialect),
+            tool_name=tool_to_call(body, dialect, options),
         )
         if dialect == "openai":
             work = self.openai_stream if record["stream"] else self.openai_message
@@ -436,7 +481,7 @@ class Simulator:
             return "max_tokens: Field required"
         return None
 
-    def _options(self, model_suffix: str, headers: dict) -> dict[str, int]:
+    def _options(self, model_suffix: str, headers: dict) -> dict:
         options = options_parse(model_suffix) if model_suffix else {}
         if headers.get("x-sim-options"):
             options.update(options_parse(headers["x-sim-options"]))
@@ -670,7 +715,8 @@ class Simulator:
         if "drop_after" in options:
             await self._drop_without_body(exchange, b"application/json")
         if plan.tool_name:
-            content = [{"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": TOOL_ARGUMENTS}]
+            arguments = orjson.loads("".join(tokens))
+            content = [{"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": arguments}]
         else:
             content = [{"type": "text", "text": "".join(tokens)}]
         if plan.reasoning:

@@ -78,6 +78,8 @@ class RelayCall:
     dialect: Dialect = field(default_factory=lambda: openai_dialect)
     # Client headers meant for a provider of the client's own dialect (e.g. anthropic-beta).
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    # The client's query string (e.g. Anthropic's `?beta=true`), for a provider of the client's own dialect.
+    upstream_query: str = ""
     admission: Admission | None = None
     route: Route | None = None
     attempts: int = 0
@@ -211,11 +213,14 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     provider = route.provider
     client = upstream_client(provider)
     extra = dict(provider.extra_headers)
+    url = provider.base_url + upstream.paths["chat"]
     if _same_dialect(call, upstream):
         extra = {**call.upstream_headers, **extra}
+        if call.upstream_query:
+            url += "?" + call.upstream_query
     request = client.build_request(
         "POST",
-        provider.base_url + upstream.paths["chat"],
+        url,
         content=payload,
         headers=upstream.upstream_headers(provider.api_key, extra),
     )

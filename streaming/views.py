@@ -29,7 +29,7 @@ from streaming.meter import StreamMeter
 from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat
 
 # Client headers passed on to a provider of the client's own dialect.
-_FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta",)}
+_FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
 
 
 async def _post_json(request) -> tuple[str, KeyContext, dict]:
@@ -62,6 +62,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
         upstream_headers={
             name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers
         },
+        upstream_query=request.META.get("QUERY_STRING", ""),
     )
     await call_admit(call, len(request.body))
     try:

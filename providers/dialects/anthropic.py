@@ -170,6 +170,13 @@ def _blocks_in(content, where: str) -> list[Part]:
     return parts
 
 
+def _system_in(content, where: str) -> list[Text]:
+    parts = _blocks_in(content, where)
+    if any(not isinstance(part, Text) for part in parts):
+        raise bad_request(f"'{where}' may hold only text blocks when translated for this model's provider", param=where)
+    return parts
+
+
 def _tool_in(raw, where: str) -> Tool:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise bad_request(f"'{where}' must be a tool with a name", param=where)
@@ -484,10 +491,28 @@ class AnthropicDialect(Dialect):
         """A checked /v1/messages body -> canonical; Anthropic-only fields (top_k, thinking, ...) are left out."""
         request = ChatRequest(messages=[])
         system = body.get("system")
-        request.system = [p for p in _blocks_in(system, "system") if isinstance(p, Text)] if system else []
+        if system is not None and not isinstance(system, str | list):
+            raise bad_request("'system' must be a string or an array of text blocks", param="system")
+        request.system = _system_in(system, "system") if system else []
         for index, message in enumerate(body["messages"]):
-            request.messages.append(Message(message["role"], _blocks_in(message["content"], f"messages[{index}]")))
-        request.max_tokens = body["max_tokens"]
+            where = f"messages[{index}]"
+            content = message.get("content")
+            if not isinstance(content, str | list):
+                raise bad_request(f"'{where}.content' must be a string or an array of content blocks", param=where)
+            role = message.get("role")
+            if role == "system":
+                # System text inside the conversation: the other side gets it as system text.
+                request.system.extend(_system_in(content, where))
+            elif role in ("user", "assistant"):
+                request.messages.append(Message(role, _blocks_in(content, where)))
+            else:
+                raise bad_request(
+                    f"'{where}.role' is {role!r}, which cannot be translated for this model's provider "
+                    "(user, assistant or system)",
+                    param=f"{where}.role",
+                )
+        max_tokens = body.get("max_tokens")
+        request.max_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None
         for name in ("temperature", "top_p"):
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):

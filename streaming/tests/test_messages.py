@@ -389,21 +389,60 @@ def assert_error(response: httpx.Response, status: int, error_type: str, *needle
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ({"model": "claude", "messages": MESSAGES}, "'max_tokens' is required"),
+        # What the gateway itself needs, whatever the provider.
         ({"model": "claude", "messages": MESSAGES, "max_tokens": 0}, "'max_tokens' must be a positive integer"),
         ({"model": "claude", "messages": MESSAGES, "max_tokens": "5"}, "'max_tokens' must be a positive integer"),
         ({"messages": MESSAGES, "max_tokens": 5}, "'model' is required"),
         ({"model": "claude", "max_tokens": 5}, "'messages' is required"),
         ({"model": "claude", "messages": [], "max_tokens": 5}, "at least one message"),
         ({"model": "claude", "messages": {"role": "user"}, "max_tokens": 5}, "'messages' must be an array"),
-        ({"model": "claude", "messages": [{"role": "system", "content": "x"}], "max_tokens": 5}, "top-level 'system'"),
-        ({"model": "claude", "messages": [{"role": "user"}], "max_tokens": 5}, "'messages[0].content' is required"),
-        ({"model": "claude", "messages": [{"role": "user", "content": 3}], "max_tokens": 5}, "'messages[0].content'"),
         ({"model": "claude", "messages": MESSAGES, "max_tokens": 5, "stream": "yes"}, "'stream' must be a boolean"),
+        # Same dialect: the provider judges the body, and its 400 comes back in Anthropic's shape.
+        ({"model": "claude", "messages": MESSAGES}, "max_tokens"),
+        # Translated: what the other side cannot express is refused, naming it.
+        ({"model": "gpt", "messages": [{"role": "user"}], "max_tokens": 5}, "'messages[0].content' must be"),
+        ({"model": "gpt", "messages": [{"role": "user", "content": 3}], "max_tokens": 5}, "'messages[0].content'"),
+        ({"model": "gpt", "messages": [{"role": "tool", "content": "x"}], "max_tokens": 5}, "'tool'"),
+        ({"model": "gpt", "system": 5, "messages": MESSAGES, "max_tokens": 5}, "'system' must be"),
+        (
+            {"model": "gpt", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
+            "'document' content block",
+        ),
     ],
 )
 def test_invalid_bodies_are_400_naming_the_problem(gateway, key, body, needle):
     assert_error(post(gateway, key, body), 400, "invalid_request_error", needle)
+
+
+def test_query_and_version_headers_reach_an_anthropic_provider(gateway, key, fresh_simulator):
+    body = {"model": "claude", "max_tokens": 20, "messages": MESSAGES}
+    headers = {"x-api-key": key, "anthropic-version": "2099-01-01", "anthropic-beta": "b1,b2"}
+    response = httpx.post(gateway.url + "/v1/messages?beta=true", json=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    sent = fresh_simulator.requests()[-1]
+    assert sent["query"] == "beta=true"
+    assert sent["headers"]["anthropic-version"] == "2099-01-01" and sent["headers"]["anthropic-beta"] == "b1,b2"
+    # Not to an OpenAI-dialect provider: those are Anthropic's own.
+    httpx.post(gateway.url + "/v1/messages?beta=true", json={**body, "model": "gpt"}, headers=headers, timeout=30)
+    sent = fresh_simulator.requests()[-1]
+    assert sent["query"] == "" and "anthropic-beta" not in sent["headers"]
+
+
+@pytest.mark.parametrize("model", ["claude", "gpt"])
+def test_system_messages_inside_messages(gateway, key, fresh_simulator, model):
+    """Claude Code sends system text as messages with role 'system': passed through to an Anthropic
+    provider as it is, and sent as system text to an OpenAI one."""
+    messages = [*MESSAGES, {"role": "system", "content": [{"type": "text", "text": "Be brief"}]}]
+    body = {"model": model, "max_tokens": 50, "messages": messages, "cache_hint": {"any": ["thing"]}}
+    response = post(gateway, key, body)
+    assert response.status_code == 200, response.text
+    assert response.json()["content"][0]["text"]
+    sent = fresh_simulator.requests()[-1]["body"]
+    if model == "claude":
+        assert sent["messages"] == messages and sent["cache_hint"] == {"any": ["thing"]}
+    else:
+        assert {"role": "system", "content": "Be brief"} in sent["messages"]
+        assert "cache_hint" not in sent
 
 
 def test_bad_json_and_wrong_method(gateway, key):
