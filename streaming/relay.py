@@ -45,7 +45,7 @@ from providers.dialects.sse import SSEDecoder, SSEvent
 from providers.routing import Route, router
 from providers.upstream import upstream_client
 from streaming.meter import StreamMeter
-from streaming.tokens import count_prompt_tokens, count_tokens
+from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -472,3 +472,35 @@ async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decode
         # Closing the upstream response drops its connection: the provider stops generating.
         await asyncio.shield(response.aclose())
         spawn(call_finish(call))
+
+
+async def relay_count_tokens(call: RelayCall) -> dict:
+    """Anthropic's count_tokens for `call.body`: asked of the model's first Anthropic-dialect deployment
+    that answers, else the gateway's estimate over the translated request (tools included)."""
+    for route in await router.candidates(call.model):
+        upstream = DIALECTS.get(route.provider.dialect)
+        path = upstream.paths.get("count_tokens") if upstream is not None else None
+        if path is None or not _same_dialect(call, upstream):
+            continue
+        url = route.provider.base_url + path
+        headers = upstream.upstream_headers(
+            route.provider.api_key, {**call.upstream_headers, **dict(route.provider.extra_headers)}
+        )
+        payload = orjson.dumps({**call.body, "model": route.upstream_model})
+        try:
+            response = await upstream_client(route.provider).post(url, content=payload, headers=headers)
+        except httpx.TransportError as exc:
+            logger.info("request %s: count_tokens at %s failed: %s", call.request_id, route.provider.name, exc)
+            continue
+        if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
+            continue
+        if response.status_code >= 400:
+            raise await _upstream_client_error(response, upstream)
+        try:
+            counted = orjson.loads(response.content).get("input_tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            counted = None
+        if isinstance(counted, int) and not isinstance(counted, bool):
+            call.route = route
+            return {"input_tokens": counted}
+    return {"input_tokens": estimate_request_tokens(call.canonical())}

@@ -3,6 +3,8 @@
 import logging
 from functools import lru_cache
 
+import orjson
+
 logger = logging.getLogger(__name__)
 
 
@@ -55,3 +57,21 @@ def count_prompt_tokens(messages, system: str | None = None) -> int:
 def rough_prompt_estimate(body_size: int, max_output: int | None) -> int:
     """For admission only: about four bytes per token, plus the output the request may produce."""
     return body_size // 4 + (max_output or 0)
+
+
+def estimate_request_tokens(request) -> int:
+    """Prompt tokens of a canonical chat request, tools included, for providers that cannot count them."""
+    from providers.dialects.canonical import Text, ToolCall, ToolResult
+
+    texts = [part.text for part in request.system]
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, Text):
+                texts.append(part.text)
+            elif isinstance(part, ToolCall):
+                texts.append(part.name + part.arguments)
+            elif isinstance(part, ToolResult):
+                texts.extend(p.text for p in part.content if isinstance(p, Text))
+    for tool in request.tools:
+        texts.append(tool.name + (tool.description or "") + orjson.dumps(tool.parameters).decode())
+    return count_tokens("\n".join(texts)) + 3 * len(request.messages) + 3

@@ -26,10 +26,14 @@ from streaming.edge import (
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat
+from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat, relay_count_tokens
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
+
+
+def _forwarded_headers(request, dialect) -> dict[str, str]:
+    return {name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers}
 
 
 async def _post_json(request) -> tuple[str, KeyContext, dict]:
@@ -59,9 +63,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
         client_wants_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         meter=StreamMeter(started),
         dialect=dialect,
-        upstream_headers={
-            name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers
-        },
+        upstream_headers=_forwarded_headers(request, dialect),
         upstream_query=request.META.get("QUERY_STRING", ""),
     )
     await call_admit(call, len(request.body))
@@ -85,6 +87,29 @@ async def chat_completions(request):
 async def messages(request):
     """Anthropic Messages, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=anthropic, endpoint="messages", check_body=check_messages_body)
+
+
+@speaks(anthropic)
+async def count_tokens(request):
+    """Anthropic's /v1/messages/count_tokens: the provider's count, or the gateway's estimate for
+    deployments that speak another dialect. Not a completion: no limits charged, no usage record."""
+    request_id, ctx, body = await _post_json(request)
+    check_messages_body(body)
+    await model_check(ctx, body["model"])
+    call = RelayCall(
+        request_id=request_id,
+        ctx=ctx,
+        endpoint="count_tokens",
+        model=body["model"],
+        body=body,
+        stream=False,
+        client_wants_usage=False,
+        meter=StreamMeter(),
+        dialect=anthropic,
+        upstream_headers=_forwarded_headers(request, anthropic),
+    )
+    answer = await relay_count_tokens(call)
+    return HttpResponse(orjson.dumps(answer), content_type="application/json", headers=call.headers())
 
 
 @speaks(openai)

@@ -630,4 +630,9 @@ class AnthropicDialect(Dialect):
         return AnthropicStreamParser()
 
 
-anthropic = register(AnthropicDialect(name="anthropic", paths={"chat": "/v1/messages", "models": "/v1/models"}))
+anthropic = register(
+    AnthropicDialect(
+        name="anthropic",
+        paths={"chat": "/v1/messages", "models": "/v1/models", "count_tokens": "/v1/messages/count_tokens"},
+    )
+)

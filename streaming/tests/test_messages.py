@@ -15,7 +15,7 @@ import pytest
 from accounts.keys import key_generate
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.ports import free_port
-from tests.support.usage import wait_usage
+from tests.support.usage import usage_events, wait_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -505,3 +505,45 @@ def test_upstream_client_error_passes_through_in_anthropic_shape(gateway, fresh_
     response = post(gateway, key, {"model": "gpt-bad", "max_tokens": 5, "messages": MESSAGES})
     assert_error(response, 400, "invalid_request_error", "simulated failure with status 400")
     assert len(fresh_simulator.requests(model="sim-echo?fail=400")) == 1
+
+
+# count_tokens ------------------------------------------------------------------------------------
+
+COUNT_TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}}},
+    }
+]
+
+
+def test_count_tokens_with_the_sdk_on_both_kinds_of_deployment(gateway, key, fresh_simulator):
+    client = through(gateway, key)
+    system = "You answer in one word."
+    counted = client.messages.count_tokens(model="claude", system=system, messages=MESSAGES)
+    expected = direct(fresh_simulator).messages.count_tokens(model="sim-claude", system=system, messages=MESSAGES)
+    assert counted.input_tokens == expected.input_tokens > 0
+    sent = fresh_simulator.requests(path="/v1/messages/count_tokens")[0]
+    assert sent["model"] == "sim-claude" and sent["body"]["system"] == system
+    # An OpenAI-dialect deployment cannot count: the gateway estimates, tools included.
+    plain = client.messages.count_tokens(model="gpt", system=system, messages=MESSAGES)
+    with_tools = client.messages.count_tokens(model="gpt", system=system, messages=MESSAGES, tools=COUNT_TOOLS)
+    assert 5 < plain.input_tokens < with_tools.input_tokens
+    # (one through the gateway, one direct; none for the OpenAI-dialect model)
+    assert [r["model"] for r in fresh_simulator.requests(path="/v1/messages/count_tokens")] == ["sim-claude"] * 2
+    # Counting is not a completion: nothing reaches the usage queue.
+    assert usage_events() == []
+
+
+def test_count_tokens_errors_in_anthropic_shape(gateway, key):
+    url = gateway.url + "/v1/messages/count_tokens"
+    body = {"model": "claude", "messages": MESSAGES}
+    assert_error(httpx.post(url, json=body, timeout=10), 401, "authentication_error", "no API key")
+    unknown = httpx.post(url, json={**body, "model": "nope"}, headers={"x-api-key": key}, timeout=10)
+    assert_error(unknown, 404, "not_found_error", "'nope'")
+    bad = httpx.post(url, json={"model": "claude"}, headers={"x-api-key": key}, timeout=10)
+    assert_error(bad, 400, "invalid_request_error", "'messages' is required")
+    untranslatable = {"model": "gpt", "messages": [{"role": "user", "content": [{"type": "document"}]}]}
+    response = httpx.post(url, json=untranslatable, headers={"x-api-key": key}, timeout=10)
+    assert_error(response, 400, "invalid_request_error", "'document' content block")
