@@ -13,44 +13,73 @@ from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
 from accounts.limits import limits_admit
 from aigateway.errors import GatewayError, bad_request
+from providers.dialects.anthropic import anthropic
+from providers.dialects.base import Dialect
+from providers.dialects.openai import openai
 from providers.routing import router
+from streaming.relay import new_request_id
 from streaming.tokens import rough_prompt_estimate
 
 logger = logging.getLogger(__name__)
 
 
-def error_response(dialect, error: GatewayError, request_id: str | None = None) -> HttpResponse:
+def error_response(dialect, error: GatewayError) -> HttpResponse:
     headers = dict(error.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
     return HttpResponse(
         orjson.dumps(dialect.error_body(error)), status=error.status, content_type="application/json", headers=headers
     )
 
 
+def _dialect_for(dialect, request):
+    return dialect(request) if callable(dialect) and not isinstance(dialect, Dialect) else dialect
+
+
 def speaks(dialect):
-    """View decorator: any GatewayError (or unexpected exception) leaves in `dialect`'s error shape."""
+    """View decorator for the API: every response carries the request id (`x-request-id`, and
+    `request-id` for Anthropic clients, whose SDKs read that one), and any GatewayError (or
+    unexpected exception) leaves in `dialect`'s error shape. `dialect` may be a function of the
+    request, for paths both families of clients call."""
 
     def decorator(view):
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
+            request.gateway_request_id = request_id = new_request_id()
+            speaking = _dialect_for(dialect, request)
             try:
-                return await view(request, *args, **kwargs)
+                response = await view(request, *args, **kwargs)
             except GatewayError as error:
-                return error_response(dialect, error, getattr(request, "gateway_request_id", None))
+                response = error_response(speaking, error)
             except Exception:
-                request_id = getattr(request, "gateway_request_id", None)
                 logger.exception("unhandled error in %s (request %s)", view.__name__, request_id)
-                return error_response(
-                    dialect,
-                    GatewayError(500, "internal_error", "the gateway failed to handle this request"),
-                    request_id,
-                )
+                error = GatewayError(500, "internal_error", "the gateway failed to handle this request")
+                response = error_response(speaking, error)
+            response["x-request-id"] = request_id
+            if speaking is anthropic:
+                response["request-id"] = request_id
+            return response
 
         wrapper.csrf_exempt = True
         return wrapper
 
     return decorator
+
+
+def anthropic_if_versioned(request) -> Dialect:
+    """Paths both SDKs call (/v1/models): Anthropic's SDKs always send `anthropic-version`."""
+    return anthropic if "anthropic-version" in request.headers else openai
+
+
+def only(*methods: str):
+    """Refuse other methods with a 405 naming the allowed ones (and an Allow header)."""
+
+    def check(request) -> None:
+        if request.method not in methods:
+            allowed = ", ".join(methods)
+            raise GatewayError(
+                405, "method_not_allowed", f"use {allowed} for {request.path}", headers={"Allow": allowed}
+            )
+
+    return check
 
 
 async def authenticate(request) -> KeyContext:

@@ -1,5 +1,5 @@
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import path, re_path
 from django.views.generic import RedirectView
 
 from streaming import playground, views
@@ -12,7 +12,10 @@ urlpatterns = [
     path("v1/messages/count_tokens", views.count_tokens, name="count-tokens"),
     path("v1/compare", views.compare, name="compare"),
     path("v1/models", views.models, name="models"),
+    path("v1/models/<path:model>", views.model_detail, name="model-detail"),
     path("playground/", playground.playground, name="playground"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # Last: every other /v1/ path answers the API's JSON 404, never an HTML page.
+    re_path(r"^v1/(?P<rest>.*)$", views.not_found),
 ]

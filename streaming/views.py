@@ -2,6 +2,7 @@
 
 import time
 from contextlib import aclosing
+from datetime import UTC, datetime
 
 import orjson
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -17,16 +18,18 @@ from providers.health import providers_health_overview
 from providers.routing import router
 from streaming.compare import CompareRun, compare_prepare
 from streaming.edge import (
+    anthropic_if_versioned,
     authenticate,
     call_admit,
     check_chat_body,
     check_messages_body,
     model_check,
+    only,
     read_json_body,
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, new_request_id, relay_chat, relay_count_tokens
+from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, relay_chat, relay_count_tokens
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
@@ -38,9 +41,8 @@ def _forwarded_headers(request, dialect) -> dict[str, str]:
 
 async def _post_json(request) -> tuple[str, KeyContext, dict]:
     """What every POST endpoint starts with: a request id, the caller's key, and the JSON body."""
-    request.gateway_request_id = request_id = new_request_id()
-    if request.method != "POST":
-        raise GatewayError(405, "method_not_allowed", f"use POST for {request.path}")
+    request_id = request.gateway_request_id
+    only("POST")(request)
     ctx = await authenticate(request)
     return request_id, ctx, read_json_body(request)
 
@@ -130,17 +132,53 @@ async def _compare_sse(run: CompareRun):
     yield sse_encode(b"[DONE]")
 
 
-@speaks(openai)
+def _model_entry(name: str, created: float, dialect) -> dict:
+    if dialect is anthropic:
+        created_at = datetime.fromtimestamp(created, tz=UTC).isoformat().replace("+00:00", "Z")
+        return {"type": "model", "id": name, "display_name": name, "created_at": created_at}
+    return {"id": name, "object": "model", "created": int(created), "owned_by": "gateway"}
+
+
+@speaks(anthropic_if_versioned)
 async def models(request):
-    request.gateway_request_id = new_request_id()
+    """The models this key may use: OpenAI's list, or Anthropic's when the client sends anthropic-version."""
+    only("GET")(request)
     ctx = await authenticate(request)
     table = await router.table()
-    data = [
-        {"id": name, "object": "model", "created": int(created), "owned_by": "gateway"}
-        for name, created in sorted(table.models.items())
-        if ctx.may_use(name)
-    ]
-    return HttpResponse(orjson.dumps({"object": "list", "data": data}), content_type="application/json")
+    dialect = anthropic_if_versioned(request)
+    data = [_model_entry(name, created, dialect) for name, created in sorted(table.models.items()) if ctx.may_use(name)]
+    if dialect is anthropic:
+        page = {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    else:
+        page = {"object": "list", "data": data}
+    return HttpResponse(orjson.dumps(page), content_type="application/json")
+
+
+@speaks(anthropic_if_versioned)
+async def model_detail(request, model: str):
+    """One model (the SDKs' models.retrieve), if this key may use it."""
+    only("GET")(request)
+    ctx = await authenticate(request)
+    table = await router.table()
+    if model not in table.models or not ctx.may_use(model):
+        raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+    entry = _model_entry(model, table.models[model], anthropic_if_versioned(request))
+    return HttpResponse(orjson.dumps(entry), content_type="application/json")
+
+
+def _path_family(request):
+    return anthropic if request.path.startswith("/v1/messages") else openai
+
+
+@speaks(_path_family)
+async def not_found(request, rest: str = ""):
+    """Any other /v1/ path: a JSON 404 in the dialect of its path family, never an HTML page."""
+    raise GatewayError(404, "not_found", f"no such endpoint: {request.method} {request.path}")
 
 
 async def health(request):
