@@ -414,6 +414,9 @@ class Simulator:
                 return
             await self.models(exchange, dialect, headers)
             return
+        if path == "/v1/messages/count_tokens":
+            await self.count_tokens(exchange, method, chunks)
+            return
         if path not in ("/v1/chat/completions", "/v1/messages"):
             await exchange.json(404, error_payload(dialect, 404, f"no such endpoint: {method} {path}"))
             return
@@ -466,6 +469,22 @@ class Simulator:
             await self._until_disconnect(exchange, work(exchange, body, plan, options))
         else:
             await work(exchange, body, plan, options)
+
+    async def count_tokens(self, exchange: Exchange, method: str, chunks: list) -> None:
+        """Anthropic's token counting: the same prompt count the simulator's usage reports."""
+        if method != "POST":
+            await exchange.json(405, error_payload("anthropic", 405, f"{method} is not allowed here"))
+            return
+        try:
+            body = orjson.loads(b"".join(chunks))
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body.get("model"):
+            await exchange.json(400, error_payload("anthropic", 400, "model and messages are required"))
+            return
+        exchange.record["body"], exchange.record["model"] = body, body["model"]
+        messages = [m for m in body["messages"] if isinstance(m, dict)]
+        await exchange.json(200, {"input_tokens": prompt_token_count(messages, body.get("system"))})
 
     def _request_problem(self, body, dialect: str) -> str | None:
         if not isinstance(body, dict):

@@ -3,6 +3,7 @@
 import hashlib
 import statistics
 import time
+from urllib.parse import quote
 
 import anthropic
 import httpx
@@ -263,6 +264,47 @@ def test_anthropic_tool_use(fresh_simulator):
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use"
     assert final.content[0].input == {"location": "Paris"}
+
+
+def test_tool_option_picks_the_tool_and_its_arguments(fresh_simulator):
+    read = {"name": "Read", "input_schema": {"type": "object", "properties": {"file_path": {"type": "string"}}}}
+    weather_tool = {"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}
+    # A system-role note after the user's turn, as Claude Code sends it, still leaves the user's question last.
+    weather = [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Paris today?"}]},
+        {"role": "system", "content": "Agent types: none"},
+    ]
+    args = '{"file_path": "/tmp/forecast.txt"}'
+    model = "sim-claude?tool=Read&tool_args=" + quote(args)
+    client = anthropic.Anthropic(base_url=fresh_simulator.url, api_key="x", max_retries=0)
+
+    message = client.messages.create(model=model, max_tokens=100, messages=weather, tools=[weather_tool, read])
+    [block] = message.content
+    assert block.name == "Read" and block.input == {"file_path": "/tmp/forecast.txt"}
+    with client.messages.stream(model=model, max_tokens=100, messages=weather, tools=[weather_tool, read]) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use" and final.content[0].input == {"file_path": "/tmp/forecast.txt"}
+
+    default = client.messages.create(model="sim-claude", max_tokens=100, messages=weather, tools=[weather_tool, read])
+    assert default.content[0].name == "get_weather" and default.content[0].input == {"location": "Paris"}
+    not_offered = client.messages.create(model="sim-claude?tool=Bash", max_tokens=100, messages=weather, tools=[read])
+    assert not_offered.stop_reason == "end_turn"
+
+    openai_weather = [{"role": "user", "content": "What is the weather in Paris?"}]
+    fresh_simulator.configure(tool="get_weather", tool_args={"city": "Lyon"})
+    body = chat(fresh_simulator, "sim-echo", messages=openai_weather, tools=[WEATHER_TOOL], stream=True).text
+    arguments = "".join(
+        call["function"].get("arguments") or ""
+        for chunk in openai_chunks(body)
+        for call in chunk["choices"][0]["delta"].get("tool_calls") or []
+        if chunk["choices"]
+    )
+    assert orjson.loads(arguments) == {"city": "Lyon"}
+
+    fresh_simulator.clear_config()
+    for bad in ("tool_args=%5B1%5D", "tool_args=nope", "tool="):
+        response = chat(fresh_simulator, f"sim-echo?{bad}")
+        assert response.status_code == 400 and "tool" in response.json()["error"]["message"]
 
 
 # Determinism, caps, usage and echo.
