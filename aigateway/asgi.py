@@ -24,6 +24,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E4
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 from django.urls import set_script_prefix  # noqa: E402
 
+from aigateway.cors import ApiCors  # noqa: E402
 from aigateway.lifespan import lifespan_app  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
@@ -120,7 +121,7 @@ class HttpDispatch:
 application = ProtocolTypeRouter(
     {
         # Static files (admin assets) are served under STATIC_URL by the site handler.
-        "http": HttpDispatch(ApiHandler(), ASGIStaticFilesHandler(django_asgi_app)),
+        "http": HttpDispatch(ApiCors(ApiHandler()), ASGIStaticFilesHandler(django_asgi_app)),
         "lifespan": lifespan_app,
         "websocket": OriginCheckUnlessKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

@@ -142,6 +142,9 @@ GATEWAY_KEY_CACHE_SECONDS = env.float("GATEWAY_KEY_CACHE_SECONDS", default=60.0)
 # A concurrency lease not released (process died) expires after this; live streams renew theirs.
 GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0)
 
+# Origins whose browser scripts may call the API paths (CORS); empty = none.
+GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))
+
 # Tier of the key a staff user without keys of their own gets in the browser playground.
 GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 
