@@ -63,7 +63,9 @@ class CompareFormat(Dialect):
     def parse_request(self, body: dict):
         return openai.parse_request(body)
 
-    def stream_renderer(self, *, model: str, include_usage: bool) -> CompareRenderer:
+    def stream_renderer(
+        self, *, model: str, include_usage: bool, prompt_estimate: int | None = None
+    ) -> CompareRenderer:
         return CompareRenderer(self.model)
 
     def stream_error_event(self, error: GatewayError) -> dict:

@@ -382,7 +382,9 @@ class StreamBridge:
             self.renderer = None
         else:
             self.passthrough = None
-            self.renderer = call.dialect.stream_renderer(**options)
+            # About four bytes of JSON per token: cheap, and corrected once the provider reports usage.
+            estimate = len(orjson.dumps(call.body.get("messages"))) // 4
+            self.renderer = call.dialect.stream_renderer(**options, prompt_estimate=estimate)
         # The provider said the stream is over: it completed, or it reported an error.
         self.complete = False
 

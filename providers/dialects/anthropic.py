@@ -30,6 +30,7 @@ from providers.dialects.canonical import (
     ToolResult,
     Usage,
     UsageReport,
+    id_in_style,
 )
 from providers.dialects.sse import sse_encode
 
@@ -309,8 +310,11 @@ class AnthropicStreamRenderer(StreamRenderer):
     """Canonical events -> the Messages event sequence: message_start, content blocks (start, deltas,
     stop), message_delta with the stop reason and usage, message_stop."""
 
-    def __init__(self, *, model: str) -> None:
+    def __init__(self, *, model: str, prompt_estimate: int | None = None) -> None:
         self.model = model
+        # message_start carries input_tokens; a provider that reports usage only at the end gets the
+        # gateway's estimate there, corrected in message_delta.
+        self.prompt_estimate = prompt_estimate or 0
         self.id = ""
         self.started = False
         self.errored = False
@@ -330,7 +334,8 @@ class AnthropicStreamRenderer(StreamRenderer):
         if self.started:
             return []
         self.started = True
-        usage = {"input_tokens": (self.usage.prompt_tokens or 0) - (self.usage.cached_tokens or 0), "output_tokens": 0}
+        prompt = self.usage.prompt_tokens if self.usage.prompt_tokens is not None else self.prompt_estimate
+        usage = {"input_tokens": prompt - (self.usage.cached_tokens or 0), "output_tokens": 0}
         message = {
             "id": self.id or _new_id(),
             "type": "message",
@@ -372,7 +377,7 @@ class AnthropicStreamRenderer(StreamRenderer):
     def render(self, event: StreamEvent) -> list[bytes]:
         match event:
             case Start(id=message_id):
-                self.id = self.id or message_id
+                self.id = self.id or id_in_style(message_id, "msg_", "chatcmpl-")
                 return self._start()
             case TextDelta(text=text) if text:
                 out = [] if self.open == "text" else self._open_block("text", {"type": "text", "text": ""})
@@ -392,7 +397,7 @@ class AnthropicStreamRenderer(StreamRenderer):
                 if index not in self.tool_blocks:
                     block = {
                         "type": "tool_use",
-                        "id": event.id or _new_id("toolu_"),
+                        "id": id_in_style(event.id, "toolu_", "call_"),
                         "name": event.name or "",
                         "input": {},
                     }
@@ -538,12 +543,12 @@ class AnthropicDialect(Dialect):
             elif isinstance(part, Text):
                 content.append({"type": "text", "text": part.text})
             elif isinstance(part, ToolCall):
-                tool_id = part.id or _new_id("toolu_")
+                tool_id = id_in_style(part.id, "toolu_", "call_")
                 content.append(
                     {"type": "tool_use", "id": tool_id, "name": part.name, "input": _json_object(part.arguments)}
                 )
         return {
-            "id": response.id or _new_id(),
+            "id": id_in_style(response.id, "msg_", "chatcmpl-"),
             "type": "message",
             "role": "assistant",
             "model": model,
@@ -553,8 +558,10 @@ class AnthropicDialect(Dialect):
             "usage": _usage_body(response.usage),
         }
 
-    def stream_renderer(self, *, model: str, include_usage: bool) -> AnthropicStreamRenderer:
-        return AnthropicStreamRenderer(model=model)
+    def stream_renderer(
+        self, *, model: str, include_usage: bool, prompt_estimate: int | None = None
+    ) -> AnthropicStreamRenderer:
+        return AnthropicStreamRenderer(model=model, prompt_estimate=prompt_estimate)
 
     # Facing a provider --------------------------------------------------------------------------
 

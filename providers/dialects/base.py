@@ -93,7 +93,9 @@ class Dialect:
     def render_response(self, response: ChatResponse, *, model: str) -> dict:
         raise NotImplementedError
 
-    def stream_renderer(self, *, model: str, include_usage: bool) -> StreamRenderer:
+    def stream_renderer(self, *, model: str, include_usage: bool, prompt_estimate: int | None = None) -> StreamRenderer:
+        """`prompt_estimate`: the gateway's guess at the prompt's tokens, for formats that announce them
+        before the provider has reported any."""
         raise NotImplementedError
 
     # Same dialect on both sides.

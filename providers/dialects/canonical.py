@@ -7,6 +7,7 @@ producing these objects and B's renderer consuming them. Finish reasons use the 
 model wrote them, so a stream can carry them in fragments.
 """
 
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -167,6 +168,17 @@ class End:
 
 
 StreamEvent = Start | TextDelta | ThinkingDelta | ToolCallDelta | UsageReport | Finish | StreamError | End
+
+
+def id_in_style(value: str | None, prefix: str, foreign: str) -> str:
+    """An id in the client's own dialect style (`msg_...` / `chatcmpl-...`, `toolu_...` / `call_...`):
+    ours kept, the other dialect's prefix swapped, a bare one prefixed, a missing one made up. The
+    client sends tool ids back as they were rendered, so the mapping needs no memory."""
+    if not value:
+        return prefix + uuid.uuid4().hex[:24]
+    if value.startswith(prefix):
+        return value
+    return prefix + (value[len(foreign) :] if value.startswith(foreign) else value)
 
 
 class MalformedEvent(ValueError):

@@ -31,6 +31,7 @@ from providers.dialects.canonical import (
     ToolResult,
     Usage,
     UsageReport,
+    id_in_style,
 )
 from providers.dialects.sse import sse_encode
 
@@ -256,22 +257,21 @@ class OpenAIStreamRenderer(StreamRenderer):
         out.append(self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]))
         return out
 
-    def _start(self) -> list[bytes]:
+    def _start(self, *, tool_call: bool = False) -> list[bytes]:
         if self.started:
             return []
         self.started = True
         self.id = self.id or _new_id()
-        return [
-            self._chunk(
-                [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]
-            )
-        ]
+        # A reply that opens with a tool call has no text: null, as OpenAI sends it, not an empty text part.
+        delta = {"role": "assistant", "content": None if tool_call else ""}
+        return [self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])]
 
     def render(self, event: StreamEvent) -> list[bytes]:
         match event:
             case Start(id=message_id):
-                self.id = self.id or message_id
-                return self._start()
+                # The role chunk waits for the first content: its `content` is "" for text, null for a tool call.
+                self.id = self.id or id_in_style(message_id, "chatcmpl-", "msg_")
+                return []
             case TextDelta(text=text) if text:
                 return self._delta({"content": text})
             case ThinkingDelta(text=text) if text:
@@ -279,12 +279,12 @@ class OpenAIStreamRenderer(StreamRenderer):
             case ToolCallDelta():
                 call: dict = {"index": event.index}
                 if event.id is not None or event.name is not None:
-                    call["id"] = event.id or "call_" + uuid.uuid4().hex[:24]
+                    call["id"] = id_in_style(event.id, "call_", "toolu_")
                     call["type"] = "function"
                     call["function"] = {"name": event.name or "", "arguments": event.arguments}
                 else:
                     call["function"] = {"arguments": event.arguments}
-                return self._delta({"tool_calls": [call]})
+                return self._start(tool_call=True) + self._delta({"tool_calls": [call]})
             case Finish(reason=reason):
                 return self._delta({}, reason)
             case UsageReport():
@@ -444,13 +444,19 @@ class OpenAIDialect(Dialect):
             message["reasoning_content"] = thinking
         if calls:
             message["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+                {
+                    "id": id_in_style(c.id, "call_", "toolu_"),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                }
+                for c in calls
             ]
         out = {
-            "id": response.id or _new_id(),
+            "id": id_in_style(response.id, "chatcmpl-", "msg_"),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
+            "system_fingerprint": None,
             "choices": [
                 {"index": 0, "message": message, "logprobs": None, "finish_reason": response.finish_reason or "stop"}
             ],
@@ -459,7 +465,9 @@ class OpenAIDialect(Dialect):
             out["usage"] = _usage_body(response.usage)
         return out
 
-    def stream_renderer(self, *, model: str, include_usage: bool) -> OpenAIStreamRenderer:
+    def stream_renderer(
+        self, *, model: str, include_usage: bool, prompt_estimate: int | None = None
+    ) -> OpenAIStreamRenderer:
         return OpenAIStreamRenderer(model=model, include_usage=include_usage)
 
     # Facing a provider --------------------------------------------------------------------------

@@ -370,7 +370,7 @@ ANTHROPIC_TOOL_REPLY = {
 
 def test_anthropic_reply_to_chat_completion():
     out = openai.render_response(anthropic.parse_response(ANTHROPIC_TOOL_REPLY), model="public")
-    assert out["object"] == "chat.completion" and out["model"] == "public" and out["id"] == "msg_1"
+    assert out["object"] == "chat.completion" and out["model"] == "public" and out["id"] == "chatcmpl-1"
     assert out["choices"] == [
         {
             "index": 0,
@@ -381,7 +381,7 @@ def test_anthropic_reply_to_chat_completion():
                 "reasoning_content": "Let me look.",
                 "tool_calls": [
                     {
-                        "id": "toolu_9",
+                        "id": "call_9",
                         "type": "function",
                         "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
                     }
@@ -439,11 +439,11 @@ def test_chat_completion_to_anthropic_message():
     }
     out = anthropic.render_response(openai.parse_response(completion), model="public")
     assert out == {
-        "id": "chatcmpl-1",
+        "id": "msg_1",
         "type": "message",
         "role": "assistant",
         "model": "public",
-        "content": [{"type": "tool_use", "id": "call_5", "name": "get_weather", "input": {"location": "Paris"}}],
+        "content": [{"type": "tool_use", "id": "toolu_5", "name": "get_weather", "input": {"location": "Paris"}}],
         "stop_reason": "tool_use",
         "stop_sequence": None,
         "usage": {"input_tokens": 11, "output_tokens": 5},
@@ -516,7 +516,7 @@ def test_anthropic_text_stream_to_openai_chunks(include_usage):
     datas = [data for _, data in events]
     assert datas[-1] == "[DONE]"
     payloads = datas[:-1]
-    assert {p["id"] for p in payloads} == {"msg_7"}
+    assert {p["id"] for p in payloads} == {"chatcmpl-7"}
     assert {p["model"] for p in payloads} == {"public"}
     assert {p["object"] for p in payloads} == {"chat.completion.chunk"}
     choices = [p["choices"] for p in payloads]
@@ -585,7 +585,7 @@ def test_anthropic_tool_use_stream_to_openai_tool_call_deltas():
         {"content": "Let me check."},
         {
             "tool_calls": [
-                {"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
             ]
         },
         {"tool_calls": [{"index": 0, "function": {"arguments": ""}}]},
@@ -593,7 +593,7 @@ def test_anthropic_tool_use_stream_to_openai_tool_call_deltas():
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
         {
             "tool_calls": [
-                {"index": 1, "id": "toolu_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
             ]
         },
         {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
@@ -681,7 +681,7 @@ def test_openai_text_stream_to_anthropic_events():
     ]
     assert all(name == data["type"] for name, data in events)
     start = events[0][1]["message"]
-    assert start["id"] == "chatcmpl-3" and start["model"] == "public" and start["role"] == "assistant"
+    assert start["id"] == "msg_3" and start["model"] == "public" and start["role"] == "assistant"
     assert start["content"] == [] and start["usage"]["output_tokens"] == 0
     assert events[1][1] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     assert [data["delta"] for _, data in events[2:4]] == [
@@ -749,7 +749,7 @@ def test_openai_tool_call_stream_to_anthropic_tool_use_blocks():
         ("message_delta", None),
         ("message_stop", None),
     ]
-    assert events[4]["content_block"] == {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}
+    assert events[4]["content_block"] == {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
     assert [e["delta"]["partial_json"] for e in events[5:7]] == ['{"location": ', '"Paris"}']
     assert events[8]["content_block"]["name"] == "get_time"
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
@@ -797,3 +797,51 @@ def test_anthropic_passthrough_keeps_event_names_and_rewrites_model():
     assert orjson.loads(out.split(b"data: ", 1)[1])["message"]["model"] == "public"
     assert passthrough.forward("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
     assert passthrough.close() == []
+
+
+def test_ids_follow_the_clients_dialect():
+    from providers.dialects.canonical import id_in_style
+
+    assert id_in_style("call_abc", "toolu_", "call_") == "toolu_abc"
+    assert id_in_style("toolu_abc", "toolu_", "call_") == "toolu_abc"
+    assert id_in_style("xyz", "call_", "toolu_") == "call_xyz"
+    assert id_in_style(None, "msg_", "chatcmpl-").startswith("msg_")
+    assert id_in_style("chatcmpl-9", "msg_", "chatcmpl-") == "msg_9"
+
+
+def test_a_translated_openai_stream_opening_with_a_tool_call_has_null_content():
+    stream = [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_1", "usage": {"input_tokens": 3}}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}},
+            },
+        ),
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]  # fmt: skip
+    parser, renderer = anthropic.stream_parser(), openai.stream_renderer(model="m", include_usage=False)
+    chunks = []
+    for name, payload in stream:
+        _, events = parser.feed(name, orjson.dumps(payload).decode())
+        for event in events:
+            chunks.extend(renderer.render(event))
+    first = orjson.loads(chunks[0].removeprefix(b"data: "))
+    assert first["id"] == "chatcmpl-1"
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}
+
+
+def test_a_translated_anthropic_stream_announces_an_estimate_then_the_count():
+    renderer = anthropic.stream_renderer(model="m", include_usage=False, prompt_estimate=42)
+    out = renderer.render(TextDelta("hi")) + renderer.render(Finish("stop"))
+    out += renderer.render(UsageReport(prompt_tokens=40, completion_tokens=1)) + renderer.close()
+    events = [orjson.loads(chunk.split(b"data: ", 1)[1]) for chunk in out]
+    assert events[0]["message"]["usage"]["input_tokens"] == 42
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert delta["usage"]["input_tokens"] == 40 and delta["usage"]["output_tokens"] == 1

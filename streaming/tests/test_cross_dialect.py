@@ -115,7 +115,7 @@ def test_tool_calls_non_stream(gateway, claude, fresh_simulator):
     [call] = choice.message.tool_calls
     assert call.type == "function" and call.function.name == "get_weather"
     assert orjson.loads(call.function.arguments) == {"location": "Paris"}
-    assert call.id.startswith("toolu_")
+    assert call.id.startswith("call_")  # in the client's own style
     sent = fresh_simulator.requests(model="sim-claude")[0]["body"]
     assert sent["tools"] == [
         {"name": "get_weather", "description": "Current weather", "input_schema": TOOL["function"]["parameters"]}
@@ -137,7 +137,7 @@ def test_tool_calls_stream_and_the_conversation_continues(gateway, claude, fresh
             finish = choice.finish_reason or finish
     assert finish == "tool_calls"
     assert list(calls) == [0]
-    assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("toolu_")
+    assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
     assert orjson.loads(calls[0]["arguments"]) == {"location": "Paris"}
 
     # The client sends the tool result back the OpenAI way; Anthropic gets tool_use / tool_result blocks.

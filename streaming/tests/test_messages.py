@@ -225,7 +225,7 @@ def test_tool_use_translated_from_openai(gateway, key, fresh_simulator, stream):
     assert message.stop_reason == "tool_use"
     [block] = message.content
     assert block.type == "tool_use" and block.name == "get_weather" and block.input == {"location": "Paris"}
-    assert block.id.startswith("call_")
+    assert block.id.startswith("toolu_")  # in the client's own style
     sent = fresh_simulator.requests(model="sim-echo")[0]["body"]
     assert sent["tools"] == [
         {
