@@ -1,0 +1,158 @@
+"""The Claude Code CLI (`@anthropic-ai/claude-code`) as a user runs it, pointed at a gateway.
+
+The CLI is installed with npm into `var/claude-code/` on first use and reused afterwards. Each run gets
+a fresh HOME and only the environment a user sets for a gateway. In `-p` (print) mode the CLI needs no
+onboarding: it uses ANTHROPIC_API_KEY (sent as `x-api-key`) without the approval prompt of interactive
+mode and skips the workspace trust dialog, so no pre-written `~/.claude.json` is needed. With
+non-essential traffic (updater, telemetry, error reports, feedback) switched off, the only connections
+it opens go to ANTHROPIC_BASE_URL: a `HEAD /` as a warm-up, then `POST /v1/messages?beta=true`.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTALL_DIR = ROOT / "var" / "claude-code"
+CLAUDE = INSTALL_DIR / "node_modules" / ".bin" / "claude"
+# The major version is pinned: a new major may change the wire format the tests rely on.
+PACKAGE = "@anthropic-ai/claude-code@2"
+
+
+class ClaudeCodeError(AssertionError):
+    """The CLI could not be installed (a test failure, not a skip: the end-to-end proof needs it)."""
+
+
+def claude_code_install(timeout: float = 300.0) -> Path:
+    """The `claude` executable, installed with npm when it is not there yet."""
+    if CLAUDE.exists():
+        return CLAUDE
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ClaudeCodeError("npm is not installed: it is needed to install the Claude Code CLI")
+    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
+    command = [npm, "install", "--prefix", str(INSTALL_DIR), PACKAGE, "--no-audit", "--no-fund"]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ClaudeCodeError(f"{' '.join(command)} did not finish within {timeout}s") from None
+    if done.returncode != 0 or not CLAUDE.exists():
+        raise ClaudeCodeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return CLAUDE
+
+
+@dataclass
+class ClaudeCodeRun:
+    command: list[str]
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+    # The `--output-format json` result object; None when stdout did not end with one.
+    result: dict | None
+
+    def describe(self) -> str:
+        """Everything a failed assertion needs to show."""
+        return (
+            f"claude exited with {self.returncode} after {self.seconds:.1f}s\n"
+            f"--- stdout ---\n{self.stdout[-6000:]}\n--- stderr ---\n{self.stderr[-6000:]}"
+        )
+
+
+def claude_code_env(
+    *, home: Path, base_url: str, api_key: str, model: str, small_model: str | None = None
+) -> dict[str, str]:
+    """The environment of a user who points Claude Code at the gateway, and nothing from the test process
+    (no stray ANTHROPIC_* or proxy settings)."""
+    small_model = small_model or model
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "SHELL": shutil.which("bash") or "/bin/sh",
+        "TERM": "dumb",
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": api_key,
+        "ANTHROPIC_MODEL": model,
+        # Background work (titles, summaries) uses the "small, fast" model: older releases read the first
+        # name, newer ones the second.
+        "ANTHROPIC_SMALL_FAST_MODEL": small_model,
+        "ANTHROPIC_DEFAULT_HAIKU_MODEL": small_model,
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+    }
+
+
+def claude_code_run(
+    prompt: str,
+    *,
+    base_url: str,
+    api_key: str,
+    model: str,
+    small_model: str | None = None,
+    cwd: Path | None = None,
+    args: tuple[str, ...] = (),
+    timeout: float = 60.0,
+) -> ClaudeCodeRun:
+    """`claude -p PROMPT --output-format json` in `cwd` (a fresh temporary folder when None) with a fresh HOME.
+
+    The whole process group is killed when it outlives `timeout`; the run is returned either way.
+    """
+    claude = claude_code_install()
+    scratch = Path(tempfile.mkdtemp(prefix="gw-claude-code-"))
+    home = scratch / "home"
+    home.mkdir()
+    if cwd is None:
+        cwd = scratch / "project"
+        cwd.mkdir()
+    command = [str(claude), "-p", prompt, "--output-format", "json", *args]
+    env = claude_code_env(home=home, base_url=base_url, api_key=api_key, model=model, small_model=small_model)
+    started = time.monotonic()
+    # Its own process group: tool subprocesses (shells, searches) are stopped with it.
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        stderr += f"\n[killed: no result within {timeout}s]"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return ClaudeCodeRun(
+        command=command,
+        returncode=process.returncode,
+        stdout=stdout,
+        stderr=stderr,
+        seconds=time.monotonic() - started,
+        result=_last_json_object(stdout),
+    )
+
+
+def _last_json_object(stdout: str) -> dict | None:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        return value if isinstance(value, dict) else None
+    return None
