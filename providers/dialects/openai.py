@@ -1,5 +1,6 @@
 """OpenAI Chat Completions wire format (OpenAI, DeepSeek, 01.AI, OpenRouter, Ollama, vLLM, ...)."""
 
+import hashlib
 import time
 import uuid
 
@@ -67,6 +68,17 @@ def _usage_body(usage: Usage) -> dict:
     if usage.cached_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
     return body
+
+
+# OpenAI-compatible providers cap `user` (64 to 128 characters); Claude Code's metadata.user_id is a
+# longer JSON string. A long one becomes a stable digest, so per-user abuse tracking still works.
+_USER_ID_MAX = 64
+
+
+def _user_id(user: str) -> str:
+    if len(user) <= _USER_ID_MAX:
+        return user
+    return "u-" + hashlib.sha256(user.encode()).hexdigest()[:40]
 
 
 def _new_id() -> str:
@@ -512,7 +524,7 @@ class OpenAIDialect(Dialect):
             if request.parallel_tool_calls is not None:
                 out["parallel_tool_calls"] = request.parallel_tool_calls
         if request.user:
-            out["user"] = request.user
+            out["user"] = _user_id(request.user)
         if stream:
             out["stream"] = True
             out["stream_options"] = {"include_usage": True}

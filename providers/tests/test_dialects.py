@@ -845,3 +845,27 @@ def test_a_translated_anthropic_stream_announces_an_estimate_then_the_count():
     assert events[0]["message"]["usage"]["input_tokens"] == 42
     delta = next(e for e in events if e["type"] == "message_delta")
     assert delta["usage"]["input_tokens"] == 40 and delta["usage"]["output_tokens"] == 1
+
+
+def test_a_long_user_id_becomes_a_stable_digest_for_openai():
+    long_id = '{"device_id": "' + "d" * 80 + '", "session_id": "s"}'
+    body = {
+        "model": "m",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+        "metadata": {"user_id": long_id},
+    }
+    first = openai.build_request(
+        anthropic.parse_request(body), upstream_model="u", stream=False, max_output_tokens=None
+    )
+    again = openai.build_request(
+        anthropic.parse_request(body), upstream_model="u", stream=False, max_output_tokens=None
+    )
+    assert first["user"] == again["user"] and first["user"].startswith("u-") and len(first["user"]) <= 64
+    short = {**body, "metadata": {"user_id": "alice"}}
+    assert (
+        openai.build_request(anthropic.parse_request(short), upstream_model="u", stream=False, max_output_tokens=None)[
+            "user"
+        ]
+        == "alice"
+    )
