@@ -73,6 +73,8 @@ class UsageRecord(models.Model):
     error_type = models.CharField(max_length=64, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # The part of prompt_tokens read from the provider's prompt cache (priced apart).
+    cached_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     ttfb_upstream_ms = models.FloatField(null=True, blank=True, verbose_name="upstream time to first byte (ms)")

@@ -64,6 +64,13 @@ class Model(models.Model):
     enabled = models.BooleanField(default=True)
     input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cached_input_price_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Price of prompt tokens read from the provider's prompt cache; unset = the input price.",
+    )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     description = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
