@@ -12,6 +12,7 @@ import math
 import secrets
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -62,6 +63,27 @@ class Admission:
     reserved_tokens: int
     # UTC day number the daily reservation was booked on, so settle corrects that day's counter.
     day: int | None = field(default=None, repr=False)
+    # When each window ("requests", "tokens") is full again, in ms after `issued_at` (time.time()).
+    resets_ms: dict[str, float] = field(default_factory=dict, repr=False)
+    issued_at: float = field(default=0.0, repr=False)
+
+    def headers_for(self, dialect_name: str) -> dict[str, str]:
+        """The limit headers in the client's dialect: OpenAI's x-ratelimit-*, or Anthropic's
+        anthropic-ratelimit-* with RFC 3339 reset times."""
+        if dialect_name != "anthropic":
+            return self.headers
+        out = {}
+        for unit in ("requests", "tokens"):
+            limit = self.headers.get(f"x-ratelimit-limit-{unit}")
+            if limit is None:
+                continue
+            reset = datetime.fromtimestamp(self.issued_at + self.resets_ms.get(unit, 0) / 1000, tz=UTC)
+            out[f"anthropic-ratelimit-{unit}-limit"] = limit
+            out[f"anthropic-ratelimit-{unit}-remaining"] = self.headers[f"x-ratelimit-remaining-{unit}"]
+            out[f"anthropic-ratelimit-{unit}-reset"] = reset.isoformat(timespec="seconds").replace("+00:00", "Z")
+        if "retry-after" in self.headers:
+            out["retry-after"] = self.headers["retry-after"]
+        return out
 
 
 def _keys(key_id: int, day: int) -> list[str]:
@@ -186,6 +208,7 @@ async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str
     code_index, retry_ms, *_ = result
     used = result[6]
     headers = _headers(ctx, result)
+    resets = {"requests": result[3], "tokens": result[5]}
     if code_index == 0:
         return Admission(
             allowed=True,
@@ -196,6 +219,8 @@ async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str
             lease_id=lease_id,
             reserved_tokens=estimate if (ctx.tpm or ctx.daily_tokens) else 0,
             day=day,
+            resets_ms=resets,
+            issued_at=time.time(),
         )
     retry_after = retry_ms / 1000 if retry_ms >= 0 else None
     if retry_after is not None:
@@ -209,6 +234,8 @@ async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str
         lease_id=None,
         reserved_tokens=0,
         day=day,
+        resets_ms=resets,
+        issued_at=time.time(),
     )
 
 

@@ -228,6 +228,7 @@ def _parse_event(raw: bytes) -> dict:
         "attempts": _count(event, "attempts", default=1, maximum=32767),
         "created_at": created_at,
     }
+    fields["cached_tokens"] = min(_count(event, "cached_tokens"), fields["prompt_tokens"])
     for name, limit in _STRING_LIMITS.items():
         value = event.get(name) or ""
         if not isinstance(value, str):
@@ -279,22 +280,28 @@ def _existing(model, field: str, values) -> set:
     return found
 
 
-def _prices(model_names) -> dict[str, tuple[Decimal, Decimal]]:
+def _prices(model_names) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
     from providers.models import Model
 
     prices = {}
-    for name, price_in, price_out in Model.objects.filter(name__in=list(model_names)).values_list(
-        "name", "input_price_per_million", "output_price_per_million"
+    for name, price_in, price_out, price_cached in Model.objects.filter(name__in=list(model_names)).values_list(
+        "name", "input_price_per_million", "output_price_per_million", "cached_input_price_per_million"
     ):
-        prices[name] = (price_in or Decimal(0), price_out or Decimal(0))
+        price_in = price_in or Decimal(0)
+        prices[name] = (price_in, price_out or Decimal(0), price_in if price_cached is None else price_cached)
     return prices
 
 
-def usage_cost(*, prompt_tokens: int, completion_tokens: int, prices: tuple[Decimal, Decimal] | None) -> Decimal:
+def usage_cost(*, prompt_tokens: int, completion_tokens: int, prices: tuple | None, cached_tokens: int = 0) -> Decimal:
+    """Per-million prices (input, output[, cached input]); cached prompt tokens cost the cached price
+    when the model has one, the input price otherwise."""
     if prices is None:
         return Decimal(0)
-    price_in, price_out = prices
-    return ((prompt_tokens * price_in + completion_tokens * price_out) / _MILLION).quantize(_COST_QUANTUM)
+    price_in, price_out = prices[0], prices[1]
+    price_cached = prices[2] if len(prices) > 2 else price_in
+    cached = min(cached_tokens, prompt_tokens)
+    total = (prompt_tokens - cached) * price_in + cached * price_cached + completion_tokens * price_out
+    return (total / _MILLION).quantize(_COST_QUANTUM)
 
 
 def _write_events(events: list[dict]) -> int:
@@ -324,6 +331,7 @@ def _write_events(events: list[dict]) -> int:
                 prompt_tokens=event["prompt_tokens"],
                 completion_tokens=event["completion_tokens"],
                 prices=prices.get(event["model"]),
+                cached_tokens=event["cached_tokens"],
             )
             records.append(UsageRecord(cost=cost, **event))
             key_id = event["api_key_id"]

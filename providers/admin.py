@@ -52,6 +52,7 @@ class ProviderAdminForm(forms.ModelForm):
             "timeout_connect",
             "timeout_read",
             "max_connections",
+            "request_transforms",
         ]
 
     def clean(self):
@@ -117,6 +118,7 @@ class ProviderAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "dialect", "base_url", "enabled"]}),
         ("Credentials", {"fields": ["api_key_set", "api_key", "clear_api_key", "extra_headers"]}),
         ("Connection", {"fields": ["timeout_connect", "timeout_read", "max_connections"]}),
+        ("Request transforms", {"fields": ["request_transforms"]}),
         (
             "Health",
             {
@@ -171,6 +173,7 @@ class PublicModelAdmin(admin.ModelAdmin):
         "description",
         "input_price_per_million",
         "output_price_per_million",
+        "cached_input_price_per_million",
         "context_window",
         "created_at",
         "updated_at",

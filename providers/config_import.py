@@ -25,6 +25,7 @@ from django.db import transaction
 
 from accounts.models import LIMIT_FIELDS, Tier
 from providers.models import Deployment, Dialect, Model, Provider
+from providers.transforms import transforms_problems
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -47,12 +48,14 @@ PROVIDER_KEYS = (
     "timeout_read",
     "max_connections",
     "enabled",
+    "request_transforms",
 )
 MODEL_KEYS = (
     "name",
     "enabled",
     "input_price_per_million",
     "output_price_per_million",
+    "cached_input_price_per_million",
     "context_window",
     "description",
     "deployments",
@@ -388,6 +391,21 @@ class _Entry:
             result[name] = header_value
         return result
 
+    def transforms(self, key: str) -> list | _Invalid:
+        """Request transforms under the admin form's rules, each problem at the line of its transform."""
+        value = self.mapping.get(key)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            return self.problem(key, f"must be a list of transforms, not {_type_name(value)}")
+        found = transforms_problems(value)
+        if not found:
+            return _plain(value)
+        lines = value.item_lines if isinstance(value, _Sequence) else [self.line_of(key)] * len(value)
+        for index, message in found:
+            self.problems.add(lines[index - 1], f"{self.label}: {key} transform {index}: {message}")
+        return INVALID
+
     def mappings(self, key: str) -> list[_Mapping] | _Invalid:
         """A list whose items must all be mappings (the entries of a section)."""
         value = self.mapping.get(key)
@@ -465,6 +483,7 @@ def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list
             "timeout_read": entry.number("timeout_read", default=120.0, minimum=0.1),
             "max_connections": entry.integer("max_connections", default=200, minimum=1),
             "enabled": entry.boolean("enabled", default=True),
+            "request_transforms": entry.transforms("request_transforms"),
         }
         api_key = _provider_api_key(entry, secrets)
         _note_duplicate(problems, seen, "provider", name, mapping.line)
@@ -527,6 +546,9 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
             "enabled": entry.boolean("enabled", default=True),
             "input_price_per_million": entry.decimal("input_price_per_million", max_digits=12, decimal_places=6),
             "output_price_per_million": entry.decimal("output_price_per_million", max_digits=12, decimal_places=6),
+            "cached_input_price_per_million": entry.decimal(
+                "cached_input_price_per_million", max_digits=12, decimal_places=6
+            ),
             "context_window": entry.integer("context_window", default=None, minimum=1, nullable=True),
             "description": entry.string("description"),
         }
@@ -701,6 +723,15 @@ def _full_clean(instance, *, source: str, line: int, label: str) -> None:
 
 def _all_valid(*values) -> bool:
     return not any(isinstance(value, _Invalid) for value in values)
+
+
+def _plain(value: Any) -> Any:
+    """The document's line-tracking mappings and lists as plain JSON values."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _type_name(value: Any) -> str:

@@ -1,9 +1,11 @@
 """Providers (upstream endpoints), public models, and deployments mapping one onto the other."""
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
 from providers.secrets import secret_decrypt, secret_encrypt
+from providers.transforms import transforms_validate
 
 
 class Dialect(models.TextChoices):
@@ -30,6 +32,16 @@ class Provider(models.Model):
     timeout_read = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
     max_connections = models.PositiveIntegerField(default=200, validators=[MinValueValidator(1)])
     enabled = models.BooleanField(default=True)
+    request_transforms = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "Edits to every request sent to this provider, applied in order after translation. Ops: drop, default, "
+            'force, cap, rename, header. Example: [{"op": "cap", "path": "max_tokens", "max": 8192}, '
+            '{"op": "drop", "path": "metadata.user_id"}, '
+            '{"op": "header", "name": "HTTP-Referer", "value": "https://example.com"}]'
+        ),
+    )
 
     health_status = models.CharField(max_length=16, choices=HealthStatus.choices, default=HealthStatus.UNKNOWN)
     health_checked_at = models.DateTimeField(null=True, blank=True)
@@ -45,6 +57,14 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # A rule that cannot run is refused here, where it is written, never at request time.
+        if self.request_transforms is None:
+            self.request_transforms = []
+        problems = transforms_validate(self.request_transforms)
+        if problems:
+            raise ValidationError({"request_transforms": problems})
 
     @property
     def api_key(self) -> str:

@@ -16,6 +16,7 @@ from aigateway.config_watch import config_watch
 from aigateway.db import db_read
 from aigateway.redis import redis_async
 from providers.health import HEALTH_DOWN_KEY
+from providers.transforms import Transform, TransformsInvalid, transforms_compile
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ProviderRoute:
     timeout_connect: float
     timeout_read: float
     max_connections: int
+    request_transforms: tuple[Transform, ...] = ()
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderRoute({self.name!r}, {self.dialect}, {self.base_url!r})"
@@ -50,6 +52,7 @@ class Route:
     provider: ProviderRoute
     input_price: float | None
     output_price: float | None
+    cached_price: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,10 @@ class RouteTable:
     routes: dict[str, tuple[Route, ...]]
     # Every enabled model, including ones with no enabled deployment (they answer 503, not 404).
     models: dict[str, int]
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def route_table_load() -> RouteTable:
@@ -79,6 +86,7 @@ def route_table_load() -> RouteTable:
             timeout_connect=p.timeout_connect,
             timeout_read=p.timeout_read,
             max_connections=p.max_connections,
+            request_transforms=_provider_transforms(p),
         )
         price_in = dep.model.input_price_per_million
         price_out = dep.model.output_price_per_million
@@ -92,9 +100,19 @@ def route_table_load() -> RouteTable:
                 provider=provider,
                 input_price=float(price_in) if price_in is not None else None,
                 output_price=float(price_out) if price_out is not None else None,
+                cached_price=_float_or_none(dep.model.cached_input_price_per_million),
             )
         )
     return RouteTable(routes={k: tuple(v) for k, v in routes.items()}, models=models)
+
+
+def _provider_transforms(provider) -> tuple[Transform, ...]:
+    # Rows written past the model's validation (a shell, raw SQL) must not break every request.
+    try:
+        return transforms_compile(provider.request_transforms)
+    except TransformsInvalid as exc:
+        logger.error("provider %s: request_transforms ignored: %s", provider.name, exc)
+        return ()
 
 
 class Router:

@@ -41,6 +41,7 @@ OPTION_NAMES = (
     "no_usage",  # leave usage out everywhere
     "echo",  # the answer is the last user message, word by word
     "reasoning",  # stream this many reasoning ("thinking") tokens before the answer
+    "cached",  # report this many of the prompt tokens as read from a prompt cache
     "tool",  # call the offered tool with this name instead of the first one
     "tool_args",  # the tool call's arguments: a JSON object (default {"location": "Paris"})
 )
@@ -228,6 +229,7 @@ class Completion:
     prompt_tokens: int
     # Reasoning tokens written before the answer (first choice only); counted as completion tokens.
     reasoning: list[str] = field(default_factory=list)
+    cached_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -239,7 +241,9 @@ def completion_plan(
 ) -> Completion:
     prompt_tokens = prompt_token_count(messages, system)
     if tool_name:
-        return Completion([tool_argument_pieces(options) for _ in range(n)], "tool", tool_name, prompt_tokens)
+        plan = Completion([tool_argument_pieces(options) for _ in range(n)], "tool", tool_name, prompt_tokens)
+        plan.cached_tokens = min(max(options.get("cached", 0), 0), prompt_tokens)
+        return plan
     if options.get("echo"):
         words = last_user_text(messages).split()
         echoed = [word if index == 0 else " " + word for index, word in enumerate(words)]
@@ -254,7 +258,8 @@ def completion_plan(
         choices = [tokens[: max(cap, 0)] for tokens in choices]
         finish = "length"
     reasoning = [f" step{index + 1}" for index in range(max(options.get("reasoning", 0), 0))]
-    return Completion(choices, finish, None, prompt_tokens, reasoning)
+    cached = min(max(options.get("cached", 0), 0), prompt_tokens)
+    return Completion(choices, finish, None, prompt_tokens, reasoning, cached)
 
 
 def _new_id(prefix: str) -> str:
@@ -659,11 +664,22 @@ class Simulator:
 
     @staticmethod
     def _openai_usage(plan: Completion) -> dict:
-        return {
+        usage = {
             "prompt_tokens": plan.prompt_tokens,
             "completion_tokens": plan.completion_tokens,
             "total_tokens": plan.prompt_tokens + plan.completion_tokens,
         }
+        if plan.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens}
+        return usage
+
+    @staticmethod
+    def _anthropic_input(plan: Completion) -> dict:
+        """Anthropic counts cache reads apart from input_tokens."""
+        usage = {"input_tokens": plan.prompt_tokens - plan.cached_tokens}
+        if plan.cached_tokens:
+            usage["cache_read_input_tokens"] = plan.cached_tokens
+        return usage
 
     async def openai_stream(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
         stream_options = body.get("stream_options")
@@ -750,7 +766,7 @@ class Simulator:
             "stop_sequence": None,
         }
         if not options.get("no_usage"):
-            payload["usage"] = {"input_tokens": plan.prompt_tokens, "output_tokens": plan.completion_tokens}
+            payload["usage"] = {**self._anthropic_input(plan), "output_tokens": plan.completion_tokens}
         exchange.record["tokens_sent"] = plan.completion_tokens
         await exchange.json(200, payload)
 
@@ -774,7 +790,7 @@ class Simulator:
             "stop_sequence": None,
         }
         if usage:
-            message["usage"] = {"input_tokens": plan.prompt_tokens, "output_tokens": 1}
+            message["usage"] = {**self._anthropic_input(plan), "output_tokens": 1}
         if plan.tool_name:
             block = {"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": {}}
         else:

@@ -167,8 +167,15 @@ def _done_event(call: RelayCall) -> dict:
     route = call.route
     prices = None
     if route is not None and (route.input_price is not None or route.output_price is not None):
-        prices = (Decimal(str(route.input_price or 0)), Decimal(str(route.output_price or 0)))
-    cost = usage_cost(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, prices=prices)
+        price_in = Decimal(str(route.input_price or 0))
+        cached = price_in if route.cached_price is None else Decimal(str(route.cached_price))
+        prices = (price_in, Decimal(str(route.output_price or 0)), cached)
+    cost = usage_cost(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        prices=prices,
+        cached_tokens=usage.cached_tokens,
+    )
     return {
         "type": "done",
         "model": call.model,

@@ -104,7 +104,7 @@ async def call_admit(call, body_size: int) -> None:
         call.ctx, estimate_tokens=rough_prompt_estimate(body_size, max_output), request_id=call.request_id
     )
     if not call.admission.allowed:
-        headers = dict(call.admission.headers)
+        headers = dict(call.admission.headers_for(call.dialect.name))
         headers["x-request-id"] = call.request_id
         raise GatewayError(
             429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code

@@ -43,6 +43,7 @@ from providers.dialects.canonical import (
 from providers.dialects.openai import openai as openai_dialect
 from providers.dialects.sse import SSEDecoder, SSEvent
 from providers.routing import Route, router
+from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
 from providers.upstream import upstream_client
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
@@ -100,7 +101,7 @@ class RelayCall:
         if self.route is not None:
             headers["x-gateway-provider"] = self.route.provider.name
         if self.admission is not None:
-            headers.update(self.admission.headers)
+            headers.update(self.admission.headers_for(self.dialect.name))
         return headers
 
     def canonical(self) -> ChatRequest:
@@ -152,6 +153,7 @@ async def call_finish(call: RelayCall) -> None:
         "error_type": call.error_type,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
+        "cached_tokens": usage.cached_tokens,
         "tokens_estimated": estimated,
         "attempts": call.attempts,
         "run_id": call.run_id,
@@ -205,8 +207,20 @@ def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
         "max_output_tokens": call.ctx.max_output_tokens,
     }
     if _same_dialect(call, upstream):
-        return orjson.dumps(upstream.prepare_chat(call.body, **options))
-    return orjson.dumps(upstream.build_request(call.canonical(), **options))
+        body = upstream.prepare_chat(call.body, **options)
+    else:
+        body = upstream.build_request(call.canonical(), **options)
+    transforms = route.provider.request_transforms
+    if transforms:
+        body = transforms_apply_body(transforms, body)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "request %s: provider %s transforms: %s",
+                call.request_id,
+                route.provider.name,
+                transforms_describe(transforms),
+            )
+    return orjson.dumps(body)
 
 
 async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect) -> httpx.Response:
@@ -218,12 +232,10 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
         extra = {**call.upstream_headers, **extra}
         if call.upstream_query:
             url += "?" + call.upstream_query
-    request = client.build_request(
-        "POST",
-        url,
-        content=payload,
-        headers=upstream.upstream_headers(provider.api_key, extra),
-    )
+    headers = upstream.upstream_headers(provider.api_key, extra)
+    if provider.request_transforms:
+        headers = transforms_apply_headers(provider.request_transforms, headers)
+    request = client.build_request("POST", url, content=payload, headers=headers)
     try:
         response = await client.send(request, stream=True)
     except httpx.TransportError as exc:
@@ -488,6 +500,10 @@ async def relay_count_tokens(call: RelayCall) -> dict:
         headers = upstream.upstream_headers(
             route.provider.api_key, {**call.upstream_headers, **dict(route.provider.extra_headers)}
         )
+        if route.provider.request_transforms:
+            # Headers only: the body rules are written for chat bodies, and count_tokens refuses
+            # fields it does not know (max_tokens, temperature).
+            headers = transforms_apply_headers(route.provider.request_transforms, headers)
         payload = orjson.dumps({**call.body, "model": route.upstream_model})
         try:
             response = await upstream_client(route.provider).post(url, content=payload, headers=headers)

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from datetime import UTC, datetime
 
 import httpx
 import openai
@@ -126,3 +127,22 @@ def test_daily_token_quota(gateway, models):
     # The quota counts real usage (the estimate made at admission was corrected afterwards).
     assert f"used {spent}" in str(refused.value)
     assert 0 < spent <= 60
+
+
+def test_anthropic_clients_get_anthropic_limit_headers(gateway, models):
+    key = key_create("rpm2-tpm", rpm=2, tpm=100_000)
+    body = {"model": "sim-fast", "max_tokens": 20, "messages": MESSAGES}
+    headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+    first = httpx.post(gateway.url + "/v1/messages", json=body, headers=headers, timeout=30)
+    assert first.status_code == 200, first.text
+    assert first.headers["anthropic-ratelimit-requests-limit"] == "2"
+    assert first.headers["anthropic-ratelimit-requests-remaining"] == "1"
+    assert first.headers["anthropic-ratelimit-tokens-limit"] == "100000"
+    reset = datetime.fromisoformat(first.headers["anthropic-ratelimit-requests-reset"].replace("Z", "+00:00"))
+    assert 0 <= (reset - datetime.now(UTC)).total_seconds() <= 61
+    assert "x-ratelimit-limit-requests" not in first.headers
+    httpx.post(gateway.url + "/v1/messages", json=body, headers=headers, timeout=30)
+    refused = httpx.post(gateway.url + "/v1/messages", json=body, headers=headers, timeout=30)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert int(refused.headers["retry-after"]) >= 1

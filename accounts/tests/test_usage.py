@@ -124,6 +124,29 @@ def test_cost_uses_model_prices(api_key, priced_model):
     assert costs["unknown"] == Decimal("0")
 
 
+def test_cached_prompt_tokens_are_kept_apart_and_priced_at_the_cached_price(api_key, priced_model):
+    Model.objects.create(
+        name="cache-priced",
+        input_price_per_million=Decimal("3"),
+        output_price_per_million=Decimal("15"),
+        cached_input_price_per_million=Decimal("0.3"),
+    )
+    record(
+        usage_event("cached", model="cache-priced", prompt_tokens=1000, completion_tokens=100, cached_tokens=800),
+        usage_event("no-cache-price", prompt_tokens=1000, completion_tokens=500, cached_tokens=600),
+        usage_event("too-many", model="cache-priced", prompt_tokens=10, completion_tokens=0, cached_tokens=99),
+    )
+    usage_flush()
+    stored = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert stored["cached"].cached_tokens == 800 and stored["cached"].prompt_tokens == 1000
+    # 200 * 3 + 800 * 0.3 + 100 * 15, per million
+    assert stored["cached"].cost == Decimal("0.00234")
+    # No cached price: cache reads cost the input price.
+    assert stored["no-cache-price"].cost == Decimal("0.0075")
+    # Never more cached than prompt tokens.
+    assert stored["too-many"].cost == Decimal("0.000003")
+
+
 def test_daily_aggregates_per_utc_day_key_and_model(api_key, priced_model):
     record(
         usage_event("d1", api_key_id=api_key.pk),

@@ -8,6 +8,7 @@ from aigateway.errors import GatewayError, bad_request
 from providers.dialects import register
 from providers.dialects.base import Dialect, StreamParser, StreamPassthrough, StreamRenderer
 from providers.dialects.canonical import (
+    EFFORT_BUDGETS,
     ChatRequest,
     ChatResponse,
     End,
@@ -30,6 +31,7 @@ from providers.dialects.canonical import (
     ToolResult,
     Usage,
     UsageReport,
+    budget_for,
     id_in_style,
 )
 from providers.dialects.sse import sse_encode
@@ -169,6 +171,17 @@ def _blocks_in(content, where: str) -> list[Part]:
                 param=here,
             )
     return parts
+
+
+def _reasoning_in(body: dict, request: ChatRequest) -> None:
+    thinking = body.get("thinking")
+    kind = thinking.get("type") if isinstance(thinking, dict) else None
+    if kind == "enabled" and isinstance(thinking.get("budget_tokens"), int):
+        request.thinking_budget = thinking["budget_tokens"]
+    elif kind == "adaptive":
+        config = body.get("output_config")
+        effort = config.get("effort") if isinstance(config, dict) else None
+        request.reasoning_effort = effort if effort in EFFORT_BUDGETS else "medium"
 
 
 def _system_in(content, where: str) -> list[Text]:
@@ -533,6 +546,10 @@ class AnthropicDialect(Dialect):
         metadata = body.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
             request.user = metadata["user_id"]
+        _reasoning_in(body, request)
+        output_format = body.get("output_format")
+        if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+            request.output_format = {"type": "json_schema", "schema": output_format.get("schema") or {}}
         return request
 
     def render_response(self, response: ChatResponse, *, model: str) -> dict:
@@ -607,6 +624,26 @@ class AnthropicDialect(Dialect):
                 out["tool_choice"] = tool_choice
         if request.user:
             out["metadata"] = {"user_id": request.user}
+        if request.choices > 1:
+            raise bad_request(
+                f"'n' is {request.choices}, but this model's provider answers one choice per request", param="n"
+            )
+        if request.output_format is not None:
+            if request.output_format["type"] != "json_schema":
+                raise bad_request(
+                    "'response_format' json_object has no equivalent at this model's provider; use json_schema",
+                    param="response_format",
+                )
+            out["output_format"] = {"type": "json_schema", "schema": request.output_format["schema"]}
+        budget = budget_for(request)
+        if budget:
+            budget = max(budget, 1024)
+            out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            # Anthropic wants the budget below max_tokens, and no sampling settings while thinking.
+            if out["max_tokens"] <= budget:
+                out["max_tokens"] = budget + min(out["max_tokens"], DEFAULT_MAX_TOKENS)
+            out.pop("temperature", None)
+            out.pop("top_p", None)
         if stream:
             out["stream"] = True
         return out

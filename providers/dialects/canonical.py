@@ -91,6 +91,13 @@ class ChatRequest:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     user: str | None = None
+    # Reasoning asked for, in either dialect's terms: OpenAI's effort or Anthropic's thinking budget.
+    reasoning_effort: str | None = None
+    thinking_budget: int | None = None
+    # A structured-output request: {"type": "json_schema", "schema": ..., "name": ...} or {"type": "json_object"}.
+    output_format: dict | None = None
+    # Alternative answers asked for (OpenAI's n).
+    choices: int = 1
 
 
 @dataclass(slots=True)
@@ -168,6 +175,22 @@ class End:
 
 
 StreamEvent = Start | TextDelta | ThinkingDelta | ToolCallDelta | UsageReport | Finish | StreamError | End
+
+
+# Reasoning budgets: OpenAI names an effort, Anthropic a token budget (at least 1024, below max_tokens).
+EFFORT_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+
+
+def effort_for_budget(budget: int) -> str:
+    if budget <= EFFORT_BUDGETS["low"]:
+        return "low"
+    return "medium" if budget <= EFFORT_BUDGETS["medium"] else "high"
+
+
+def budget_for(request: "ChatRequest") -> int | None:
+    if request.thinking_budget:
+        return request.thinking_budget
+    return EFFORT_BUDGETS.get(request.reasoning_effort or "")
 
 
 def id_in_style(value: str | None, prefix: str, foreign: str) -> str:

@@ -32,6 +32,7 @@ from providers.dialects.canonical import (
     ToolResult,
     Usage,
     UsageReport,
+    effort_for_budget,
     id_in_style,
 )
 from providers.dialects.sse import sse_encode
@@ -79,6 +80,23 @@ def _user_id(user: str) -> str:
     if len(user) <= _USER_ID_MAX:
         return user
     return "u-" + hashlib.sha256(user.encode()).hexdigest()[:40]
+
+
+def _output_format_in(raw) -> dict | None:
+    if not isinstance(raw, dict) or raw.get("type") in (None, "text"):
+        return None
+    if raw.get("type") == "json_schema" and isinstance(raw.get("json_schema"), dict):
+        spec = raw["json_schema"]
+        return {"type": "json_schema", "schema": spec.get("schema") or {}, "name": spec.get("name") or "output"}
+    if raw.get("type") == "json_object":
+        return {"type": "json_object"}
+    raise bad_request(f"'response_format' of type {raw.get('type')!r} cannot be translated", param="response_format")
+
+
+def _output_format_out(spec: dict) -> dict:
+    if spec["type"] == "json_object":
+        return {"type": "json_object"}
+    return {"type": "json_schema", "json_schema": {"name": spec.get("name") or "output", "schema": spec["schema"]}}
 
 
 def _new_id() -> str:
@@ -445,6 +463,13 @@ class OpenAIDialect(Dialect):
             request.parallel_tool_calls = body["parallel_tool_calls"]
         if isinstance(body.get("user"), str):
             request.user = body["user"]
+        effort = body.get("reasoning_effort")
+        if isinstance(effort, str) and effort != "none":
+            request.reasoning_effort = effort
+        request.output_format = _output_format_in(body.get("response_format"))
+        n = body.get("n")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 1:
+            request.choices = n
         return request
 
     def render_response(self, response: ChatResponse, *, model: str) -> dict:
@@ -525,6 +550,15 @@ class OpenAIDialect(Dialect):
                 out["parallel_tool_calls"] = request.parallel_tool_calls
         if request.user:
             out["user"] = _user_id(request.user)
+        effort = request.reasoning_effort or (
+            effort_for_budget(request.thinking_budget) if request.thinking_budget else None
+        )
+        if effort:
+            out["reasoning_effort"] = effort
+        if request.output_format is not None:
+            out["response_format"] = _output_format_out(request.output_format)
+        if request.choices > 1:
+            out["n"] = request.choices
         if stream:
             out["stream"] = True
             out["stream_options"] = {"include_usage": True}

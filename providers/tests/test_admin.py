@@ -1,5 +1,7 @@
 """Provider admin: every page renders, the API key is write-only, health is read-only."""
 
+import json
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.urls import reverse
@@ -263,3 +265,48 @@ def test_health_check_changelist_filters_by_outcome(admin_client, routing):
     HealthCheck.objects.create(provider=routing["provider"], ok=True, status_code=200)
     response = admin_client.get(admin_url("healthcheck_changelist"), {"ok__exact": "1"})
     assert [c.status_code for c in response.context["cl"].result_list] == [200]
+
+
+def test_provider_form_rejects_a_bad_request_transform_naming_it(admin_client, routing):
+    provider = routing["provider"]
+    rules = '[{"op": "drop", "path": "user"}, {"op": "cap", "path": "max_tokens", "max": "lots"}]'
+    response = admin_client.post(
+        admin_url("provider_change", provider.pk), provider_post_data(request_transforms=rules)
+    )
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors["request_transforms"]
+    assert errors == ["transform 2: 'cap' needs a numeric 'max', not a string"]
+    assert "transform 2: &#x27;cap&#x27; needs a numeric &#x27;max&#x27;" in response.content.decode()
+    provider.refresh_from_db()
+    assert provider.request_transforms == []
+
+
+def test_provider_form_refuses_to_override_the_upstream_credentials(admin_client):
+    rules = '[{"op": "header", "name": "Authorization", "value": "Bearer other"}]'
+    response = admin_client.post(admin_url("provider_add"), provider_post_data(request_transforms=rules))
+    assert response.status_code == 200
+    assert "header &#x27;Authorization&#x27; is set by the gateway" in response.content.decode()
+    assert not Provider.objects.exists()
+
+
+def test_provider_form_saves_good_request_transforms(admin_client, routing):
+    provider = routing["provider"]
+    rules = [
+        {"op": "cap", "path": "max_tokens", "max": 8192},
+        {"op": "header", "name": "HTTP-Referer", "value": "https://app.example.com"},
+    ]
+    page = admin_client.get(admin_url("provider_change", provider.pk)).content.decode()
+    assert 'name="request_transforms"' in page
+    assert "HTTP-Referer" in page  # the help text's example
+
+    response = admin_client.post(
+        admin_url("provider_change", provider.pk), provider_post_data(request_transforms=json.dumps(rules))
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    provider.refresh_from_db()
+    assert provider.request_transforms == rules
+
+    cleared = admin_client.post(admin_url("provider_change", provider.pk), provider_post_data(request_transforms=""))
+    assert cleared.status_code == 302
+    provider.refresh_from_db()
+    assert provider.request_transforms == []

@@ -463,3 +463,80 @@ def test_command_help_explains_deployment_replacement():
     parser = ImportCommand().create_parser("manage.py", "import_gateway_config")
     help_text = " ".join(parser.format_help().split())
     assert "the model's other deployments are deleted" in help_text
+
+
+# Request transforms
+
+TRANSFORMS = """\
+providers:
+  - name: deepseek
+    base_url: https://api.deepseek.example.com/v1
+    request_transforms:
+      - {op: cap, path: max_tokens, max: 8192}
+      - {op: drop, path: metadata.user_id}
+      - op: force
+        path: stream_options.include_usage
+        value: true
+      - {op: header, name: HTTP-Referer, value: "https://app.example.com"}
+"""
+
+
+def test_request_transforms_are_imported_and_a_second_import_changes_nothing():
+    run_import(TRANSFORMS)
+    assert Provider.objects.get(name="deepseek").request_transforms == [
+        {"op": "cap", "path": "max_tokens", "max": 8192},
+        {"op": "drop", "path": "metadata.user_id"},
+        {"op": "force", "path": "stream_options.include_usage", "value": True},
+        {"op": "header", "name": "HTTP-Referer", "value": "https://app.example.com"},
+    ]
+    summary = run_import(TRANSFORMS)
+    assert (summary.providers.unchanged, summary.providers.updated) == (1, 0)
+
+
+def test_omitted_request_transforms_reset_to_none():
+    run_import(TRANSFORMS)
+    run_import("providers:\n  - {name: deepseek, base_url: https://api.deepseek.example.com/v1}\n")
+    assert Provider.objects.get(name="deepseek").request_transforms == []
+
+
+def test_bad_request_transforms_are_reported_at_their_lines_and_nothing_is_written(imported):
+    text = """\
+        providers:
+          - name: sim
+            base_url: http://127.0.0.1:9100/v1
+            timeout_read: 5
+            request_transforms:
+              - {op: drop, path: user}
+              - {op: cap, path: max_tokens}
+              - op: header
+                name: x-api-key
+                value: other
+              - {op: squash, path: a}
+        """
+    with pytest.raises(ConfigImportError) as excinfo:
+        run_import(text)
+    assert excinfo.value.problems == [
+        "gateway.yaml line 7: provider 'sim': request_transforms transform 2: 'cap' needs a numeric 'max'",
+        "gateway.yaml line 8: provider 'sim': request_transforms transform 3: "
+        "header 'x-api-key' is set by the gateway and cannot be overridden",
+        "gateway.yaml line 11: provider 'sim': request_transforms transform 4: "
+        "unknown op 'squash'; expected one of: drop, default, force, cap, rename, header",
+    ]
+    assert db_snapshot() == imported
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("{op: drop, path: user}", "request_transforms must be a list of transforms, not a mapping"),
+        ("[{op: force, path: day, value: 2024-01-01}]", "transform 1: 'value' must be a JSON value, not a date"),
+        ("[{op: force, path: t, value: .nan}]", "transform 1: 'value' must be a finite number"),
+    ],
+)
+def test_request_transforms_that_are_not_json_rules_are_rejected(imported, value, fragment):
+    text = f"providers:\n  - name: sim\n    base_url: http://127.0.0.1:9100/v1\n    request_transforms: {value}\n"
+    with pytest.raises(ConfigImportError) as excinfo:
+        run_import(text)
+    assert str(excinfo.value).startswith("gateway.yaml line 4: provider 'sim': ")
+    assert fragment in str(excinfo.value)
+    assert db_snapshot() == imported

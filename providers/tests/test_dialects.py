@@ -322,6 +322,7 @@ def test_anthropic_request_to_openai_full_conversation():
         "tool_choice": "required",
         "parallel_tool_calls": False,
         "user": "user-9",
+        "reasoning_effort": "low",  # a 100-token thinking budget
         "stream": True,
         "stream_options": {"include_usage": True},
     }

@@ -78,3 +78,22 @@ def test_every_response_carries_a_request_id(gateway, key):
     assert len(ids) == 3 and all(i.startswith("req_") for i in ids)
     assert messages.headers["request-id"] == messages.headers["x-request-id"]
     assert "request-id" not in ok.headers
+
+
+@pytest.mark.parametrize("debug", ["True", "False"])
+def test_api_errors_are_json_with_debug_on_and_off(gateway_factory, key, debug):
+    gateway = gateway_factory(DJANGO_DEBUG=debug, DJANGO_SECRET_KEY="s" * 50)
+    auth = {"Authorization": f"Bearer {key}"}
+    unknown = httpx.get(gateway.url + "/v1/foo", headers=auth)
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"] == "no such endpoint: GET /v1/foo"
+    wrong = httpx.get(gateway.url + "/v1/chat/completions", headers=auth)
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+    anthropic_path = httpx.post(gateway.url + "/v1/messages/unknown", headers={"x-api-key": key}, json={})
+    assert anthropic_path.status_code == 404
+    assert anthropic_path.json() == {
+        "type": "error",
+        "error": {"type": "not_found_error", "message": "no such endpoint: POST /v1/messages/unknown"},
+    }
+    for response in (unknown, wrong, anthropic_path):
+        assert response.headers["content-type"] == "application/json"
+        assert b"<html" not in response.content.lower()

@@ -290,3 +290,89 @@ def test_upstream_client_error_comes_back_in_openai_shape(gateway, fresh_simulat
     )
     assert response.status_code == 400
     assert "'input_audio' content part" in response.json()["error"]["message"]
+
+
+# Prompt caching, reasoning and structured output, both ways -------------------------------------
+
+
+@pytest.fixture
+def both(fresh_simulator):
+    """`claude-*` on an Anthropic-dialect provider and `gpt-*` on an OpenAI one, reporting cache reads
+    and reasoning."""
+    claude = provider_create("anthropic-sim", fresh_simulator.url, dialect="anthropic")
+    gpt = provider_create("openai-sim", fresh_simulator.openai_base)
+    model_create("claude-cache", [(claude, "sim-claude?cached=4", 0)])
+    model_create("gpt-cache", [(gpt, "sim-echo?cached=4", 0)])
+    model_create("claude-think", [(claude, "sim-claude?reasoning=3&tokens=5", 0)])
+    model_create("gpt-think", [(gpt, "sim-echo?reasoning=3&tokens=5", 0)])
+    return key_create("free")
+
+
+def anthropic_client(gateway, key) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+
+
+def test_cache_reads_translate_both_ways(gateway, both):
+    client = gateway_client(gateway, both)
+    plain = client.chat.completions.create(model="claude-cache", messages=MESSAGES)
+    assert plain.usage.prompt_tokens_details.cached_tokens == 4
+    prompt_tokens = plain.usage.prompt_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model="claude-cache", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    final = [c.usage for c in chunks if c.usage][-1]
+    assert final.prompt_tokens == prompt_tokens and final.prompt_tokens_details.cached_tokens == 4
+
+    claude = anthropic_client(gateway, both)
+    message = claude.messages.create(model="gpt-cache", max_tokens=50, messages=MESSAGES)
+    assert message.usage.cache_read_input_tokens == 4
+    assert message.usage.input_tokens + 4 == prompt_tokens
+    with claude.messages.stream(model="gpt-cache", max_tokens=50, messages=MESSAGES) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.usage.cache_read_input_tokens == 4 and streamed.usage.input_tokens + 4 == prompt_tokens
+    events = wait_usage(lambda evs: len(evs) == 4)
+    assert {e["cached_tokens"] for e in events} == {4}
+
+
+def test_reasoning_translates_both_ways(gateway, both, fresh_simulator):
+    client = gateway_client(gateway, both)
+    chunks = list(
+        client.chat.completions.create(model="claude-think", messages=MESSAGES, stream=True, reasoning_effort="high")
+    )
+    reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices)
+    assert reasoning == " step1 step2 step3"
+    sent = fresh_simulator.requests(model="sim-claude?reasoning=3&tokens=5")[-1]["body"]
+    assert sent["thinking"] == {"type": "enabled", "budget_tokens": 24576}
+    assert sent["max_tokens"] > 24576 and "temperature" not in sent
+    plain = client.chat.completions.create(model="claude-think", messages=MESSAGES, reasoning_effort="low")
+    assert plain.choices[0].message.model_extra["reasoning_content"] == " step1 step2 step3"
+
+    claude = anthropic_client(gateway, both)
+    thinking = {"type": "enabled", "budget_tokens": 3000}
+    message = claude.messages.create(model="gpt-think", max_tokens=5000, messages=MESSAGES, thinking=thinking)
+    assert message.content[0].type == "thinking" and message.content[0].thinking == " step1 step2 step3"
+    assert fresh_simulator.requests(model="sim-echo?reasoning=3&tokens=5")[-1]["body"]["reasoning_effort"] == "medium"
+    with claude.messages.stream(model="gpt-think", max_tokens=5000, messages=MESSAGES, thinking=thinking) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].thinking == " step1 step2 step3" and len(final.content[1].text.split()) == 5
+
+
+def test_structured_output_and_choices_to_an_anthropic_provider(gateway, both, fresh_simulator):
+    client = gateway_client(gateway, both)
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    client.chat.completions.create(
+        model="claude-cache",
+        messages=MESSAGES,
+        response_format={"type": "json_schema", "json_schema": {"name": "reply", "schema": schema}},
+    )
+    assert fresh_simulator.requests(model="sim-claude?cached=4")[-1]["body"]["output_format"] == {
+        "type": "json_schema",
+        "schema": schema,
+    }
+    with pytest.raises(openai.BadRequestError, match="json_object"):
+        client.chat.completions.create(model="claude-cache", messages=MESSAGES, response_format={"type": "json_object"})
+    with pytest.raises(openai.BadRequestError, match="'n' is 2"):
+        client.chat.completions.create(model="claude-cache", messages=MESSAGES, n=2)
