@@ -25,7 +25,7 @@ from django.db import transaction
 
 from accounts.models import LIMIT_FIELDS, Tier
 from providers.models import Deployment, Dialect, Model, Provider
-from providers.transforms import transforms_problems
+from providers.transforms import shown, transforms_problems, type_name
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -148,7 +148,7 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
                 None, None, "a mapping key must be a plain value", key_node.start_mark
             ) from None
         if key in mapping:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {_show(key)}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {shown(key)}", key_node.start_mark)
         mapping[key] = loader.construct_object(value_node, deep=True)
         mapping.key_lines[key] = key_node.start_mark.line + 1
     return mapping
@@ -261,7 +261,7 @@ class _Entry:
                 suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
                 self.problems.add(
                     self.line_of(key),
-                    f"unknown key {_show(key)} in {self.label}{suggestion}; allowed keys: {', '.join(self.allowed)}",
+                    f"unknown key {shown(key)} in {self.label}{suggestion}; allowed keys: {', '.join(self.allowed)}",
                 )
 
     def line_of(self, key: str) -> int:
@@ -281,7 +281,7 @@ class _Entry:
             if not value.strip() or value != value.strip():
                 return self.problem(key, "must not be blank or start or end with spaces")
             if slug and not SLUG_RE.match(value):
-                return self.problem(key, f"{_show(value)} may contain only letters, digits, '-' and '_'")
+                return self.problem(key, f"{shown(value)} may contain only letters, digits, '-' and '_'")
             self.label = f"{self.kind} '{value}'"
         return value
 
@@ -310,7 +310,7 @@ class _Entry:
     def choice(self, key: str, choices: list[str], *, default: str) -> str | _Invalid:
         value = self.string(key, default=default)
         if isinstance(value, str) and value not in choices:
-            return self.problem(key, f"{_show(value)} is not one of: {', '.join(choices)}")
+            return self.problem(key, f"{shown(value)} is not one of: {', '.join(choices)}")
         return value
 
     def boolean(self, key: str, *, default: bool) -> bool | _Invalid:
@@ -376,17 +376,17 @@ class _Entry:
         for name, header_value in value.items():
             line = value.key_lines.get(name, self.line_of(key)) if isinstance(value, _Mapping) else self.line_of(key)
             if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
-                self.problems.add(line, f"{self.label}: {key} has an invalid header name {_show(name)}")
+                self.problems.add(line, f"{self.label}: {key} has an invalid header name {shown(name)}")
                 return INVALID
             if not isinstance(header_value, str):
                 self.problems.add(
                     line,
-                    f"{self.label}: {key} header {_show(name)} must have a string value, not "
+                    f"{self.label}: {key} header {shown(name)} must have a string value, not "
                     f"{_type_name(header_value)} (quote it)",
                 )
                 return INVALID
             if "\n" in header_value or "\r" in header_value:
-                self.problems.add(line, f"{self.label}: {key} header {_show(name)} must not contain a line break")
+                self.problems.add(line, f"{self.label}: {key} header {shown(name)} must not contain a line break")
                 return INVALID
             result[name] = header_value
         return result
@@ -506,7 +506,7 @@ def _provider_api_key(entry: _Entry, secrets: set[str]) -> str | None | _Invalid
         if not isinstance(env_name, str):
             return env_name
         if not ENV_NAME_RE.match(env_name):
-            return entry.problem("api_key_env", f"{_show(env_name)} is not a valid environment variable name")
+            return entry.problem("api_key_env", f"{shown(env_name)} is not a valid environment variable name")
         value = os.environ.get(env_name, "")
         if not value:
             return entry.problem("api_key_env", f"names the environment variable {env_name}, which is not set or empty")
@@ -735,28 +735,7 @@ def _plain(value: Any) -> Any:
 
 
 def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return f"a {type(value).__name__}"
-
-
-def _show(value: Any) -> str:
-    text = str(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"'{text}'"
+    return type_name(value, yaml=True)
 
 
 def _raw_secret_candidates(text: str) -> set[str]:

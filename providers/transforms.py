@@ -83,7 +83,7 @@ def transforms_problems(raw: Any) -> list[tuple[int | None, str]]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        return [(None, f"request transforms must be a list, not {_type_name(raw)}")]
+        return [(None, f"request transforms must be a list, not {type_name(raw)}")]
     problems: list[tuple[int | None, str]] = []
     for index, item in enumerate(raw, start=1):
         problems.extend((index, message) for message in _transform_problems(item))
@@ -98,12 +98,12 @@ def transforms_validate(raw: Any) -> list[str]:
 
 def _transform_problems(item: Any) -> list[str]:
     if not isinstance(item, dict):
-        return [f"must be an object with an 'op', not {_type_name(item)}"]
+        return [f"must be an object with an 'op', not {type_name(item)}"]
     op = item.get("op")
     if "op" not in item:
         return [f"needs an 'op', one of: {', '.join(OP_KEYS)}"]
     if not isinstance(op, str) or op not in OP_KEYS:
-        return [f"unknown op {_show(op)}; expected one of: {', '.join(OP_KEYS)}"]
+        return [f"unknown op {shown(op)}; expected one of: {', '.join(OP_KEYS)}"]
     takes = OP_KEYS[op]
     problems = []
     extra = sorted(str(key) for key in item if key != "op" and key not in takes)
@@ -131,10 +131,10 @@ def _field_problem(op: str, key: str, item: dict) -> str | None:
     value = item[key]
     if op == "header" or key in ("path", "to"):
         if not isinstance(value, str):
-            return f"'{op}' needs {what}, not {_type_name(value)}"
+            return f"'{op}' needs {what}, not {type_name(value)}"
         return _header_problem(key, value) if op == "header" else _path_problem(op, key, value, item)
     if key == "max" and not _is_number(value):
-        return f"'{op}' needs {what}, not {_type_name(value)}"
+        return f"'{op}' needs {what}, not {type_name(value)}"
     return _json_problem(value, key)
 
 
@@ -142,11 +142,11 @@ def _path_problem(op: str, key: str, path: str, item: dict) -> str | None:
     if not path:
         return f"'{key}' must not be empty"
     if any(not part for part in path.split(".")):
-        return f"'{key}' {_show(path)} has an empty field name (check the dots)"
+        return f"'{key}' {shown(path)} has an empty field name (check the dots)"
     if not _utf8(path):
         return f"'{key}' is not valid text"
     if path.split(".")[0] in GATEWAY_FIELDS:
-        return f"'{key}' {_show(path)} is set by the gateway and cannot be changed by a transform"
+        return f"'{key}' {shown(path)} is set by the gateway and cannot be changed by a transform"
     if key == "to" and path == item.get("path"):
         return f"'{op}' needs a 'to' that differs from 'path'"
     return None
@@ -155,9 +155,9 @@ def _path_problem(op: str, key: str, path: str, item: dict) -> str | None:
 def _header_problem(key: str, value: str) -> str | None:
     if key == "name":
         if not HEADER_NAME_RE.fullmatch(value):
-            return f"{_show(value)} is not a valid header name"
+            return f"{shown(value)} is not a valid header name"
         if value.lower() in GATEWAY_HEADERS:
-            return f"header {_show(value)} is set by the gateway and cannot be overridden"
+            return f"header {shown(value)} is set by the gateway and cannot be overridden"
         return None
     if not HEADER_VALUE_RE.fullmatch(value):
         return "header 'value' must be printable ASCII on one line"
@@ -191,7 +191,7 @@ def _json_problem(value: Any, key: str, depth: int = 0) -> str | None:
             if problem:
                 return problem
         return None
-    return f"'{key}' must be a JSON value, not {_type_name(value)}"
+    return f"'{key}' must be a JSON value, not {type_name(value)}"
 
 
 # Compiling
@@ -352,23 +352,27 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any, *, yaml: bool = False) -> str:
+    """How error messages name a value's type: JSON words, or YAML's (mapping, integer) for the import."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if yaml and isinstance(value, int):
+        return "an integer"
     if isinstance(value, int | float):
         return "a number"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, dict):
-        return "an object"
+        return "a mapping" if yaml else "an object"
     if isinstance(value, list):
         return "a list"
     return f"a {type(value).__name__}"
 
 
-def _show(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value quoted for an error message, cut to a readable length."""
     text = str(value)
     if len(text) > 60:
         text = text[:57] + "..."
