@@ -118,6 +118,15 @@ def spawn(coro) -> None:
     task.add_done_callback(_background.discard)
 
 
+async def background_drain(timeout: float = 5.0) -> None:
+    """Wait for spawned cleanups (lease settles, usage pushes) of this event loop to finish, so a
+    shutting-down process does not cancel them halfway."""
+    loop = asyncio.get_running_loop()
+    pending = [task for task in _background if task.get_loop() is loop and not task.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+
+
 def _system_text(system) -> str | None:
     if isinstance(system, list):
         return "\n".join(b["text"] for b in system if isinstance(b, dict) and isinstance(b.get("text"), str))

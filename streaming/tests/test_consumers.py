@@ -14,6 +14,7 @@ from accounts.services import api_key_issue
 from aigateway.asgi import application
 from aigateway.config_watch import config_watch
 from providers.upstream import upstream_clients_close
+from streaming.relay import background_drain
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.usage import await_usage
 
@@ -26,7 +27,10 @@ ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 @pytest.fixture(autouse=True)
 async def close_upstream_clients():
     yield
+    # A run's usage push is spawned as its stream ends; the test's event loop must not cancel it.
+    await background_drain()
     await upstream_clients_close()
+    assert usage_retry_buffer_size() == 0  # every usage event reached Redis
 
 
 @pytest.fixture
