@@ -11,6 +11,7 @@ from django.test import Client
 
 from accounts.models import ApiKey, Tier
 from accounts.services import api_key_issue
+from accounts.usage import usage_retry_buffer_size
 from aigateway.asgi import application
 from aigateway.config_watch import config_watch
 from providers.upstream import upstream_clients_close
