@@ -540,3 +540,25 @@ def test_request_transforms_that_are_not_json_rules_are_rejected(imported, value
     assert str(excinfo.value).startswith("gateway.yaml line 4: provider 'sim': ")
     assert fragment in str(excinfo.value)
     assert db_snapshot() == imported
+
+
+def test_cached_input_price_is_imported_and_validated():
+    run_import(
+        """
+        models:
+          - name: cached-model
+            input_price_per_million: 3
+            output_price_per_million: 15
+            cached_input_price_per_million: 0.3
+        """
+    )
+    assert Model.objects.get(name="cached-model").cached_input_price_per_million == Decimal("0.3")
+    with pytest.raises(ConfigImportError) as raised:
+        run_import(
+            """
+            models:
+              - name: cached-model
+                cached_input_price_per_million: cheap
+            """
+        )
+    assert any("cached_input_price_per_million" in problem for problem in raised.value.problems)

@@ -156,3 +156,19 @@ def test_applied_transforms_are_logged_without_header_values(gateway_factory, ke
         lines[0],
     )
     assert ORG_TOKEN not in gw.log()
+
+
+def test_drop_temperature_cap_max_tokens_add_header(gateway, fresh_simulator):
+    rules = [
+        {"op": "drop", "path": "temperature"},
+        {"op": "cap", "path": "max_tokens", "max": 100},
+        {"op": "header", "name": "X-Route-Tag", "value": "agents"},
+    ]
+    provider = provider_create("capped", fresh_simulator.openai_base, request_transforms=rules)
+    model_create("capped-echo", [(provider, "sim-echo", 0)])
+    key = key_create("capped")
+    client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
+    client.chat.completions.create(model="capped-echo", messages=MESSAGES, temperature=0.3, max_tokens=500)
+    received = last_request(fresh_simulator)
+    assert received["body"] == {"model": "sim-echo", "messages": MESSAGES, "max_tokens": 100}
+    assert received["headers"]["x-route-tag"] == "agents"
