@@ -66,6 +66,10 @@ class UsageRecord(models.Model):
         "providers.Deployment", on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
     )
     endpoint = models.CharField(max_length=64)
+    # The model the client asked for, when routing served another one (alias, rule or fallback).
+    requested_model = models.CharField(max_length=128, blank=True, default="")
+    # How routing decided: "default", "alias:<name>", "rule:<name>", "context-fallback:<m>", "fallback:<m>".
+    route = models.CharField(max_length=128, blank=True, default="")
     # The compare run (one per /v1/compare request or playground turn) this record belongs to.
     run_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
     stream = models.BooleanField(default=False)

@@ -164,7 +164,15 @@ class MalformedEvent(ValueError):
 
 
 _REQUIRED = ("request_id", "model", "endpoint", "status_code", "created_at")
-_STRING_LIMITS = {"model": 128, "provider": 64, "endpoint": 64, "error_type": 64, "run_id": 64}
+_STRING_LIMITS = {
+    "model": 128,
+    "provider": 64,
+    "endpoint": 64,
+    "error_type": 64,
+    "run_id": 64,
+    "requested_model": 128,
+    "route": 128,
+}
 _FLOAT_FIELDS = (
     "ttfb_upstream_ms",
     "ttfb_ms",

@@ -142,6 +142,10 @@ GATEWAY_KEY_CACHE_SECONDS = env.float("GATEWAY_KEY_CACHE_SECONDS", default=60.0)
 # A concurrency lease not released (process died) expires after this; live streams renew theirs.
 GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0)
 
+# When routing serves another model than the one asked for (alias, rule, fallback), answers still name
+# the requested one unless this is set; the x-gateway-model header always names the model that served.
+GATEWAY_RESPONSE_MODEL_SERVED = env.bool("GATEWAY_RESPONSE_MODEL_SERVED", default=False)
+
 # Origins whose browser scripts may call the API paths (CORS); empty = none.
 GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))
 

@@ -6,7 +6,7 @@ class ProvidersConfig(AppConfig):
     name = "providers"
 
     def ready(self) -> None:
-        from providers.models import Deployment, Model, Provider
+        from providers.models import Deployment, Model, Provider, RouteRule
         from providers.signals import connect_config_signals
 
-        connect_config_signals(Provider, Model, Deployment)
+        connect_config_signals(Provider, Model, Deployment, RouteRule)

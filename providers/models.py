@@ -1,7 +1,7 @@
 """Providers (upstream endpoints), public models, and deployments mapping one onto the other."""
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from providers.secrets import secret_decrypt, secret_encrypt
@@ -93,6 +93,24 @@ class Model(models.Model):
     )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     description = models.TextField(blank=True, default="")
+    aliases = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Other names clients may send: exact names or glob patterns, e.g. ["gpt-4o-mini", "claude-*"].',
+    )
+    alias_order = models.IntegerField(
+        default=0, help_text="Alias patterns of models with a lower number are tried first (exact names always win)."
+    )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Models to try, in order, when every deployment of this one failed before the first byte.",
+    )
+    context_fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Models to use, in order, when the prompt does not fit this model's context window.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -101,6 +119,51 @@ class Model(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        from providers.route_rules import model_routing_problems
+
+        problems = model_routing_problems(
+            name=self.name, aliases=self.aliases, fallbacks=self.fallbacks, context_fallbacks=self.context_fallbacks
+        )
+        if problems:
+            raise ValidationError(problems)
+
+
+class RouteRule(models.Model):
+    """An ordered routing rule: when a request matches `when`, it is served by `target` instead."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    order = models.IntegerField(default=0, help_text="Rules are tried by ascending order; the first match wins.")
+    enabled = models.BooleanField(default=True)
+    when = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='All given conditions must match, e.g. {"header": {"x-gateway-route": "background"}} or '
+        '{"min_prompt_tokens": 60000}. Keys: min_prompt_tokens, max_prompt_tokens, thinking, tools, stream, '
+        "model, dialect, tier, header, metadata_user.",
+    )
+    target = models.ForeignKey(Model, on_delete=models.PROTECT, related_name="route_rules")
+    share = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of matching requests the rule takes (e.g. 0.1 for a 10% canary).",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from providers.route_rules import conditions_problems
+
+        problems = conditions_problems(self.when)
+        if problems:
+            raise ValidationError({"when": problems})
 
 
 class Deployment(models.Model):

@@ -16,6 +16,7 @@ from aigateway.config_watch import config_watch
 from aigateway.db import db_read
 from aigateway.redis import redis_async
 from providers.health import HEALTH_DOWN_KEY
+from providers.route_rules import RoutingConfig, conditions_problems, is_pattern, rule_compile
 from providers.transforms import Transform, TransformsInvalid, transforms_compile
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class RouteTable:
     routes: dict[str, tuple[Route, ...]]
     # Every enabled model, including ones with no enabled deployment (they answer 503, not 404).
     models: dict[str, int]
+    routing: RoutingConfig = RoutingConfig()
 
 
 def _float_or_none(value) -> float | None:
@@ -103,7 +105,42 @@ def route_table_load() -> RouteTable:
                 cached_price=_float_or_none(dep.model.cached_input_price_per_million),
             )
         )
-    return RouteTable(routes={k: tuple(v) for k, v in routes.items()}, models=models)
+    return RouteTable(routes={k: tuple(v) for k, v in routes.items()}, models=models, routing=_routing_load(models))
+
+
+def _routing_load(models: dict) -> RoutingConfig:
+    """Aliases, fallbacks, context windows and rules of the enabled models, compiled for route_decide."""
+    from providers.models import Model, RouteRule
+
+    exact: dict[str, str] = {}
+    patterns: list[tuple[int, str, int, str]] = []
+    fallbacks, context_fallbacks, windows = {}, {}, {}
+    for model in Model.objects.filter(enabled=True).order_by("name"):
+        for index, alias in enumerate(model.aliases or ()):
+            if not isinstance(alias, str) or not alias or alias in models:
+                continue  # a real model's own name always wins over an alias
+            if is_pattern(alias):
+                patterns.append((model.alias_order, model.name, index, alias))
+            else:
+                exact.setdefault(alias, model.name)
+        fallbacks[model.name] = tuple(m for m in model.fallbacks or () if m in models and m != model.name)
+        context_fallbacks[model.name] = tuple(m for m in model.context_fallbacks or () if m in models)
+        if model.context_window:
+            windows[model.name] = model.context_window
+    rules = []
+    for rule in RouteRule.objects.filter(enabled=True, target__enabled=True).select_related("target"):
+        if conditions_problems(rule.when):
+            logger.error("routing rule %s ignored: %s", rule.name, "; ".join(conditions_problems(rule.when)))
+            continue
+        rules.append(rule_compile(name=rule.name, target=rule.target.name, share=rule.share, when=rule.when))
+    return RoutingConfig(
+        exact_aliases=exact,
+        alias_patterns=tuple((alias, name) for _, name, _, alias in sorted(patterns)),
+        fallbacks={k: v for k, v in fallbacks.items() if v},
+        context_windows=windows,
+        context_fallbacks={k: v for k, v in context_fallbacks.items() if v},
+        rules=tuple(rules),
+    )
 
 
 def _provider_transforms(provider) -> tuple[Transform, ...]:

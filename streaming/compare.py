@@ -22,7 +22,8 @@ from aigateway.errors import GatewayError, bad_request
 from providers.dialects.base import Dialect, StreamRenderer
 from providers.dialects.canonical import StreamError, StreamEvent, TextDelta, ThinkingDelta
 from providers.dialects.openai import openai
-from streaming.edge import call_admit, check_chat_body, model_check
+from providers.route_rules import RouteDecision
+from streaming.edge import call_admit, check_chat_body, route_choose
 from streaming.meter import StreamMeter
 from streaming.relay import RelayCall, call_usage, new_request_id, relay_open
 
@@ -87,6 +88,8 @@ class CompareRequest:
     models: list[str]
     bodies: dict[str, dict]
     body_size: int
+    # How each requested name is served (alias, rule, context fallback), keyed by the requested name.
+    decisions: dict[str, RouteDecision] = field(default_factory=dict)
 
 
 def _models(body: dict, cap: int) -> list[str]:
@@ -150,9 +153,10 @@ async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> Com
     """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
     endpoint would answer); nothing is admitted or opened yet."""
     bodies = compare_bodies(body, cap=ctx.max_compare_models)
-    for name in bodies:
-        await model_check(ctx, name)
-    return CompareRequest(ctx=ctx, models=list(bodies), bodies=bodies, body_size=body_size)
+    decisions = {
+        name: await route_choose(ctx, chat, dialect="openai", body_size=body_size) for name, chat in bodies.items()
+    }
+    return CompareRequest(ctx=ctx, models=list(bodies), bodies=bodies, body_size=body_size, decisions=decisions)
 
 
 def new_run_id() -> str:
@@ -178,7 +182,9 @@ def _done_event(call: RelayCall) -> dict:
     )
     return {
         "type": "done",
-        "model": call.model,
+        "model": call.requested_model or call.model,
+        "served_model": call.model,
+        "route": call.route_label,
         "request_id": call.request_id,
         "provider": route.provider.name if route else None,
         "finish_reason": call.finish_reason,
@@ -247,11 +253,15 @@ class CompareRun:
 
     async def _run_model(self, name: str) -> None:
         request = self.request
+        decision = request.decisions.get(name)
         call = RelayCall(
             request_id=new_request_id(),
             ctx=request.ctx,
             endpoint="compare",
-            model=name,
+            model=decision.model if decision else name,
+            requested_model=name,
+            route_label=decision.route if decision else "default",
+            fallbacks=decision.fallbacks if decision else (),
             body=request.bodies[name],
             stream=True,
             client_wants_usage=True,

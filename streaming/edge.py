@@ -16,6 +16,7 @@ from aigateway.errors import GatewayError, bad_request
 from providers.dialects.anthropic import anthropic
 from providers.dialects.base import Dialect
 from providers.dialects.openai import openai
+from providers.route_rules import PromptTooLong, RouteDecision, UnknownModel, request_facts, route_decide
 from providers.routing import router
 from streaming.relay import new_request_id
 from streaming.tokens import rough_prompt_estimate
@@ -111,15 +112,30 @@ async def call_admit(call, body_size: int) -> None:
         )
 
 
-async def model_check(ctx: KeyContext, model: str) -> None:
-    """The model exists (404) and the key's tier allows it (403)."""
+async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, headers=None, body_size: int = 0) -> RouteDecision:
+    """The model that serves this request (the one named, an alias's, a rule's, a context fallback's),
+    checked against the key's tier: 404 for an unknown name, 403 when the tier does not allow the
+    model that would serve, 400 when the prompt fits no model. No query: the route table is in process."""
     table = await router.table()
-    if model not in table.models:
-        raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-    if not ctx.may_use(model):
+    routing = table.routing
+    name = body["model"]
+    if not routing.rules and name in table.models and name not in routing.context_windows:
+        # The common case costs no fact gathering at all.
+        decision = RouteDecision(name, name, "default", routing.fallbacks.get(name, ()), ())
+    else:
+        facts = request_facts(body, dialect=dialect, tier=ctx.tier_name, headers=headers or {}, body_size=body_size)
+        try:
+            decision = route_decide(routing, table.models, facts)
+        except UnknownModel:
+            raise GatewayError(404, "model_not_found", f"the model '{name}' does not exist", param="model") from None
+        except PromptTooLong as exc:
+            raise GatewayError(400, "context_length_exceeded", str(exc), param="messages") from None
+    if not ctx.may_use(decision.model):
+        served = f"'{decision.model}'" + (f" (which serves '{name}')" if decision.model != name else "")
         raise GatewayError(
-            403, "model_not_allowed", f"this key's tier does not allow the model '{model}'", param="model"
+            403, "model_not_allowed", f"this key's tier does not allow the model {served}", param="model"
         )
+    return decision
 
 
 def read_json_body(request) -> dict:

@@ -95,11 +95,25 @@ class RelayCall:
     request: ChatRequest | None = None
     # The compare run this call is one model of ("" outside /v1/compare and the playground).
     run_id: str = ""
+    # Routing: the model name the client sent (when an alias, rule or fallback serves another), how the
+    # model was chosen, and the models to try when every deployment of `model` fails before the first byte.
+    requested_model: str = ""
+    route_label: str = "default"
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def response_model(self) -> str:
+        """The model name the client's answer carries: the one it asked for, unless set otherwise."""
+        if self.requested_model and not settings.GATEWAY_RESPONSE_MODEL_SERVED:
+            return self.requested_model
+        return self.model
 
     def headers(self) -> dict[str, str]:
         headers = {"x-request-id": self.request_id}
         if self.route is not None:
             headers["x-gateway-provider"] = self.route.provider.name
+            headers["x-gateway-model"] = self.model
+            headers["x-gateway-route"] = f"{self.route_label}; attempts={self.attempts}"
         if self.admission is not None:
             headers.update(self.admission.headers_for(self.dialect.name))
         return headers
@@ -154,6 +168,8 @@ async def call_finish(call: RelayCall) -> None:
         "request_id": call.request_id,
         "api_key_id": call.ctx.key_id,
         "model": call.model,
+        "requested_model": call.requested_model if call.requested_model != call.model else "",
+        "route": call.route_label,
         "provider": call.route.provider.name if call.route else "",
         "deployment_id": call.route.deployment_id if call.route else None,
         "endpoint": call.endpoint,
@@ -301,9 +317,31 @@ async def relay_open(call: RelayCall):
 
 
 async def _open_with_failover(call: RelayCall):
-    candidates = await router.candidates(call.model)
-    if not candidates:
-        raise GatewayError(503, "no_deployment", f"model '{call.model}' has no available deployment")
+    """The model's deployments in order, then each fallback model's, until one answers."""
+    first = call.model
+    last: UpstreamFailure | None = None
+    deployments = 0
+    for model in (first, *call.fallbacks):
+        candidates = await router.candidates(model)
+        if not candidates:
+            continue
+        if model != first:
+            logger.info("request %s: every deployment of %s failed; falling back to %s", call.request_id, first, model)
+            call.model, call.route_label = model, f"fallback:{model}"
+        deployments += len(candidates)
+        try:
+            return await _try_deployments(call, candidates)
+        except UpstreamFailure as failure:
+            last = failure
+    if last is None or not deployments:
+        raise GatewayError(503, "no_deployment", f"model '{first}' has no available deployment")
+    status = 503 if last.status == 429 else last.status
+    tried = "', '".join((first, *call.fallbacks))
+    raise GatewayError(status, "upstream_unavailable", f"all deployments of '{tried}' failed; last: {last.reason}")
+
+
+async def _try_deployments(call: RelayCall, candidates: list[Route]):
+    """Open the first deployment that answers; UpstreamFailure (the last one's) when none does."""
     last: UpstreamFailure | None = None
     for route in candidates:
         upstream = DIALECTS.get(route.provider.dialect)
@@ -333,10 +371,7 @@ async def _open_with_failover(call: RelayCall):
             continue
         await router.record_success(route.provider)
         return result
-    status = last.status if last else 502
-    if status == 429:
-        status = 503
-    raise GatewayError(status, "upstream_unavailable", f"all deployments of '{call.model}' failed; last: {last.reason}")
+    raise last
 
 
 async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> bytes:
@@ -353,7 +388,7 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
     if not isinstance(data, dict):
         raise UpstreamFailure(502, "upstream returned an unexpected JSON body")
     if _same_dialect(call, upstream):
-        data["model"] = call.model
+        data["model"] = call.response_model
         call.usage = upstream.response_usage(data)
         if call.usage is None:
             call.completion_parts.append(upstream.response_text(data))
@@ -362,7 +397,7 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
         call.usage = reply.usage
         if call.usage is None:
             call.completion_parts.append(reply.text())
-        data = call.dialect.render_response(reply, model=call.model)
+        data = call.dialect.render_response(reply, model=call.response_model)
     body = orjson.dumps(data)
     call.meter.sent()
     call.finished = True
@@ -397,7 +432,7 @@ class StreamBridge:
     def __init__(self, call: RelayCall, upstream: Dialect) -> None:
         self.call = call
         self.parser = upstream.stream_parser()
-        options = {"model": call.model, "include_usage": call.client_wants_usage}
+        options = {"model": call.response_model, "include_usage": call.client_wants_usage}
         if _same_dialect(call, upstream):
             self.passthrough = call.dialect.stream_passthrough(**options)
             self.renderer = None

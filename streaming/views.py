@@ -23,9 +23,9 @@ from streaming.edge import (
     call_admit,
     check_chat_body,
     check_messages_body,
-    model_check,
     only,
     read_json_body,
+    route_choose,
     speaks,
 )
 from streaming.meter import StreamMeter
@@ -53,13 +53,16 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
     request_id, ctx, body = await _post_json(request)
     check_body(body)
     stream = bool(body.get("stream"))
-    await model_check(ctx, body["model"])
+    decision = await route_choose(ctx, body, dialect=dialect.name, headers=request.headers, body_size=len(request.body))
     options = body.get("stream_options")
     call = RelayCall(
         request_id=request_id,
         ctx=ctx,
         endpoint=endpoint,
-        model=body["model"],
+        model=decision.model,
+        requested_model=decision.requested,
+        route_label=decision.route,
+        fallbacks=decision.fallbacks,
         body=body,
         stream=stream,
         client_wants_usage=isinstance(options, dict) and bool(options.get("include_usage")),
@@ -97,12 +100,14 @@ async def count_tokens(request):
     deployments that speak another dialect. Not a completion: no limits charged, no usage record."""
     request_id, ctx, body = await _post_json(request)
     check_messages_body(body)
-    await model_check(ctx, body["model"])
+    decision = await route_choose(ctx, body, dialect="anthropic", headers=request.headers, body_size=len(request.body))
     call = RelayCall(
         request_id=request_id,
         ctx=ctx,
         endpoint="count_tokens",
-        model=body["model"],
+        model=decision.model,
+        requested_model=decision.requested,
+        route_label=decision.route,
         body=body,
         stream=False,
         client_wants_usage=False,
