@@ -20,6 +20,7 @@ import pytest
 from providers.simulator import completion_plan
 from tests.support.claude_code import ClaudeCodeRun, claude_code_install, claude_code_run
 from tests.support.data import key_create, model_create, provider_create
+from tests.support.usage import wait_usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -188,3 +189,23 @@ def test_replayed_claude_code_request(gateway, fresh_simulator, dialect):
         assert len(translated["tools"]) == len(captured["tools"])
         roles = [message["role"] for message in translated["messages"]]
         assert roles[0] == "system" and "tool" in roles and "assistant" in roles
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_default_model_names_through_an_alias(claude_cli, gateway, fresh_simulator, dialect):
+    """No ANTHROPIC_MODEL: Claude Code asks for its own model names, and an alias catches them."""
+    upstream, path = UPSTREAM[dialect]
+    base = fresh_simulator.anthropic_base if dialect == "anthropic" else fresh_simulator.openai_base
+    provider = provider_create(f"{dialect}-sim", base, dialect=dialect)
+    model_create("house-model", [(provider, f"{upstream}?echo=1", 0)], aliases=["claude-*"])
+    prompt = "Say hello through the alias"
+
+    run = claude_code_run(prompt, base_url=gateway.url, api_key=key_create("free"), model=None)
+
+    result = succeeded(run)
+    sent = fresh_simulator.requests(path=path)
+    assert sent and all(record["model"] == f"{upstream}?echo=1" for record in sent)
+    assert result["result"] == simulated_text(sent[-1]), run.describe()
+    events = wait_usage(lambda evs: len(evs) == len(sent))
+    assert all(e["model"] == "house-model" and e["requested_model"].startswith("claude-") for e in events)
+    assert {e["route"] for e in events} == {"alias:claude-*"}

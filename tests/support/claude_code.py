@@ -66,12 +66,12 @@ class ClaudeCodeRun:
 
 
 def claude_code_env(
-    *, home: Path, base_url: str, api_key: str, model: str, small_model: str | None = None
+    *, home: Path, base_url: str, api_key: str, model: str | None, small_model: str | None = None
 ) -> dict[str, str]:
     """The environment of a user who points Claude Code at the gateway, and nothing from the test process
-    (no stray ANTHROPIC_* or proxy settings)."""
+    (no stray ANTHROPIC_* or proxy settings). `model` None: Claude Code's own default model names."""
     small_model = small_model or model
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
@@ -79,16 +79,18 @@ def claude_code_env(
         "TERM": "dumb",
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_API_KEY": api_key,
-        "ANTHROPIC_MODEL": model,
-        # Background work (titles, summaries) uses the "small, fast" model: older releases read the first
-        # name, newer ones the second.
-        "ANTHROPIC_SMALL_FAST_MODEL": small_model,
-        "ANTHROPIC_DEFAULT_HAIKU_MODEL": small_model,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_TELEMETRY": "1",
         "DISABLE_ERROR_REPORTING": "1",
     }
+    if model is not None:
+        env["ANTHROPIC_MODEL"] = model
+        # Background work (titles, summaries) uses the "small, fast" model: older releases read the first
+        # name, newer ones the second.
+        env["ANTHROPIC_SMALL_FAST_MODEL"] = small_model
+        env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] = small_model
+    return env
 
 
 def claude_code_run(
@@ -96,7 +98,7 @@ def claude_code_run(
     *,
     base_url: str,
     api_key: str,
-    model: str,
+    model: str | None,
     small_model: str | None = None,
     cwd: Path | None = None,
     args: tuple[str, ...] = (),
