@@ -7,6 +7,7 @@ explanation is the decision.
 
 import fnmatch
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -100,47 +101,59 @@ class RequestFacts:
     metadata_user: str | None = None
 
 
+def _glob(pattern: str) -> Callable[[str], object]:
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def _condition(key: str, value) -> Callable[[RequestFacts, str], bool]:
+    """One condition as a predicate, built once when the route table loads: a request only calls it."""
+    if key == "min_prompt_tokens":
+        return lambda facts, resolved: facts.prompt_tokens >= value
+    if key == "max_prompt_tokens":
+        return lambda facts, resolved: facts.prompt_tokens <= value
+    if key in ("thinking", "tools", "stream"):
+        return lambda facts, resolved: getattr(facts, key) is value
+    if key == "model":
+        match = _glob(value)
+        return lambda facts, resolved: match(facts.model) is not None or match(resolved) is not None
+    if key in ("dialect", "tier"):
+        return lambda facts, resolved: getattr(facts, key) == value
+    if key == "header":
+        expected = tuple((str(name).lower(), str(text)) for name, text in sorted(value.items()))
+        return lambda facts, resolved: all(facts.headers.get(name) == text for name, text in expected)
+    match = _glob(value)  # metadata_user
+    return lambda facts, resolved: facts.metadata_user is not None and match(facts.metadata_user) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     name: str
     target: str
     share: float
     when: tuple[tuple[str, object], ...]
+    tests: tuple[Callable[[RequestFacts, str], bool], ...] = ()
 
     def matches(self, facts: RequestFacts, resolved: str) -> bool:
-        for key, value in self.when:
-            if key == "min_prompt_tokens":
-                ok = facts.prompt_tokens >= value
-            elif key == "max_prompt_tokens":
-                ok = facts.prompt_tokens <= value
-            elif key == "thinking":
-                ok = facts.thinking is value
-            elif key == "tools":
-                ok = facts.tools is value
-            elif key == "stream":
-                ok = facts.stream is value
-            elif key == "model":
-                ok = fnmatch.fnmatchcase(facts.model, value) or fnmatch.fnmatchcase(resolved, value)
-            elif key == "dialect":
-                ok = facts.dialect == value
-            elif key == "tier":
-                ok = facts.tier == value
-            elif key == "header":
-                ok = all(facts.headers.get(name.lower()) == expected for name, expected in value)
-            else:  # metadata_user
-                ok = facts.metadata_user is not None and fnmatch.fnmatchcase(facts.metadata_user, value)
-            if not ok:
+        for test in self.tests:
+            if not test(facts, resolved):
                 return False
         return True
 
 
+def rule_header_names(rules) -> tuple[str, ...]:
+    return tuple(
+        sorted({str(n).lower() for rule in rules for key, value in rule.when if key == "header" for n in value})
+    )
+
+
 def rule_compile(*, name: str, target: str, share: float, when: dict) -> CompiledRule:
-    items = []
-    for key, value in when.items():
-        if key == "header":
-            value = tuple(sorted((str(k).lower(), str(v)) for k, v in value.items()))
-        items.append((key, value))
-    return CompiledRule(name=name, target=target, share=float(share), when=tuple(items))
+    return CompiledRule(
+        name=name,
+        target=target,
+        share=float(share),
+        when=tuple(when.items()),
+        tests=tuple(_condition(key, value) for key, value in when.items()),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +167,8 @@ class RoutingConfig:
     context_windows: Mapping[str, int] = field(default_factory=dict)
     context_fallbacks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rules: tuple[CompiledRule, ...] = ()
+    # The request headers any rule looks at (lowercase): the only ones gathered per request.
+    header_names: tuple[str, ...] = ()
 
     @property
     def needs_prompt_estimate(self) -> bool:

@@ -16,7 +16,7 @@ from aigateway.config_watch import config_watch
 from aigateway.db import db_read
 from aigateway.redis import redis_async
 from providers.health import HEALTH_DOWN_KEY
-from providers.route_rules import RoutingConfig, conditions_problems, is_pattern, rule_compile
+from providers.route_rules import RoutingConfig, conditions_problems, is_pattern, rule_compile, rule_header_names
 from providers.transforms import Transform, TransformsInvalid, transforms_compile
 
 logger = logging.getLogger(__name__)
@@ -140,6 +140,7 @@ def _routing_load(models: dict) -> RoutingConfig:
         context_windows=windows,
         context_fallbacks={k: v for k, v in context_fallbacks.items() if v},
         rules=tuple(rules),
+        header_names=rule_header_names(rules),
     )
 
 

@@ -112,7 +112,7 @@ async def call_admit(call, body_size: int) -> None:
         )
 
 
-async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, headers=None, body_size: int = 0) -> RouteDecision:
+async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, body_size: int = 0) -> RouteDecision:
     """The model that serves this request (the one named, an alias's, a rule's, a context fallback's),
     checked against the key's tier: 404 for an unknown name, 403 when the tier does not allow the
     model that would serve, 400 when the prompt fits no model. No query: the route table is in process."""
@@ -123,7 +123,13 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, headers=Non
         # The common case costs no fact gathering at all.
         decision = RouteDecision(name, name, "default", routing.fallbacks.get(name, ()), ())
     else:
-        facts = request_facts(body, dialect=dialect, tier=ctx.tier_name, headers=headers or {}, body_size=body_size)
+        # Only the headers some rule looks at, read straight from the request's META dict.
+        headers = {}
+        for name in routing.header_names if meta else ():
+            value = meta.get("HTTP_" + name.upper().replace("-", "_"))
+            if value is not None:
+                headers[name] = value
+        facts = request_facts(body, dialect=dialect, tier=ctx.tier_name, headers=headers, body_size=body_size)
         try:
             decision = route_decide(routing, table.models, facts)
         except UnknownModel:

@@ -53,7 +53,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
     request_id, ctx, body = await _post_json(request)
     check_body(body)
     stream = bool(body.get("stream"))
-    decision = await route_choose(ctx, body, dialect=dialect.name, headers=request.headers, body_size=len(request.body))
+    decision = await route_choose(ctx, body, dialect=dialect.name, meta=request.META, body_size=len(request.body))
     options = body.get("stream_options")
     call = RelayCall(
         request_id=request_id,
@@ -100,7 +100,7 @@ async def count_tokens(request):
     deployments that speak another dialect. Not a completion: no limits charged, no usage record."""
     request_id, ctx, body = await _post_json(request)
     check_messages_body(body)
-    decision = await route_choose(ctx, body, dialect="anthropic", headers=request.headers, body_size=len(request.body))
+    decision = await route_choose(ctx, body, dialect="anthropic", meta=request.META, body_size=len(request.body))
     call = RelayCall(
         request_id=request_id,
         ctx=ctx,
