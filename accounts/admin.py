@@ -172,6 +172,8 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "created_at",
         "api_key",
         "model",
+        "requested_model",
+        "route",
         "provider",
         "status_code",
         "prompt_tokens",
@@ -183,7 +185,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["model", "provider", "endpoint", "status_code", "stream"]
     date_hierarchy = "created_at"
-    search_fields = ["request_id", "run_id"]
+    search_fields = ["request_id", "run_id", "requested_model", "route"]
     list_select_related = ["api_key"]
 
 
