@@ -1,4 +1,4 @@
-"""Admin for providers, public models, deployments and health history.
+"""Admin for providers, public models (with their routing), routing rules, deployments and health history.
 
 A provider's API key is write-only here: the form takes a new key or a request to clear it,
 and neither the plaintext nor the stored ciphertext is ever rendered back.
@@ -8,11 +8,14 @@ from django import forms
 from django.contrib import admin
 from django.db import models
 from django.db.models import Count
+from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from providers.admin_actions import check_health_now
-from providers.models import Deployment, HealthCheck, Model, Provider
+from providers.admin_routing import routing_test_view, when_summary
+from providers.models import Deployment, HealthCheck, Model, Provider, RouteRule
+from providers.route_rules import is_pattern
 
 admin.site.site_header = "AI Gateway"
 admin.site.site_title = "AI Gateway admin"
@@ -154,29 +157,102 @@ class DeploymentInline(admin.TabularInline):
         return 1 if obj is None else 0
 
 
+def _none_as_empty(value):
+    # An emptied JSON box arrives as null; for a list of names it means "none".
+    return [] if value is None else value
+
+
+class PublicModelAdminForm(forms.ModelForm):
+    alias_order = forms.IntegerField(
+        required=False,
+        initial=0,
+        help_text=Model._meta.get_field("alias_order").help_text + " Blank = 0.",
+    )
+
+    class Meta:
+        model = Model
+        fields = [
+            "name",
+            "enabled",
+            "description",
+            "input_price_per_million",
+            "output_price_per_million",
+            "cached_input_price_per_million",
+            "context_window",
+            "aliases",
+            "alias_order",
+            "fallbacks",
+            "context_fallbacks",
+        ]
+
+    def clean_aliases(self):
+        return _none_as_empty(self.cleaned_data["aliases"])
+
+    def clean_fallbacks(self):
+        return _none_as_empty(self.cleaned_data["fallbacks"])
+
+    def clean_context_fallbacks(self):
+        return _none_as_empty(self.cleaned_data["context_fallbacks"])
+
+    def clean_alias_order(self):
+        value = self.cleaned_data["alias_order"]
+        return 0 if value is None else value
+
+    def clean(self):
+        cleaned = super().clean()
+        own_name = cleaned.get("name")
+        # Model.clean() checks the shape; whether the named models exist needs the database.
+        for field_name in ("fallbacks", "context_fallbacks"):
+            names = cleaned.get(field_name)
+            if not isinstance(names, list):
+                continue
+            # Patterns and the model's own name are shape errors, which Model.clean() names.
+            wanted = {
+                name
+                for name in names
+                if isinstance(name, str) and name.strip() and not is_pattern(name) and name != own_name
+            }
+            unknown = sorted(wanted - set(Model.objects.filter(name__in=wanted).values_list("name", flat=True)))
+            if unknown:
+                listed = ", ".join(f"'{name}'" for name in unknown)
+                self.add_error(field_name, f"no model is named {listed}")
+        return cleaned
+
+
 @admin.register(Model)
 class PublicModelAdmin(admin.ModelAdmin):
+    form = PublicModelAdminForm
     list_display = [
         "name",
         "enabled",
         "input_price_per_million",
         "output_price_per_million",
         "context_window",
+        "aliases_shown",
         "deployment_count",
     ]
     list_filter = ["enabled"]
     search_fields = ["name", "description"]
     readonly_fields = ["created_at", "updated_at"]
-    fields = [
-        "name",
-        "enabled",
-        "description",
-        "input_price_per_million",
-        "output_price_per_million",
-        "cached_input_price_per_million",
-        "context_window",
-        "created_at",
-        "updated_at",
+    fieldsets = [
+        (None, {"fields": ["name", "enabled", "description"]}),
+        (
+            "Prices",
+            {"fields": ["input_price_per_million", "output_price_per_million", "cached_input_price_per_million"]},
+        ),
+        (
+            "Routing",
+            {
+                "fields": ["context_window", "aliases", "alias_order", "fallbacks", "context_fallbacks"],
+                "description": (
+                    "A name a client sends is matched first against the models themselves, then against exact "
+                    "aliases, then against alias patterns (by alias order, then model name). Lists are JSON, "
+                    'e.g. ["backup-model"]; leave a box empty for none. Test the result on the routing rules\' '
+                    '"Test routing" page.'
+                ),
+            },
+        ),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     inlines = [DeploymentInline]
 
@@ -186,6 +262,69 @@ class PublicModelAdmin(admin.ModelAdmin):
     @admin.display(description="deployments", ordering="deployment_count")
     def deployment_count(self, obj: Model) -> int:
         return obj.deployment_count
+
+    @admin.display(description="aliases")
+    def aliases_shown(self, obj: Model) -> str:
+        aliases = obj.aliases if isinstance(obj.aliases, list) else []
+        return ", ".join(str(alias) for alias in aliases) or "-"
+
+
+class RouteRuleAdminForm(forms.ModelForm):
+    class Meta:
+        model = RouteRule
+        fields = ["name", "order", "enabled", "when", "target", "share"]
+
+    def clean_when(self):
+        # An emptied box arrives as null; RouteRule.clean() judges the rest.
+        value = self.cleaned_data["when"]
+        return {} if value is None else value
+
+
+@admin.register(RouteRule)
+class RouteRuleAdmin(admin.ModelAdmin):
+    form = RouteRuleAdminForm
+    list_display = ["order", "name", "enabled", "target", "share_shown", "conditions"]
+    list_display_links = ["name"]
+    list_editable = ["order", "enabled"]
+    list_filter = ["enabled", "target"]
+    list_select_related = ["target"]
+    search_fields = ["name", "target__name"]
+    ordering = ["order", "name"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": ["name", "order", "enabled", "when", "target", "share"],
+                "description": (
+                    "Rules are tried by ascending order after aliases are resolved; the first rule whose "
+                    "conditions all match (and whose share draws the request) picks the serving model. A prompt "
+                    "too long for that model then moves to its context fallbacks."
+                ),
+            },
+        ),
+        ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = ["created_at", "updated_at"]
+
+    def get_urls(self):
+        # Ahead of the default URLs, whose "<object_id>/" would otherwise take "test/".
+        test = path(
+            "test/",
+            self.admin_site.admin_view(self.test_routing_view),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_test",
+        )
+        return [test, *super().get_urls()]
+
+    def test_routing_view(self, request):
+        return routing_test_view(request, model_admin=self)
+
+    @admin.display(description="share", ordering="share")
+    def share_shown(self, obj: RouteRule) -> str:
+        return f"{obj.share * 100:g}%"
+
+    @admin.display(description="when")
+    def conditions(self, obj: RouteRule) -> str:
+        return when_summary(obj.when)
 
 
 @admin.register(Deployment)

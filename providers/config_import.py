@@ -1,4 +1,5 @@
-"""Import providers, models with their deployments, and tiers from a YAML document (idempotent upsert).
+"""Import providers, models with their deployments and routing, tiers and routing rules from a YAML
+document (idempotent upsert).
 
 Rows are matched by name. The whole document is validated before anything is written, every
 problem is reported with its line, and the write is one transaction. Provider API keys are never
@@ -8,7 +9,10 @@ Semantics of a listed row: keys omitted from the file take their default (an omi
 means unlimited, an omitted `models` list means every model), except a provider's API key, which is
 kept when neither `api_key` nor `api_key_env` is given (`api_key: ""` clears it). A listed model's
 deployments are exactly the ones in the file: listed ones are upserted by (provider, upstream_model),
-the model's other deployments are deleted. Rows not mentioned in the file are left alone.
+the model's other deployments are deleted. Rows not mentioned in the file are left alone: that holds
+for routing rules too (`routes:`), which are upserted by name, so a rule dropped from the file stays
+until it is deleted in admin or listed with `enabled: false`. A rule's `order` defaults to its position
+in the list. Models named by fallbacks, context fallbacks and rules must be in the file or the database.
 """
 
 import difflib
@@ -24,7 +28,8 @@ from django.core.validators import URLValidator
 from django.db import transaction
 
 from accounts.models import LIMIT_FIELDS, Tier
-from providers.models import Deployment, Dialect, Model, Provider
+from providers.models import Deployment, Dialect, Model, Provider, RouteRule
+from providers.route_rules import conditions_problems, model_routing_problems
 from providers.transforms import shown, transforms_problems, type_name
 
 INT32_MAX = 2**31 - 1
@@ -36,7 +41,7 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 RAW_SECRET_RE = re.compile(r"""api_key\s*:\s*["']?([^\s"'#,}\]]+)""")
 MIN_REDACTED_LENGTH = 6
 
-TOP_LEVEL_KEYS = ("providers", "models", "tiers")
+TOP_LEVEL_KEYS = ("providers", "models", "tiers", "routes")
 PROVIDER_KEYS = (
     "name",
     "dialect",
@@ -58,10 +63,17 @@ MODEL_KEYS = (
     "cached_input_price_per_million",
     "context_window",
     "description",
+    "aliases",
+    "alias_order",
+    "fallbacks",
+    "context_fallbacks",
     "deployments",
 )
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled")
 TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "models")
+ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
+# "fallbacks[2] must be ..." from model_routing_problems: the index of the item, to report its line.
+ITEM_INDEX_RE = re.compile(r"^\w+\[(\d+)\]")
 
 
 class ConfigImportError(Exception):
@@ -98,9 +110,10 @@ class ImportSummary:
     models: ImportCounts = field(default_factory=ImportCounts)
     deployments: ImportCounts = field(default_factory=ImportCounts)
     tiers: ImportCounts = field(default_factory=ImportCounts)
+    routes: ImportCounts = field(default_factory=ImportCounts)
 
     def lines(self) -> list[str]:
-        kinds = ("providers", "models", "deployments", "tiers")
+        kinds = ("providers", "models", "deployments", "tiers", "routes")
         return [f"{kind + ':':13} {getattr(self, kind)}" for kind in kinds]
 
 
@@ -224,10 +237,19 @@ class _TierSpec:
 
 
 @dataclass
+class _RouteSpec:
+    line: int
+    name: str
+    fields: dict
+    target: str
+
+
+@dataclass
 class _Plan:
     providers: list[_ProviderSpec]
     models: list[_ModelSpec]
     tiers: list[_TierSpec]
+    routes: list[_RouteSpec]
 
 
 class _Problems:
@@ -442,15 +464,40 @@ class _Entry:
             result.append((item, line))
         return result
 
+    def share(self, key: str) -> float | _Invalid:
+        value = self.number(key, default=1.0, minimum=0.0)
+        if isinstance(value, float) and value > 1.0:
+            return self.problem(key, f"must be at most 1 (a share of the matching requests), got {value:g}")
+        return value
+
+    def conditions(self, key: str) -> dict | _Invalid:
+        """A routing rule's conditions under the admin's rules, each problem at the line of its condition."""
+        if key not in self.mapping:
+            return self.missing(key)
+        value = self.mapping[key]
+        if value is None:
+            return self.problem(key, "must be a mapping of conditions ({} matches every request)")
+        if not isinstance(value, dict):
+            return self.problem(key, f"must be a mapping of conditions, not {_type_name(value)}")
+        plain = _plain(value)
+        key_lines = value.key_lines if isinstance(value, _Mapping) else {}
+        valid = True
+        for condition, condition_value in plain.items():
+            for message in conditions_problems({condition: condition_value}):
+                self.problems.add(key_lines.get(condition, self.line_of(key)), f"{self.label}: {key}: {message}")
+                valid = False
+        return plain if valid else INVALID
+
 
 def _plan_build(document: Any, source: str, secrets: set[str]) -> _Plan:
     problems = _Problems(source)
     if document is None:
-        problems.add(None, "the document is empty; expected a mapping with providers, models and/or tiers")
+        problems.add(None, "the document is empty; expected a mapping with providers, models, tiers and/or routes")
         problems.raise_if_any()
     if not isinstance(document, _Mapping):
         problems.add(
-            1, f"the document must be a mapping with providers, models and/or tiers, not {_type_name(document)}"
+            1,
+            f"the document must be a mapping with providers, models, tiers and/or routes, not {_type_name(document)}",
         )
         problems.raise_if_any()
     top = _Entry(document, kind="document", label="the document", allowed=TOP_LEVEL_KEYS, problems=problems)
@@ -458,11 +505,15 @@ def _plan_build(document: Any, source: str, secrets: set[str]) -> _Plan:
 
     providers = _providers_validate(top.mappings("providers"), problems, secrets)
     file_providers = {spec.name for spec in providers}
-    models = _models_validate(top.mappings("models"), problems, file_providers)
+    model_entries = top.mappings("models")
+    models = _models_validate(model_entries, problems, file_providers)
     file_models = {spec.name for spec in models}
     tiers = _tiers_validate(top.mappings("tiers"), problems, file_models)
+    # A rule naming a model that the file defines but gets wrong is reported once, at that model.
+    named = set() if isinstance(model_entries, _Invalid) else {entry.get("name") for entry in model_entries}
+    routes = _routes_validate(top.mappings("routes"), problems, file_models | named)
     problems.raise_if_any()
-    return _Plan(providers=providers, models=models, tiers=tiers)
+    return _Plan(providers=providers, models=models, tiers=tiers, routes=routes)
 
 
 def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list[_ProviderSpec]:
@@ -538,6 +589,7 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
         return []
     specs, seen = [], {}
     referenced: list[tuple[str, int, str]] = []
+    referenced_models: list[tuple[str, int, str]] = []
     for position, mapping in enumerate(entries, start=1):
         entry = _Entry(mapping, kind="model", label=f"model #{position}", allowed=MODEL_KEYS, problems=problems)
         name = entry.name("name", slug=False, max_length=128)
@@ -551,14 +603,41 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
             ),
             "context_window": entry.integer("context_window", default=None, minimum=1, nullable=True),
             "description": entry.string("description"),
+            "alias_order": entry.integer("alias_order", default=0, minimum=-INT32_MAX),
         }
+        routing = _model_routing_validate(entry, name, problems, referenced_models)
+        if not isinstance(routing, _Invalid):
+            fields.update(routing)
         _note_duplicate(problems, seen, "model", name, mapping.line)
         deployments = _deployments_validate(entry, problems, referenced)
-        if _all_valid(name, deployments, *fields.values()):
+        if _all_valid(name, deployments, routing, *fields.values()):
             specs.append(_ModelSpec(line=mapping.line, name=name, fields=fields, deployments=deployments))
 
     _note_unknown(problems, referenced, Provider, "provider", defined_here=file_providers)
+    _note_unknown(problems, referenced_models, Model, "model", defined_here=set(seen))
     return specs
+
+
+def _model_routing_validate(entry: _Entry, name, problems: _Problems, referenced: list) -> dict | _Invalid:
+    """aliases, fallbacks and context_fallbacks under Model.clean()'s rules, each problem at its item's line;
+    the models that fallbacks name are added to `referenced`."""
+    lists = {key: entry.names(key) for key in ("aliases", "fallbacks", "context_fallbacks")}
+    if not _all_valid(name, *lists.values()):
+        return INVALID
+    found = model_routing_problems(name=name, **{key: [item for item, _line in items] for key, items in lists.items()})
+    for key, messages in found.items():
+        for message in messages:
+            index = ITEM_INDEX_RE.match(message)
+            if index is not None:
+                line = lists[key][int(index.group(1))][1]
+            else:
+                line = next((line for item, line in lists[key] if item == name), entry.line_of(key))
+            problems.add(line, f"{entry.label}: {message}")
+    if found:
+        return INVALID
+    for key in ("fallbacks", "context_fallbacks"):
+        referenced.extend((item, line, f"{entry.label} {key}") for item, line in lists[key])
+    return {key: [item for item, _line in items] for key, items in lists.items()}
 
 
 def _deployments_validate(
@@ -626,6 +705,33 @@ def _tiers_validate(entries, problems: _Problems, file_models: set[str]) -> list
     return specs
 
 
+def _routes_validate(entries, problems: _Problems, file_models: set[str]) -> list[_RouteSpec]:
+    if isinstance(entries, _Invalid):
+        return []
+    specs, seen = [], {}
+    referenced: list[tuple[str, int, str]] = []
+    for position, mapping in enumerate(entries, start=1):
+        entry = _Entry(mapping, kind="route", label=f"route #{position}", allowed=ROUTE_KEYS, problems=problems)
+        name = entry.name("name", slug=True, max_length=64)
+        entry.reject_unknown_keys()
+        target = entry.string("use", required=True, max_length=128)
+        fields = {
+            "when": entry.conditions("when"),
+            "share": entry.share("share"),
+            # The list is the order ops read; an explicit order is for rules kept in admin between them.
+            "order": entry.integer("order", default=position, minimum=-INT32_MAX),
+            "enabled": entry.boolean("enabled", default=True),
+        }
+        _note_duplicate(problems, seen, "route", name, mapping.line)
+        if isinstance(target, str):
+            referenced.append((target, entry.line_of("use"), entry.label))
+        if _all_valid(name, target, *fields.values()):
+            specs.append(_RouteSpec(line=mapping.line, name=name, fields=fields, target=target))
+
+    _note_unknown(problems, referenced, Model, "model", defined_here=file_models)
+    return specs
+
+
 # Writing
 
 
@@ -671,6 +777,16 @@ def _plan_write(plan: _Plan, source: str) -> ImportSummary:
             tier.allowed_models.set(wanted)
             changed = True
         summary.tiers.record(created=created, changed=changed)
+
+    rules = {rule.name: rule for rule in RouteRule.objects.all()}
+    for spec in plan.routes:
+        rule = rules.get(spec.name) or RouteRule(name=spec.name)
+        created = rule.pk is None
+        changed = _assign(rule, {**spec.fields, "target_id": models[spec.target].pk})
+        if created or changed:
+            _full_clean(rule, source=source, line=spec.line, label=f"route '{spec.name}'")
+            rule.save()
+        summary.routes.record(created=created, changed=changed)
     return summary
 
 

@@ -141,6 +141,10 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, 
         raise GatewayError(
             403, "model_not_allowed", f"this key's tier does not allow the model {served}", param="model"
         )
+    if decision.fallbacks and not all(ctx.may_use(model) for model in decision.fallbacks):
+        # A fallback is still this key's request: only models its tier allows.
+        allowed = tuple(model for model in decision.fallbacks if ctx.may_use(model))
+        decision = RouteDecision(decision.requested, decision.model, decision.route, allowed, decision.reasons)
     return decision
 
 

@@ -12,7 +12,9 @@ from accounts.models import Tier
 from providers import config_import
 from providers.config_import import ConfigImportError, gateway_config_import
 from providers.management.commands.import_gateway_config import Command as ImportCommand
-from providers.models import Deployment, Model, Provider
+from providers.models import Deployment, Model, Provider, RouteRule
+from providers.route_rules import RequestFacts, route_decide
+from providers.routing import route_table_load
 
 pytestmark = pytest.mark.django_db
 
@@ -562,3 +564,233 @@ def test_cached_input_price_is_imported_and_validated():
             """
         )
     assert any("cached_input_price_per_million" in problem for problem in raised.value.problems)
+
+
+# Routing: model aliases and fallbacks, and routing rules
+
+ROUTING = """\
+providers:
+  - {name: sim, base_url: "http://127.0.0.1:9100/v1"}
+models:
+  - name: main
+    aliases: ["claude-*", "gpt-4o-mini"]
+    alias_order: 2
+    fallbacks: [backup]
+    context_window: 128000
+    context_fallbacks: [long-context]
+    deployments:
+      - {provider: sim, upstream_model: main-up}
+  - {name: backup, deployments: [{provider: sim, upstream_model: backup-up}]}
+  - {name: long-context, context_window: 1000000}
+  - {name: small}
+  - {name: reasoner}
+  - {name: main-next}
+routes:
+  - {name: background, when: {header: {x-gateway-route: background}}, use: small}
+  - {name: long, when: {min_prompt_tokens: 60000}, use: long-context}
+  - {name: think, when: {thinking: true}, use: reasoner}
+  - {name: canary, when: {model: main}, use: main-next, share: 0.1}
+  - {name: parked, when: {}, use: small, order: 99, enabled: false}
+"""
+
+
+def routing_snapshot() -> dict:
+    return {
+        **db_snapshot(),
+        "routes": list(RouteRule.objects.order_by("name").values()),
+    }
+
+
+@pytest.fixture
+def routed():
+    run_import(ROUTING)
+    return routing_snapshot()
+
+
+def test_routing_is_imported():
+    summary = run_import(ROUTING)
+    assert (summary.models.created, summary.routes.created) == (6, 5)
+
+    main = Model.objects.get(name="main")
+    assert (main.aliases, main.alias_order, main.fallbacks, main.context_window, main.context_fallbacks) == (
+        ["claude-*", "gpt-4o-mini"],
+        2,
+        ["backup"],
+        128000,
+        ["long-context"],
+    )
+    small = Model.objects.get(name="small")
+    assert (small.aliases, small.alias_order, small.fallbacks, small.context_fallbacks) == ([], 0, [], [])
+
+    rules = [(r.name, r.order, r.enabled, r.when, r.target.name, r.share) for r in RouteRule.objects.all()]
+    assert rules == [
+        ("background", 1, True, {"header": {"x-gateway-route": "background"}}, "small", 1.0),
+        ("long", 2, True, {"min_prompt_tokens": 60000}, "long-context", 1.0),
+        ("think", 3, True, {"thinking": True}, "reasoner", 1.0),
+        ("canary", 4, True, {"model": "main"}, "main-next", 0.1),
+        ("parked", 99, False, {}, "small", 1.0),
+    ]
+
+
+def test_imported_routing_is_what_the_route_table_decides_with():
+    run_import(ROUTING)
+    table = route_table_load()
+    facts = RequestFacts(model="claude-sonnet-4-5", headers={"x-gateway-route": "background"})
+    decision = route_decide(table.routing, table.models, facts)
+    assert (decision.model, decision.route) == ("small", "rule:background")
+    alias = route_decide(table.routing, table.models, RequestFacts(model="claude-x", prompt_tokens=10))
+    assert (alias.model, alias.route, alias.fallbacks) == ("main", "alias:claude-*", ("backup",))
+
+
+def test_second_routing_import_changes_nothing(routed):
+    summary = run_import(ROUTING)
+    assert routing_snapshot() == routed
+    assert (summary.models.unchanged, summary.routes.unchanged) == (6, 5)
+    assert (summary.routes.created, summary.routes.updated) == (0, 0)
+    assert "routes:       0 created, 0 updated, 5 unchanged" in summary.lines()
+
+
+def test_routes_are_upserted_by_name_and_others_left_alone(routed):
+    manual = RouteRule.objects.create(
+        name="manual", order=50, when={"tier": "free"}, target=Model.objects.get(name="small")
+    )
+    kept_id = RouteRule.objects.get(name="canary").id
+    summary = run_import("routes:\n  - {name: canary, when: {model: main}, use: main-next, share: 0.25}\n")
+    assert (summary.routes.updated, summary.routes.created) == (1, 0)
+    canary = RouteRule.objects.get(name="canary")
+    # The id is kept; the order is the rule's position in this file.
+    assert (canary.id, canary.share, canary.order) == (kept_id, 0.25, 1)
+    assert RouteRule.objects.filter(name__in=["background", "long", "think", "parked"]).count() == 4
+    assert RouteRule.objects.get(pk=manual.pk).when == {"tier": "free"}
+
+
+def test_omitted_model_routing_keys_reset_to_none(routed):
+    run_import("models:\n  - name: main\n")
+    main = Model.objects.get(name="main")
+    assert (main.aliases, main.alias_order, main.fallbacks, main.context_window, main.context_fallbacks) == (
+        [],
+        0,
+        [],
+        None,
+        [],
+    )
+
+
+def test_routing_may_name_models_already_in_the_database(routed):
+    run_import(
+        "models:\n  - {name: fresh, fallbacks: [backup], context_fallbacks: [long-context]}\n"
+        "routes:\n  - {name: to-small, when: {tier: free}, use: small}\n"
+    )
+    assert Model.objects.get(name="fresh").fallbacks == ["backup"]
+    assert RouteRule.objects.get(name="to-small").target.name == "small"
+
+
+BAD_ROUTING = {
+    "unknown route key": (
+        "routes:\n  - name: r\n    when: {}\n    use: small\n    target: small\n",
+        5,
+        ["unknown key 'target' in route 'r'", "allowed keys: name, when, use, share, order, enabled"],
+    ),
+    "unknown condition": (
+        "routes:\n  - name: r\n    use: small\n    when:\n      stream: true\n      colour: blue\n",
+        6,
+        ["route 'r': when: unknown condition 'colour'; known: min_prompt_tokens"],
+    ),
+    "condition of the wrong type": (
+        "routes:\n  - name: r\n    use: small\n    when:\n      min_prompt_tokens: lots\n",
+        5,
+        ["route 'r': when: 'min_prompt_tokens' must be a non-negative integer"],
+    ),
+    "header condition not a mapping": (
+        "routes:\n  - {name: r, use: small, when: {header: x-gateway-route}}\n",
+        2,
+        ["'header' must be an object of header name -> value"],
+    ),
+    "when not a mapping": (
+        "routes:\n  - name: r\n    use: small\n    when: [stream]\n",
+        4,
+        ["route 'r': when must be a mapping of conditions, not a list"],
+    ),
+    "when missing": ("routes:\n  - {name: r, use: small}\n", 2, ["route 'r' is missing required key 'when'"]),
+    "use missing": ("routes:\n  - {name: r, when: {}}\n", 2, ["route 'r' is missing required key 'use'"]),
+    "route to an unknown model": (
+        "routes:\n  - name: r\n    when: {}\n    use: ghost\n",
+        4,
+        ["route 'r' refers to unknown model 'ghost' (not in this file or the database)"],
+    ),
+    "share above one": (
+        "routes:\n  - name: r\n    when: {}\n    use: small\n    share: 10\n",
+        5,
+        ["route 'r': share must be at most 1"],
+    ),
+    "negative share": (
+        "routes:\n  - {name: r, when: {}, use: small, share: -0.5}\n",
+        2,
+        ["share must be at least 0.0"],
+    ),
+    "order not an integer": (
+        "routes:\n  - {name: r, when: {}, use: small, order: first}\n",
+        2,
+        ["order must be an integer"],
+    ),
+    "duplicate route": (
+        "routes:\n  - {name: r, when: {}, use: small}\n  - {name: r, when: {}, use: backup}\n",
+        3,
+        ["route 'r' is defined twice (first at line 2)"],
+    ),
+    "route name not a slug": ("routes:\n  - {name: my rule, when: {}, use: small}\n", 2, ["may contain only"]),
+    "fallback to an unknown model": (
+        "models:\n  - name: main\n    fallbacks:\n      - backup\n      - ghost\n",
+        5,
+        ["model 'main' fallbacks refers to unknown model 'ghost'"],
+    ),
+    "context fallback to an unknown model": (
+        "models:\n  - {name: main, context_fallbacks: [nowhere]}\n",
+        2,
+        ["model 'main' context_fallbacks refers to unknown model 'nowhere'"],
+    ),
+    "fallback is a pattern": (
+        "models:\n  - name: main\n    fallbacks:\n      - backup\n      - back*\n",
+        5,
+        ["model 'main': fallbacks[1] must be a model name, not a pattern"],
+    ),
+    "fallback to itself": (
+        "models:\n  - name: main\n    context_fallbacks:\n      - long-context\n      - main\n",
+        5,
+        ["model 'main': context_fallbacks must not name the model itself"],
+    ),
+    "alias not a string": (
+        "models:\n  - name: main\n    aliases:\n      - gpt-4o\n      - 4\n",
+        5,
+        ["model 'main': aliases items must be names, not an integer"],
+    ),
+    "aliases not a list": (
+        "models:\n  - name: main\n    aliases: claude-*\n",
+        3,
+        ["model 'main': aliases must be a list of names"],
+    ),
+    "alias_order not an integer": (
+        "models:\n  - {name: main, alias_order: high}\n",
+        2,
+        ["alias_order must be an integer"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "line", "fragments"), BAD_ROUTING.values(), ids=BAD_ROUTING.keys())
+def test_bad_routing_is_rejected_with_line_and_nothing_is_written(routed, text, line, fragments):
+    with pytest.raises(ConfigImportError) as excinfo:
+        run_import(text)
+    message = str(excinfo.value)
+    assert f"gateway.yaml line {line}:" in message
+    for fragment in fragments:
+        assert fragment in message
+    assert routing_snapshot() == routed
+
+
+def test_a_route_to_a_model_rejected_in_the_same_file_writes_nothing(routed):
+    text = "models:\n  - {name: fresh, fallbacks: [ghost]}\nroutes:\n  - {name: fresh-route, when: {}, use: fresh}\n"
+    with pytest.raises(ConfigImportError) as excinfo:
+        run_import(text)
+    assert "gateway.yaml line 2: model 'fresh' fallbacks refers to unknown model 'ghost'" in str(excinfo.value)
+    assert routing_snapshot() == routed

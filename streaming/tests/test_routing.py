@@ -6,6 +6,7 @@ import asyncio
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from providers.models import RouteRule
@@ -74,6 +75,14 @@ def test_fallback_model_when_every_deployment_fails(gateway, sim, stream):
     [event] = wait_usage(lambda events: len(events) == 1)
     assert (event["model"], event["requested_model"], event["route"]) == ("backup", "main", "fallback:backup")
     assert event["status_code"] == 200 and event["attempts"] == 3
+
+
+def test_fallbacks_stay_within_the_keys_tier(gateway, sim):
+    model_create("backup", [(sim, "sim-mini", 0)])
+    main = model_create("main", [(sim, "sim-echo?fail=500", 0)], fallbacks=["backup"])
+    key = key_create("main-only", models=[main])
+    response = chat(gateway, key, {"model": "main", "messages": MESSAGES})
+    assert response.status_code == 502 and "'main'" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -168,3 +177,25 @@ def test_rules_go_in_order_and_a_canary_takes_its_share(gateway, sim):
     # Binomial(1000, 0.1): mean 100, standard deviation 9.5; 60..140 is more than four of them.
     assert 60 <= models.count("main-next") <= 140, models.count("main-next")
     assert models.count("main-next") + models.count("main") == 1000
+
+
+def test_the_explanation_is_what_a_real_request_then_does(gateway, sim):
+    from accounts.auth import key_context_load
+    from accounts.keys import key_hash
+    from providers.selectors import route_explain
+
+    model_create("main", [(sim, "sim-echo", 0)], aliases=["claude-*"])
+    small = model_create("small", [(sim, "sim-mini", 0)])
+    RouteRule.objects.create(name="background", when={"header": {"x-gateway-route": "background"}}, target=small)
+    key = key_create("explained")
+    ctx = key_context_load(key_hash(key))
+    cases = [
+        ({"model": "claude-haiku-4-5", "messages": MESSAGES}, {}),
+        ({"model": "claude-haiku-4-5", "messages": MESSAGES}, {"x-gateway-route": "background"}),
+        ({"model": "main", "messages": MESSAGES}, {"x-gateway-route": "foreground"}),
+    ]
+    for body, headers in cases:
+        [outcome] = route_explain(
+            ctx=ctx, dialect="openai", headers=headers, body=body, body_size=len(orjson.dumps(body))
+        ).outcomes
+        assert served(chat(gateway, key, body, **headers)) == (outcome.decision.model, outcome.decision.route)

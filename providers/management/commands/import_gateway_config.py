@@ -1,4 +1,4 @@
-"""`manage.py import_gateway_config FILE.yaml`: upsert providers, models and tiers from a YAML file."""
+"""`manage.py import_gateway_config FILE.yaml`: upsert providers, models, tiers and routing rules from a YAML file."""
 
 from pathlib import Path
 
@@ -6,14 +6,16 @@ from django.core.management.base import BaseCommand, CommandError
 
 from providers.config_import import ConfigImportError, gateway_config_import
 
-HELP = """Create or update providers, models (with their deployments) and tiers from a YAML file.
+HELP = """Create or update providers, models (with their deployments and routing), tiers and routing
+rules from a YAML file.
 
 Rows are matched by name and the import can be repeated. The file is validated completely first;
 on any problem nothing is written. For every model listed in the file, its deployments become
 exactly those listed: deployments are upserted by (provider, upstream_model) and the model's other
 deployments are deleted. Keys omitted for a listed row take their defaults (an omitted tier limit
 means unlimited), except a provider's API key, which is kept unless `api_key` or `api_key_env`
-is given. Rows the file does not mention are left alone.
+is given. Rows the file does not mention are left alone, routing rules included: a rule dropped from
+the file stays until it is deleted in admin or listed with `enabled: false`.
 """
 
 
@@ -21,7 +23,7 @@ class Command(BaseCommand):
     help = HELP
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="YAML file with providers, models and/or tiers")
+        parser.add_argument("file", help="YAML file with providers, models, tiers and/or routes")
 
     def handle(self, *args, **options):
         path = Path(options["file"])
