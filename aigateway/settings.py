@@ -145,6 +145,8 @@ GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0
 # When routing serves another model than the one asked for (alias, rule, fallback), answers still name
 # the requested one unless this is set; the x-gateway-model header always names the model that served.
 GATEWAY_RESPONSE_MODEL_SERVED = env.bool("GATEWAY_RESPONSE_MODEL_SERVED", default=False)
+# /v1/models lists real model names only, unless this adds the exact aliases too.
+GATEWAY_MODELS_LIST_ALIASES = env.bool("GATEWAY_MODELS_LIST_ALIASES", default=False)
 
 # Origins whose browser scripts may call the API paths (CORS); empty = none.
 GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))

@@ -5,6 +5,7 @@ from contextlib import aclosing
 from datetime import UTC, datetime
 
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
@@ -151,7 +152,13 @@ async def models(request):
     ctx = await authenticate(request)
     table = await router.table()
     dialect = anthropic_if_versioned(request)
-    data = [_model_entry(name, created, dialect) for name, created in sorted(table.models.items()) if ctx.may_use(name)]
+    names = {name: created for name, created in table.models.items() if ctx.may_use(name)}
+    if settings.GATEWAY_MODELS_LIST_ALIASES:
+        # Exact aliases only: a pattern is not a name a client could pick from a list.
+        for alias, model in table.routing.exact_aliases.items():
+            if model in names:
+                names.setdefault(alias, names[model])
+    data = [_model_entry(name, created, dialect) for name, created in sorted(names.items())]
     if dialect is anthropic:
         page = {
             "data": data,

@@ -51,6 +51,14 @@ def test_aliases_exact_names_first_then_patterns_by_order(gateway, sim):
     assert sorted(m.id for m in listed) == ["alpha", "beta", "gpt-real"]
 
 
+def test_models_list_shows_exact_aliases_when_asked(gateway_factory, sim):
+    model_create("alpha", [(sim, "sim-echo", 0)], aliases=["gpt-4o-mini", "gpt-*"])
+    key = key_create("listing")
+    gateway = gateway_factory(GATEWAY_MODELS_LIST_ALIASES="True")
+    listed = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0).models.list()
+    assert sorted(m.id for m in listed) == ["alpha", "gpt-4o-mini"]
+
+
 def test_tier_allow_list_applies_to_the_resolved_model(gateway, sim):
     alpha = model_create("alpha", [(sim, "sim-echo", 0)], aliases=["team-*"])
     model_create("beta", [(sim, "sim-mini", 0)], aliases=["other-*"])
