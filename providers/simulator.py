@@ -13,6 +13,7 @@ Control API (no auth): `GET /_sim/health`, `GET /_sim/requests?model=&path=&sinc
 """
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import hmac
@@ -21,6 +22,7 @@ import os
 import random
 import re
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -142,6 +144,26 @@ def _text_option(name: str, value):
     if not isinstance(value, dict):
         raise OptionError("simulator option 'tool_args' needs a JSON object")
     return value
+
+
+EMBEDDING_DIMENSIONS = 64
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A unit vector derived from the text's hash: deterministic, different for different texts."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+    rng = random.Random(seed)
+    raw = [rng.uniform(-1.0, 1.0) for _ in range(dimensions)]
+    norm = sum(value * value for value in raw) ** 0.5 or 1.0
+    return [round(value / norm, 6) for value in raw]
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        return " ".join(p if isinstance(p, str) else str(p) for p in prompt)
+    return ""
 
 
 def message_text(message) -> str:
@@ -422,9 +444,10 @@ class Simulator:
         if path == "/v1/messages/count_tokens":
             await self.count_tokens(exchange, method, chunks)
             return
-        if path not in ("/v1/chat/completions", "/v1/messages"):
+        if path not in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/completions"):
             await exchange.json(404, error_payload(dialect, 404, f"no such endpoint: {method} {path}"))
             return
+        kind = {"/v1/embeddings": "embeddings", "/v1/completions": "completions"}.get(path, "chat")
         if method != "POST":
             await exchange.json(405, error_payload(dialect, 405, f"{method} is not allowed on {path}"))
             return
@@ -435,7 +458,10 @@ class Simulator:
             await exchange.json(400, error_payload(dialect, 400, "the request body is not valid JSON"))
             return
         record["body"] = body
-        problem = self._request_problem(body, dialect)
+        if kind == "completions" and isinstance(body, dict):
+            # A legacy completion is generated like a chat answer to its prompt.
+            body = {**body, "messages": [{"role": "user", "content": _prompt_text(body.get("prompt"))}]}
+        problem = self._embeddings_problem(body) if kind == "embeddings" else self._request_problem(body, dialect)
         if problem:
             await exchange.json(400, error_payload(dialect, 400, problem))
             return
@@ -449,6 +475,9 @@ class Simulator:
             return
         record["options"] = options
         if await self._fault_before_response(exchange, dialect, options):
+            return
+        if kind == "embeddings":
+            await self.embeddings(exchange, body)
             return
 
         n = body.get("n", 1) if dialect == "openai" else 1
@@ -466,7 +495,9 @@ class Simulator:
             n=min(n, MAX_CHOICES) if _json_int(n) and n > 1 else 1,
             tool_name=tool_to_call(body, dialect, options),
         )
-        if dialect == "openai":
+        if kind == "completions":
+            work = self.completion_stream if record["stream"] else self.completion_message
+        elif dialect == "openai":
             work = self.openai_stream if record["stream"] else self.openai_message
         else:
             work = self.anthropic_stream if record["stream"] else self.anthropic_message
@@ -490,6 +521,82 @@ class Simulator:
         exchange.record["body"], exchange.record["model"] = body, body["model"]
         messages = [m for m in body["messages"] if isinstance(m, dict)]
         await exchange.json(200, {"input_tokens": prompt_token_count(messages, body.get("system"))})
+
+    @staticmethod
+    def _embeddings_problem(body) -> str | None:
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+            return "model: a model name is required"
+        texts = body.get("input")
+        if isinstance(texts, str | list) and texts:
+            return None
+        return "input: a string, a list of strings or a list of token lists is required"
+
+    async def embeddings(self, exchange: Exchange, body: dict) -> None:
+        """Deterministic unit vectors: the same input always gets the same embedding."""
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = body.get("dimensions") if _json_int(body.get("dimensions")) else EMBEDDING_DIMENSIONS
+        data, tokens = [], 0
+        for index, item in enumerate(texts):
+            text = item if isinstance(item, str) else " ".join(str(t) for t in item) if isinstance(item, list) else ""
+            tokens += len(item) if isinstance(item, list) else max(len(text.split()), 1)
+            vector = embedding_vector(text, max(1, min(dimensions, 4096)))
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                data.append({"object": "embedding", "index": index, "embedding": encoded})
+            else:
+                data.append({"object": "embedding", "index": index, "embedding": vector})
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        exchange.record["tokens_sent"] = 0
+        await exchange.json(200, {"object": "list", "data": data, "model": body["model"], "usage": usage})
+
+    @staticmethod
+    def _completion_payload(body: dict, choices: list, usage=None) -> dict:
+        payload = {
+            "id": "cmpl-" + os.urandom(12).hex(),
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": choices,
+        }
+        if usage is not None:
+            payload["usage"] = usage
+        return payload
+
+    async def completion_message(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
+        await self._pause_before_body(options, max(len(tokens) for tokens in plan.choices))
+        choices = [
+            {"text": "".join(tokens), "index": index, "logprobs": None, "finish_reason": plan.finish}
+            for index, tokens in enumerate(plan.choices)
+        ]
+        usage = None if options.get("no_usage") else self._openai_usage(plan)
+        exchange.record["tokens_sent"] = plan.completion_tokens
+        await exchange.json(200, self._completion_payload(body, choices, usage))
+
+    async def completion_stream(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+
+        def chunk(text: str, finish=None) -> bytes:
+            choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+            payload = self._completion_payload(body, [choice])
+            return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+        await exchange.start(200, SSE_HEADERS)
+        if options.get("ttft_ms"):
+            await asyncio.sleep(options["ttft_ms"] / 1000)
+        interval = options.get("interval_ms", 0) / 1000
+        tokens = plan.choices[0]
+        for step, token in enumerate(tokens):
+            if step and interval > 0:
+                await asyncio.sleep(interval)
+            await self._fault_at(exchange, step, len(tokens), options, MALFORMED_EVENT)
+            await exchange.event(chunk(token), token=True)
+        await exchange.event(chunk("", plan.finish))
+        if include_usage and not options.get("no_usage"):
+            usage_chunk = {**self._completion_payload(body, []), "usage": self._openai_usage(plan)}
+            await exchange.event(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
+        await exchange.event(DONE_EVENT)
+        await exchange.end()
 
     def _request_problem(self, body, dialect: str) -> str | None:
         if not isinstance(body, dict):

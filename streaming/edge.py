@@ -221,6 +221,61 @@ def check_chat_body(body: dict) -> None:
         raise bad_request("'stream_options' must be an object", param="stream_options")
 
 
+def _check_model(body: dict) -> None:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise bad_request("'model' is required and must be a non-empty string", param="model")
+
+
+def _is_token_list(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(_positive_int(t) or t == 0 for t in value)
+
+
+def check_embeddings_body(body: dict) -> None:
+    """An OpenAI embeddings body: a model and input (a string, strings, or token lists); the rest is the
+    provider's to judge."""
+    _check_model(body)
+    if "input" not in body:
+        raise bad_request("'input' is required", param="input")
+    texts = body["input"]
+    single = isinstance(texts, str) or _is_token_list(texts)
+    if not single and not (
+        isinstance(texts, list) and texts and all(isinstance(t, str) or _is_token_list(t) for t in texts)
+    ):
+        raise bad_request("'input' must be a string, a non-empty array of strings, or token arrays", param="input")
+    if isinstance(texts, list) and not single and any(isinstance(t, str) and not t for t in texts):
+        raise bad_request("'input' must not contain empty strings", param="input")
+    if "dimensions" in body and not _positive_int(body["dimensions"]):
+        raise bad_request("'dimensions' must be a positive integer", param="dimensions")
+    if body.get("encoding_format") not in (None, "float", "base64"):
+        raise bad_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    if body.get("stream"):
+        raise bad_request("embeddings cannot be streamed", param="stream")
+
+
+def check_completions_body(body: dict) -> None:
+    """A legacy completions body: a model, a prompt, and the sizes the gateway reads for limits."""
+    _check_model(body)
+    if "prompt" not in body:
+        raise bad_request("'prompt' is required", param="prompt")
+    prompt = body["prompt"]
+    if not (
+        isinstance(prompt, str)
+        or _is_token_list(prompt)
+        or (isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_token_list(p) for p in prompt))
+    ):
+        raise bad_request("'prompt' must be a string, an array of strings, or token arrays", param="prompt")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("'stream' must be a boolean", param="stream")
+    for name in ("max_tokens", "n"):
+        value = body.get(name)
+        if value is not None and not _positive_int(value):
+            raise bad_request(f"'{name}' must be a positive integer", param=name)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", param="stream_options")
+
+
 def check_messages_body(body: dict) -> None:
     """What an Anthropic Messages body must carry for the gateway itself: a model, messages, and sizes
     it reads for limits. Everything else (roles, block types, cache hints, thinking, new fields) is the

@@ -100,6 +100,9 @@ class RelayCall:
     requested_model: str = ""
     route_label: str = "default"
     fallbacks: tuple[str, ...] = ()
+    # What is asked of the provider: "chat", or an OpenAI-only endpoint relayed as it is ("embeddings",
+    # "completions"), which only deployments speaking the client's dialect can serve.
+    operation: str = "chat"
 
     @property
     def response_model(self) -> str:
@@ -225,13 +228,20 @@ def _same_dialect(call: RelayCall, upstream: Dialect) -> bool:
     return upstream.name == call.dialect.name
 
 
+def _serves(call: RelayCall, route: Route) -> bool:
+    return call.operation == "chat" or route.provider.dialect == call.dialect.name
+
+
 def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
     options = {
         "upstream_model": route.upstream_model,
         "stream": call.stream,
         "max_output_tokens": call.ctx.max_output_tokens,
     }
-    if _same_dialect(call, upstream):
+    if call.operation == "embeddings":
+        # Nothing to cap or force: the body goes as it came, under the deployment's model name.
+        body = {**call.body, "model": route.upstream_model}
+    elif _same_dialect(call, upstream):
         body = upstream.prepare_chat(call.body, **options)
     else:
         body = upstream.build_request(call.canonical(), **options)
@@ -252,7 +262,7 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     provider = route.provider
     client = upstream_client(provider)
     extra = dict(provider.extra_headers)
-    url = provider.base_url + upstream.paths["chat"]
+    url = provider.base_url + upstream.paths[call.operation]
     if _same_dialect(call, upstream):
         extra = {**call.upstream_headers, **extra}
         if call.upstream_query:
@@ -321,8 +331,12 @@ async def _open_with_failover(call: RelayCall):
     first = call.model
     last: UpstreamFailure | None = None
     deployments = 0
+    unsupported = False
     for model in (first, *call.fallbacks):
         candidates = await router.candidates(model)
+        if candidates and not any(_serves(call, route) for route in candidates):
+            unsupported = True
+        candidates = [route for route in candidates if _serves(call, route)]
         if not candidates:
             continue
         if model != first:
@@ -333,6 +347,12 @@ async def _open_with_failover(call: RelayCall):
             return await _try_deployments(call, candidates)
         except UpstreamFailure as failure:
             last = failure
+    if unsupported and not deployments:
+        raise GatewayError(
+            400,
+            "unsupported_endpoint",
+            f"model '{first}' has no deployment that offers {call.operation}: its providers speak another API",
+        )
     if last is None or not deployments:
         raise GatewayError(503, "no_deployment", f"model '{first}' has no available deployment")
     status = 503 if last.status == 429 else last.status

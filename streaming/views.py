@@ -23,6 +23,8 @@ from streaming.edge import (
     authenticate,
     call_admit,
     check_chat_body,
+    check_completions_body,
+    check_embeddings_body,
     check_messages_body,
     only,
     read_json_body,
@@ -48,8 +50,8 @@ async def _post_json(request) -> tuple[str, KeyContext, dict]:
     return request_id, ctx, read_json_body(request)
 
 
-async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
-    """The shared path of the chat endpoints: authenticate, check, admit, relay, record."""
+async def _chat(request, *, dialect, endpoint: str, check_body, operation: str = "chat") -> HttpResponse:
+    """The shared path of the relayed endpoints: authenticate, check, route, admit, relay, record."""
     started = time.perf_counter()
     request_id, ctx, body = await _post_json(request)
     check_body(body)
@@ -64,6 +66,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body) -> HttpResponse:
         requested_model=decision.requested,
         route_label=decision.route,
         fallbacks=decision.fallbacks,
+        operation=operation,
         body=body,
         stream=stream,
         client_wants_usage=isinstance(options, dict) and bool(options.get("include_usage")),
@@ -93,6 +96,22 @@ async def chat_completions(request):
 async def messages(request):
     """Anthropic Messages, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=anthropic, endpoint="messages", check_body=check_messages_body)
+
+
+@speaks(openai)
+async def embeddings(request):
+    """OpenAI embeddings, relayed to deployments that speak OpenAI's API; usage counts the input tokens."""
+    return await _chat(
+        request, dialect=openai, endpoint="embeddings", check_body=check_embeddings_body, operation="embeddings"
+    )
+
+
+@speaks(openai)
+async def completions(request):
+    """Legacy text completions, streamed or not, relayed to deployments that speak OpenAI's API."""
+    return await _chat(
+        request, dialect=openai, endpoint="completions", check_body=check_completions_body, operation="completions"
+    )
 
 
 @speaks(anthropic)

@@ -237,6 +237,9 @@ class OpenAIStreamParser(StreamParser):
             content = delta.get("content")
             if isinstance(content, str) and content:
                 events.append(TextDelta(content))
+            legacy = choice.get("text")  # legacy /v1/completions chunks carry text, not a delta
+            if isinstance(legacy, str) and legacy:
+                events.append(TextDelta(legacy))
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") or {}
                 events.append(
@@ -412,7 +415,7 @@ class OpenAIDialect(Dialect):
         parts = []
         for choice in data.get("choices") or ():
             message = choice.get("message") or {}
-            parts.append(message.get("content") or "")
+            parts.append(message.get("content") or choice.get("text") or "")
             for call in message.get("tool_calls") or ():
                 function = call.get("function") or {}
                 parts.append(function.get("name") or "")
@@ -594,4 +597,14 @@ class OpenAIDialect(Dialect):
         return OpenAIStreamParser()
 
 
-openai = register(OpenAIDialect(name="openai", paths={"chat": "/chat/completions", "models": "/models"}))
+openai = register(
+    OpenAIDialect(
+        name="openai",
+        paths={
+            "chat": "/chat/completions",
+            "models": "/models",
+            "embeddings": "/embeddings",
+            "completions": "/completions",
+        },
+    )
+)
