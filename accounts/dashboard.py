@@ -148,6 +148,12 @@ def dashboard(request):
                 "charts": _breakdown_charts(data["models"]),
             },
             {
+                "kind": "breakdown",
+                "title": "Per endpoint",
+                "rows": data["endpoints"],
+                "charts": _breakdown_charts(data["endpoints"]),
+            },
+            {
                 "kind": "keys",
                 "title": "Top keys by tokens",
                 "rows": data["top_keys"],

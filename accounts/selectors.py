@@ -127,19 +127,21 @@ def _with_ttfb(row: dict, ttfb: list[float]) -> dict:
     return row
 
 
-def usage_ttfb_samples(*, since: datetime) -> list[tuple[str, str, float]]:
-    """(provider, model, ttfb_ms) of every request since `since` that got a first byte."""
-    return list(_window_records(since).filter(ttfb_ms__isnull=False).values_list("provider", "model", "ttfb_ms"))
+def usage_ttfb_samples(*, since: datetime) -> list[tuple[str, str, float, str]]:
+    """(provider, model, ttfb_ms, endpoint) of every request since `since` that got a first byte."""
+    return list(
+        _window_records(since).filter(ttfb_ms__isnull=False).values_list("provider", "model", "ttfb_ms", "endpoint")
+    )
 
 
-def usage_window_summary(*, since: datetime, ttfb_samples: list[tuple[str, str, float]]) -> dict:
+def usage_window_summary(*, since: datetime, ttfb_samples: list[tuple]) -> dict:
     row = _window_records(since).aggregate(**_aggregates())
-    return _with_ttfb(row, [ttfb for _, _, ttfb in ttfb_samples])
+    return _with_ttfb(row, [sample[2] for sample in ttfb_samples])
 
 
-def usage_breakdown(*, since: datetime, by: str, ttfb_samples: list[tuple[str, str, float]]) -> list[dict]:
-    """Requests, errors, tokens and TTFB p50/p95 per provider or per model since `since`, busiest first."""
-    position = {"provider": 0, "model": 1}[by]
+def usage_breakdown(*, since: datetime, by: str, ttfb_samples: list[tuple]) -> list[dict]:
+    """Requests, errors, tokens and TTFB p50/p95 per provider, model or endpoint since `since`, busiest first."""
+    position = {"provider": 0, "model": 1, "endpoint": 3}[by]
     ttfb: dict[str, list[float]] = defaultdict(list)
     for sample in ttfb_samples:
         ttfb[sample[position]].append(sample[2])
@@ -198,6 +200,7 @@ def dashboard_data(*, window: str, now: datetime | None = None) -> dict:
         "summary": usage_window_summary(since=since, ttfb_samples=samples),
         "providers": usage_breakdown(since=since, by="provider", ttfb_samples=samples),
         "models": usage_breakdown(since=since, by="model", ttfb_samples=samples),
+        "endpoints": usage_breakdown(since=since, by="endpoint", ttfb_samples=samples),
         "timeseries": usage_timeseries(since=since, until=now, bucket="minute" if window == "1h" else "hour"),
         "top_keys": usage_top_keys(since=since),
     }

@@ -78,6 +78,8 @@ def test_dashboard_shows_last_hour_per_provider_model_and_key(admin_client, traf
     assert providers["sim-a"]["prompt_tokens"] == 5000 and providers["sim-a"]["completion_tokens"] == 1170
     assert (providers["sim-b"]["requests"], providers["sim-b"]["errors"]) == (2, 1)  # 499 is not an error
     assert [row["name"] for row in response.context["models"]] == ["m1", "m2"]
+    assert [(row["name"], row["requests"]) for row in response.context["endpoints"]] == [("chat.completions", 7)]
+    assert "Per endpoint" in response.content.decode()
     assert [row["key_name"] for row in response.context["top_keys"]] == ["alpha-key", "beta-key"]
     assert response.context["top_keys"][0]["tokens"] == 6170
     summary = response.context["summary"]
