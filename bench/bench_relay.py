@@ -87,7 +87,11 @@ class Bench:
         provider = Provider(name="sim", dialect="openai", base_url=self.sim_url + "/v1", max_connections=1000)
         provider.api_key = "sk-upstream"
         provider.save()
-        for name, upstream in (("sim-fast", "sim-echo"), ("sim-hold", "sim-echo?tokens=150&interval_ms=1000")):
+        for name, upstream in (
+            ("sim-fast", "sim-echo"),
+            ("sim-hold", "sim-echo?tokens=150&interval_ms=1000"),
+            ("embed", "sim-embed"),
+        ):
             model = Model.objects.create(name=name)
             Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
         tier = Tier.objects.create(name="bench")
@@ -156,10 +160,11 @@ class RawClient:
     """A minimal keep-alive HTTP/1.1 client on asyncio streams: costs far less CPU than httpx, so on a
     2-core machine the measurement is of the servers, not of the client."""
 
-    def __init__(self, base: str, key: str) -> None:
+    def __init__(self, base: str, key: str, endpoint: str = "/chat/completions") -> None:
         url = httpx.URL(base)
         self.host, self.port, self.path = url.host, url.port, url.path.rstrip("/")
         self.key = key
+        self.endpoint = endpoint
         self.reader = self.writer = None
 
     async def connect(self) -> None:
@@ -172,7 +177,7 @@ class RawClient:
     def request_bytes(self, body: dict) -> bytes:
         payload = orjson.dumps(body)
         head = (
-            f"POST {self.path}/chat/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"POST {self.path}{self.endpoint} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
             f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
@@ -235,6 +240,29 @@ async def ttfb(base: str, key: str, model: str, *, concurrency: int, total: int)
     for client in clients:
         await client.close()
     return results
+
+
+async def embeddings_bench(base: str, key: str, model: str, *, samples: int, seconds: float) -> tuple:
+    """Embeddings of a short text: latency p50/p99 at concurrency 1, then requests per second at 50."""
+    body = {"model": model, "input": "The gateway relays embeddings too", "encoding_format": "float"}
+    client = RawClient(base, key, endpoint="/embeddings")
+    latencies = [(await client.call(body))[1] for _ in range(samples)]
+    await client.close()
+    clients = [RawClient(base, key, endpoint="/embeddings") for _ in range(50)]
+    done = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def worker(c):
+        nonlocal done
+        while time.perf_counter() < deadline:
+            await c.call(body)
+            done += 1
+
+    await asyncio.gather(*(worker(c) for c in clients))
+    for c in clients:
+        await c.close()
+    return pct(latencies, 50), pct(latencies, 99), done / (time.perf_counter() - started)
 
 
 async def rps(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
@@ -339,6 +367,12 @@ def run_target(name, base, key, pid, args) -> dict:
     row["rps"] = asyncio.run(
         rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, seconds=5 if args.quick else 10)
     )
+    if name != "litellm-proxy":
+        row["emb_p50"], row["emb_p99"], row["emb_rps"] = asyncio.run(
+            embeddings_bench(
+                base, key, "embed" if name != "direct" else "sim-embed", samples=total1, seconds=3 if args.quick else 6
+            )
+        )
     if pid is not None and not args.no_memory:
         try:
             idle, loaded = asyncio.run(memory_with_open_streams(base, key, pid, streams=500))
@@ -387,6 +421,14 @@ def main() -> None:
             f"{row['ttfb_c50_p50']:>7.1f}ms{row['ttfb_c50_p99']:>7.1f}ms{row['rps']:>9.0f}"
             f"{row.get('rss_idle_mib', float('nan')):>8.0f}Mi{row.get('rss_500_mib', float('nan')):>7.0f}Mi"
         )
+    print(f"\n{'embeddings':<18}{'c1 p50':>10}{'c1 p99':>9}{'c1 +p50':>9}{'req/s c50':>11}")
+    for row in rows:
+        if "emb_p50" in row:
+            added = row["emb_p50"] - direct["emb_p50"]
+            print(
+                f"{row['target']:<18}{row['emb_p50']:>8.2f}ms{row['emb_p99']:>7.2f}ms{added:>7.2f}ms"
+                f"{row['emb_rps']:>11.0f}"
+            )
     print(
         f"\n(loopback, {os.cpu_count()} cores; client, relay and simulator share the machine; "
         f"median of c1 added TTFB is the gateway's own cost)"
