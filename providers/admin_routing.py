@@ -63,7 +63,11 @@ class RoutingTestForm(forms.Form):
     )
     dialect = forms.ChoiceField(
         label="Client dialect",
-        choices=[("openai", "OpenAI (/v1/chat/completions)"), ("anthropic", "Anthropic (/v1/messages)")],
+        choices=[
+            ("openai", "OpenAI (/v1/chat/completions)"),
+            ("anthropic", "Anthropic (/v1/messages)"),
+            ("responses", "OpenAI Responses (/v1/responses)"),
+        ],
         help_text="The 'dialect' condition.",
     )
     headers = forms.CharField(

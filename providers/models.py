@@ -11,6 +11,7 @@ from providers.transforms import transforms_validate
 class Dialect(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible"
     ANTHROPIC = "anthropic", "Anthropic"
+    RESPONSES = "responses", "OpenAI Responses"
 
 
 class HealthStatus(models.TextChoices):
@@ -24,7 +25,8 @@ class Provider(models.Model):
     dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.OPENAI)
     base_url = models.URLField(
         max_length=500,
-        help_text="SDK convention: https://api.openai.com/v1 for openai, https://api.anthropic.com for anthropic.",
+        help_text="SDK convention: https://api.openai.com/v1 for openai and responses, "
+        "https://api.anthropic.com for anthropic.",
     )
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     extra_headers = models.JSONField(default=dict, blank=True)

@@ -26,7 +26,7 @@ CONDITION_KEYS = (
 _INT_KEYS = ("min_prompt_tokens", "max_prompt_tokens")
 _BOOL_KEYS = ("thinking", "tools", "stream")
 _TEXT_KEYS = ("model", "dialect", "tier", "metadata_user")
-DIALECT_NAMES = ("openai", "anthropic")
+DIALECT_NAMES = ("openai", "anthropic", "responses")
 
 
 def is_pattern(name: str) -> bool:
@@ -260,9 +260,12 @@ def request_facts(body: dict, *, dialect: str, tier: str, headers: Mapping[str, 
     """The facts routing looks at, from a checked chat body. The prompt estimate is the admission
     one (about four bytes per token): free, and what the limits use too."""
     thinking = body.get("thinking")
-    wants_thinking = (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")) or body.get(
-        "reasoning_effort"
-    ) not in (None, "none")
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    wants_thinking = (isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")) or effort not in (
+        None,
+        "none",
+    )
     metadata = body.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else body.get("user")
     return RequestFacts(

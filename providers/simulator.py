@@ -1,4 +1,5 @@
-"""An upstream LLM provider simulator: a plain ASGI app speaking the OpenAI and Anthropic wire formats.
+"""An upstream LLM provider simulator: a plain ASGI app speaking the OpenAI (Chat Completions and
+Responses) and Anthropic wire formats.
 
 It writes deterministic text at a configurable pace and fails on demand, so integration tests and
 benchmarks drive the gateway over real HTTP. It is also the "direct upstream" baseline in benchmarks,
@@ -222,6 +223,33 @@ def tool_to_call(body: dict, dialect: str, options: dict | None = None) -> str |
     return names[0]
 
 
+def responses_messages(items) -> list:
+    """A Responses input as chat messages, enough to plan the answer: message items keep their role
+    and text, tool calls and their outputs become assistant and tool turns."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        return []
+    messages = []
+    for item in items:
+        if not isinstance(item, dict):
+            messages.append(item)
+        elif item.get("type", "message") == "message":
+            content = item.get("content")
+            if isinstance(content, list):
+                content = [
+                    {"type": "text", "text": part["text"]}
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                ]
+            messages.append({"role": item.get("role"), "content": content})
+        elif item.get("type") == "function_call_output":
+            messages.append({"role": "tool", "content": str(item.get("output") or "")})
+        else:
+            messages.append({"role": "assistant", "content": ""})
+    return messages
+
+
 def _tool_name(tool, dialect: str) -> str | None:
     if not isinstance(tool, dict):
         return None
@@ -415,7 +443,7 @@ class Simulator:
 
         if path == "/v1/messages":
             dialect = "anthropic"
-        elif path == "/v1/chat/completions" or "authorization" in headers:
+        elif path in ("/v1/chat/completions", "/v1/responses") or "authorization" in headers:
             dialect = "openai"
         else:
             dialect = "anthropic" if "x-api-key" in headers or "anthropic-version" in headers else "openai"
@@ -444,10 +472,12 @@ class Simulator:
         if path == "/v1/messages/count_tokens":
             await self.count_tokens(exchange, method, chunks)
             return
-        if path not in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/completions"):
+        if path not in ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/completions", "/v1/responses"):
             await exchange.json(404, error_payload(dialect, 404, f"no such endpoint: {method} {path}"))
             return
-        kind = {"/v1/embeddings": "embeddings", "/v1/completions": "completions"}.get(path, "chat")
+        kind = {"/v1/embeddings": "embeddings", "/v1/completions": "completions", "/v1/responses": "responses"}.get(
+            path, "chat"
+        )
         if method != "POST":
             await exchange.json(405, error_payload(dialect, 405, f"{method} is not allowed on {path}"))
             return
@@ -461,6 +491,9 @@ class Simulator:
         if kind == "completions" and isinstance(body, dict):
             # A legacy completion is generated like a chat answer to its prompt.
             body = {**body, "messages": [{"role": "user", "content": _prompt_text(body.get("prompt"))}]}
+        if kind == "responses" and isinstance(body, dict):
+            # A Responses request is generated like a chat answer to the conversation its input holds.
+            body = {**body, "messages": responses_messages(body.get("input"))}
         problem = self._embeddings_problem(body) if kind == "embeddings" else self._request_problem(body, dialect)
         if problem:
             await exchange.json(400, error_payload(dialect, 400, problem))
@@ -481,7 +514,9 @@ class Simulator:
             return
 
         n = body.get("n", 1) if dialect == "openai" else 1
-        if dialect == "openai":
+        if kind == "responses":
+            cap = body.get("max_output_tokens")
+        elif dialect == "openai":
             cap = body.get("max_completion_tokens")
             cap = cap if _json_int(cap) else body.get("max_tokens")
         else:
@@ -489,13 +524,15 @@ class Simulator:
         plan = completion_plan(
             model=model,
             messages=body["messages"],
-            system=body.get("system") if dialect == "anthropic" else None,
+            system=body.get("system") if dialect == "anthropic" else body.get("instructions"),
             options=options,
             cap=cap if _json_int(cap) else None,
-            n=min(n, MAX_CHOICES) if _json_int(n) and n > 1 else 1,
-            tool_name=tool_to_call(body, dialect, options),
+            n=min(n, MAX_CHOICES) if _json_int(n) and n > 1 and kind == "chat" else 1,
+            tool_name=tool_to_call(body, "responses" if kind == "responses" else dialect, options),
         )
-        if kind == "completions":
+        if kind == "responses":
+            work = self.responses_stream if record["stream"] else self.responses_message
+        elif kind == "completions":
             work = self.completion_stream if record["stream"] else self.completion_message
         elif dialect == "openai":
             work = self.openai_stream if record["stream"] else self.openai_message
@@ -952,6 +989,167 @@ class Simulator:
             payload["usage"] = {"output_tokens": plan.completion_tokens}
         await exchange.event(event("message_delta", payload))
         await exchange.event(event("message_stop", {"type": "message_stop"}))
+        await exchange.end()
+
+    # OpenAI Responses.
+
+    @staticmethod
+    def _responses_usage(plan: Completion) -> dict:
+        return {
+            "input_tokens": plan.prompt_tokens,
+            "input_tokens_details": {"cached_tokens": plan.cached_tokens},
+            "output_tokens": plan.completion_tokens,
+            "output_tokens_details": {"reasoning_tokens": len(plan.reasoning)},
+            "total_tokens": plan.prompt_tokens + plan.completion_tokens,
+        }
+
+    def _response(self, body: dict, plan: Completion, options: dict, status: str, output: list) -> dict:
+        payload = {
+            "id": _new_id("resp_"),
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "max_output_tokens": body.get("max_output_tokens"),
+            "model": body["model"],
+            "output": output,
+            "parallel_tool_calls": True,
+            "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None},
+            "store": False,
+            "temperature": None,
+            "text": {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"),
+            "tools": body.get("tools") or [],
+            "top_p": None,
+            "truncation": "disabled",
+            "usage": None,
+            "metadata": {},
+        }
+        if status in ("completed", "incomplete") and not options.get("no_usage"):
+            payload["usage"] = self._responses_usage(plan)
+        if status == "incomplete":
+            payload["incomplete_details"] = {"reason": "max_output_tokens"}
+        return payload
+
+    @staticmethod
+    def _responses_output(plan: Completion, ids: dict) -> list:
+        tokens = plan.choices[0]
+        output = []
+        if plan.reasoning:
+            summary = [{"type": "summary_text", "text": "".join(plan.reasoning)}]
+            output.append({"id": ids["reasoning"], "type": "reasoning", "summary": summary})
+        if plan.tool_name:
+            output.append(
+                {
+                    "id": ids["item"],
+                    "type": "function_call",
+                    "call_id": ids["call"],
+                    "name": plan.tool_name,
+                    "arguments": "".join(tokens),
+                    "status": "completed",
+                }
+            )
+        else:
+            part = {"type": "output_text", "text": "".join(tokens), "annotations": [], "logprobs": []}
+            message = {"id": ids["item"], "type": "message", "role": "assistant", "status": "completed"}
+            output.append({**message, "content": [part]})
+        return output
+
+    @staticmethod
+    def _responses_ids(plan: Completion) -> dict:
+        return {
+            "reasoning": _new_id("rs_"),
+            "item": _new_id("fc_" if plan.tool_name else "msg_"),
+            "call": _new_id("call_"),
+        }
+
+    async def responses_message(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
+        await self._pause_before_body(options, len(plan.choices[0]))
+        if "drop_after" in options:
+            await self._drop_without_body(exchange, b"application/json")
+        status = "incomplete" if plan.finish == "length" else "completed"
+        output = self._responses_output(plan, self._responses_ids(plan))
+        exchange.record["tokens_sent"] = plan.completion_tokens
+        await exchange.json(200, self._response(body, plan, options, status, output))
+
+    async def responses_stream(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
+        sequence = iter(range(1_000_000))
+
+        def event(payload: dict) -> bytes:
+            payload["sequence_number"] = next(sequence)
+            return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+        tokens = plan.choices[0]
+        ids = self._responses_ids(plan)
+        final = self._responses_output(plan, ids)
+        head = self._response(body, plan, options, "in_progress", [])
+        await exchange.start(200, SSE_HEADERS)
+        if options.get("ttft_ms"):
+            await asyncio.sleep(options["ttft_ms"] / 1000)
+        await exchange.event(event({"type": "response.created", "response": head}))
+        await exchange.event(event({"type": "response.in_progress", "response": head}))
+        interval = options.get("interval_ms", 0) / 1000
+        index = 0
+        if plan.reasoning:
+            item = {"id": ids["reasoning"], "type": "reasoning", "summary": []}
+            where = {"item_id": ids["reasoning"], "output_index": 0, "summary_index": 0}
+            await exchange.event(event({"type": "response.output_item.added", "output_index": 0, "item": item}))
+            part = {"type": "summary_text", "text": ""}
+            await exchange.event(event({"type": "response.reasoning_summary_part.added", **where, "part": part}))
+            for token in plan.reasoning:
+                delta = {"type": "response.reasoning_summary_text.delta", **where, "delta": token}
+                await exchange.event(event(delta), token=True)
+                if interval > 0:
+                    await asyncio.sleep(interval)
+            text = "".join(plan.reasoning)
+            await exchange.event(event({"type": "response.reasoning_summary_text.done", **where, "text": text}))
+            part = {"type": "summary_text", "text": text}
+            await exchange.event(event({"type": "response.reasoning_summary_part.done", **where, "part": part}))
+            await exchange.event(event({"type": "response.output_item.done", "output_index": 0, "item": final[0]}))
+            index = 1
+        done = final[index]
+        where = {"item_id": ids["item"], "output_index": index}
+        if plan.tool_name:
+            added = {**done, "arguments": "", "status": "in_progress"}
+        else:
+            added = {**done, "content": [], "status": "in_progress"}
+        await exchange.event(event({"type": "response.output_item.added", "output_index": index, "item": added}))
+        if not plan.tool_name:
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            await exchange.event(
+                event({"type": "response.content_part.added", **where, "content_index": 0, "part": part})
+            )
+        malformed = b"event: response.output_text.delta\n" + MALFORMED_EVENT
+        steps = len(tokens)
+        for step, token in enumerate(tokens):
+            if step and interval > 0:
+                await asyncio.sleep(interval)
+            await self._fault_at(exchange, step, steps, options, malformed)
+            if plan.tool_name:
+                delta = {"type": "response.function_call_arguments.delta", **where, "delta": token}
+            else:
+                delta = {"type": "response.output_text.delta", **where, "content_index": 0, "delta": token}
+                delta["logprobs"] = []
+            await exchange.event(event(delta), token=True)
+        await self._fault_at(exchange, steps, steps, options, malformed)
+        if plan.tool_name:
+            payload = {"type": "response.function_call_arguments.done", **where, "arguments": done["arguments"]}
+            await exchange.event(event(payload))
+        else:
+            part = done["content"][0]
+            payload = {"type": "response.output_text.done", **where, "content_index": 0, "text": part["text"]}
+            await exchange.event(event({**payload, "logprobs": []}))
+            await exchange.event(
+                event({"type": "response.content_part.done", **where, "content_index": 0, "part": part})
+            )
+        await exchange.event(event({"type": "response.output_item.done", "output_index": index, "item": done}))
+        status = "incomplete" if plan.finish == "length" else "completed"
+        response = self._response(body, plan, options, status, final)
+        response["id"] = head["id"]
+        await exchange.event(event({"type": f"response.{status}", "response": response}))
         await exchange.end()
 
     # The control API.

@@ -98,7 +98,13 @@ async def authenticate(request) -> KeyContext:
 
 async def call_admit(call, body_size: int) -> None:
     """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429."""
-    max_output = call.body.get("max_completion_tokens") or call.body.get("max_tokens") or call.ctx.max_output_tokens
+    body = call.body
+    max_output = (
+        body.get("max_completion_tokens")
+        or body.get("max_tokens")
+        or body.get("max_output_tokens")
+        or call.ctx.max_output_tokens
+    )
     if call.ctx.max_output_tokens and max_output:
         max_output = min(max_output, call.ctx.max_output_tokens)
     call.admission = await limits_admit(
@@ -286,3 +292,32 @@ def check_messages_body(body: dict) -> None:
         raise bad_request("'max_tokens' must be a positive integer", param="max_tokens")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise bad_request("'stream' must be a boolean", param="stream")
+
+
+def check_responses_body(body: dict) -> None:
+    """A Responses body: a model, the input, and the sizes the gateway reads for limits. The gateway
+    keeps no responses, so a request that points at a stored one is refused: send the full input."""
+    _check_model(body)
+    for name in ("previous_response_id", "conversation"):
+        if body.get(name) is not None:
+            raise bad_request(
+                f"'{name}' is not supported: this gateway stores no responses or conversations; "
+                "send the full input with every request",
+                param=name,
+            )
+    if "input" not in body:
+        raise bad_request("'input' is required", param="input")
+    items = body["input"]
+    if isinstance(items, list):
+        if not items:
+            raise bad_request("'input' must contain at least one item", param="input")
+        for index, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise bad_request(f"'input[{index}]' must be an object", param=f"input[{index}]")
+    elif not isinstance(items, str) or not items:
+        raise bad_request("'input' must be a non-empty string or an array of input items", param="input")
+    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
+        raise bad_request("'stream' must be a boolean", param="stream")
+    value = body.get("max_output_tokens")
+    if value is not None and not _positive_int(value):
+        raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")

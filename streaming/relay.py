@@ -150,6 +150,14 @@ def _system_text(system) -> str | None:
     return system if isinstance(system, str) else None
 
 
+def _prompt_messages(body: dict):
+    """The conversation of a chat body, or a Responses body's input (its message items read alike)."""
+    if "messages" in body:
+        return body["messages"]
+    items = body.get("input")
+    return [{"role": "user", "content": items}] if isinstance(items, str) else items
+
+
 def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     """The tokens the call is billed for, and whether they are the gateway's estimate because the
     provider reported none (the answer was cut short, or the provider never counts)."""
@@ -159,7 +167,8 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
         return Usage(), False
     prompt = call.prompt_tokens_reported
     if prompt is None:
-        prompt = count_prompt_tokens(call.body.get("messages"), _system_text(call.body.get("system")))
+        system = _system_text(call.body.get("system", call.body.get("instructions")))
+        prompt = count_prompt_tokens(_prompt_messages(call.body), system)
     return Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts))), True
 
 
@@ -459,7 +468,7 @@ class StreamBridge:
         else:
             self.passthrough = None
             # About four bytes of JSON per token: cheap, and corrected once the provider reports usage.
-            estimate = len(orjson.dumps(call.body.get("messages"))) // 4
+            estimate = len(orjson.dumps(_prompt_messages(call.body))) // 4
             self.renderer = call.dialect.stream_renderer(**options, prompt_estimate=estimate)
         # The provider said the stream is over: it completed, or it reported an error.
         self.complete = False

@@ -8,6 +8,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="playground", permanent=False)),
     path("health", views.health, name="health"),
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
+    path("v1/responses", views.create_response, name="responses"),
     path("v1/messages", views.messages, name="messages"),
     path("v1/messages/count_tokens", views.count_tokens, name="count-tokens"),
     path("v1/compare", views.compare, name="compare"),

@@ -1,4 +1,5 @@
-"""Async HTTP views of the gateway: the OpenAI- and Anthropic-compatible APIs and health."""
+"""Async HTTP views of the gateway: the OpenAI- and Anthropic-compatible APIs (chat, Responses,
+Messages, ...) and health."""
 
 import time
 from contextlib import aclosing
@@ -14,6 +15,7 @@ from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
+from providers.dialects.responses import responses
 from providers.dialects.sse import sse_encode
 from providers.health import providers_health_overview
 from providers.routing import router
@@ -26,6 +28,7 @@ from streaming.edge import (
     check_completions_body,
     check_embeddings_body,
     check_messages_body,
+    check_responses_body,
     only,
     read_json_body,
     route_choose,
@@ -90,6 +93,12 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
 async def chat_completions(request):
     """OpenAI Chat Completions, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=openai, endpoint="chat.completions", check_body=check_chat_body)
+
+
+@speaks(openai)
+async def create_response(request):
+    """OpenAI Responses without stored state, relayed to any deployment (translated unless it speaks Responses)."""
+    return await _chat(request, dialect=responses, endpoint="responses", check_body=check_responses_body)
 
 
 @speaks(anthropic)

@@ -18,4 +18,4 @@ def dialect_get(name: str) -> Dialect:
     return DIALECTS[name]
 
 
-from providers.dialects import anthropic, openai  # noqa: E402,F401  (registration)
+from providers.dialects import anthropic, openai, responses  # noqa: E402,F401  (registration)

@@ -652,3 +652,66 @@ def test_request_log_and_filters(fresh_simulator):
     fresh_simulator.reset()
     assert fresh_simulator.requests() == []
     assert httpx.get(f"{fresh_simulator.url}/_sim/health").json() == {"ok": True}
+
+
+RESPONSES_TOOL = {"type": "function", "name": "get_weather", "parameters": WEATHER_TOOL["function"]["parameters"]}
+
+
+def responses(sim, model: str, **fields) -> httpx.Response:
+    payload = {"model": model, "input": fields.pop("input", "Say something nice"), **fields}
+    return httpx.post(f"{sim.openai_base}/responses", json=payload, timeout=10)
+
+
+def test_responses_answer_like_chat_with_the_same_text(fresh_simulator):
+    body = responses(fresh_simulator, "sim-echo?reasoning=2&cached=1", instructions="Be brief").json()
+    assert body["object"] == "response" and body["id"].startswith("resp_") and body["status"] == "completed"
+    reasoning, message = body["output"]
+    assert reasoning["summary"] == [{"type": "summary_text", "text": " step1 step2"}]
+    assert message["type"] == "message" and message["content"][0]["type"] == "output_text"
+    chat_answer = chat(fresh_simulator, "sim-echo", messages=[{"role": "user", "content": "Say something nice"}]).json()
+    plain = responses(fresh_simulator, "sim-echo").json()
+    assert plain["output"][0]["content"][0]["text"] == chat_answer["choices"][0]["message"]["content"]
+    usage = body["usage"]
+    assert usage["output_tokens"] == 14 and usage["output_tokens_details"] == {"reasoning_tokens": 2}
+    assert usage["input_tokens_details"] == {"cached_tokens": 1}
+    assert usage["total_tokens"] == usage["input_tokens"] + 14
+
+    capped = responses(fresh_simulator, "sim-echo", max_output_tokens=3).json()
+    assert capped["status"] == "incomplete" and capped["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert len(capped["output"][0]["content"][0]["text"].split()) == 3
+
+
+def test_responses_stream_with_the_official_sdk(fresh_simulator):
+    client = openai.OpenAI(base_url=fresh_simulator.openai_base, api_key="x", max_retries=0)
+    with client.responses.stream(model="sim-echo?tokens=5", input="hi") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert len(deltas) == 5 and "".join(deltas) == final.output_text
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert final.usage.output_tokens == 5 and events[0].response.id == final.id
+
+
+def test_responses_weather_question_gets_a_function_call_and_the_output_ends_it(fresh_simulator):
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    call = responses(fresh_simulator, "sim-echo", input=question, tools=[RESPONSES_TOOL]).json()["output"][0]
+    assert call["type"] == "function_call" and call["name"] == "get_weather"
+    assert orjson.loads(call["arguments"]) == {"location": "Paris"} and call["call_id"].startswith("call_")
+    follow_up = [
+        *question,
+        {"type": "function_call", "call_id": call["call_id"], "name": "get_weather", "arguments": call["arguments"]},
+        {"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny"},
+    ]
+    answer = responses(fresh_simulator, "sim-echo", input=follow_up, tools=[RESPONSES_TOOL]).json()
+    assert answer["output"][0]["type"] == "message"
+    streamed = responses(fresh_simulator, "sim-echo", input=question, tools=[RESPONSES_TOOL], stream=True)
+    names = [name for name, _ in sse(streamed.text)]
+    assert names.count("response.function_call_arguments.delta") == 5 and names[-1] == "response.completed"
+
+
+def test_responses_faults(fresh_simulator):
+    failed = responses(fresh_simulator, "sim-echo?fail=503")
+    assert failed.status_code == 503 and failed.json()["error"]["type"] == "server_error"
+    assert responses(fresh_simulator, "sim-echo", input=[]).status_code == 400
+    with pytest.raises(httpx.RemoteProtocolError):
+        responses(fresh_simulator, "sim-echo?drop_after=2", stream=True)
