@@ -178,6 +178,7 @@ class PublicModelAdminForm(forms.ModelForm):
             "input_price_per_million",
             "output_price_per_million",
             "cached_input_price_per_million",
+            "kinds",
             "context_window",
             "aliases",
             "alias_order",
@@ -187,6 +188,10 @@ class PublicModelAdminForm(forms.ModelForm):
 
     def clean_aliases(self):
         return _none_as_empty(self.cleaned_data["aliases"])
+
+    def clean_kinds(self):
+        # An emptied box means the default, a chat model.
+        return self.cleaned_data["kinds"] or ["chat"]
 
     def clean_fallbacks(self):
         return _none_as_empty(self.cleaned_data["fallbacks"])
@@ -235,7 +240,7 @@ class PublicModelAdmin(admin.ModelAdmin):
     search_fields = ["name", "description"]
     readonly_fields = ["created_at", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "enabled", "description"]}),
+        (None, {"fields": ["name", "enabled", "description", "kinds"]}),
         (
             "Prices",
             {"fields": ["input_price_per_million", "output_price_per_million", "cached_input_price_per_million"]},

@@ -28,7 +28,7 @@ from django.core.validators import URLValidator
 from django.db import transaction
 
 from accounts.models import LIMIT_FIELDS, Tier
-from providers.models import Deployment, Dialect, Model, Provider, RouteRule
+from providers.models import MODEL_KINDS, Deployment, Dialect, Model, Provider, RouteRule
 from providers.route_rules import conditions_problems, model_routing_problems
 from providers.transforms import shown, transforms_problems, type_name
 
@@ -63,6 +63,7 @@ MODEL_KEYS = (
     "cached_input_price_per_million",
     "context_window",
     "description",
+    "kinds",
     "aliases",
     "alias_order",
     "fallbacks",
@@ -622,6 +623,12 @@ def _model_routing_validate(entry: _Entry, name, problems: _Problems, referenced
     """aliases, fallbacks and context_fallbacks under Model.clean()'s rules, each problem at its item's line;
     the models that fallbacks name are added to `referenced`."""
     lists = {key: entry.names(key) for key in ("aliases", "fallbacks", "context_fallbacks")}
+    kinds = entry.names("kinds")
+    if not isinstance(kinds, _Invalid):
+        for item, line in kinds:
+            if item not in MODEL_KINDS:
+                problems.add(line, f"{entry.label}: unknown kind {item!r}; known: {', '.join(MODEL_KINDS)}")
+                kinds = INVALID
     if not _all_valid(name, *lists.values()):
         return INVALID
     found = model_routing_problems(name=name, **{key: [item for item, _line in items] for key, items in lists.items()})
@@ -633,11 +640,13 @@ def _model_routing_validate(entry: _Entry, name, problems: _Problems, referenced
             else:
                 line = next((line for item, line in lists[key] if item == name), entry.line_of(key))
             problems.add(line, f"{entry.label}: {message}")
-    if found:
+    if found or isinstance(kinds, _Invalid):
         return INVALID
     for key in ("fallbacks", "context_fallbacks"):
         referenced.extend((item, line, f"{entry.label} {key}") for item, line in lists[key])
-    return {key: [item for item, _line in items] for key, items in lists.items()}
+    fields = {key: [item for item, _line in items] for key, items in lists.items()}
+    fields["kinds"] = [item for item, _line in kinds] or ["chat"]
+    return fields
 
 
 def _deployments_validate(

@@ -81,6 +81,13 @@ class Provider(models.Model):
         return bool(self.api_key_encrypted)
 
 
+MODEL_KINDS = ("chat", "embeddings", "completions")
+
+
+def model_kinds_default() -> list[str]:
+    return ["chat"]
+
+
 class Model(models.Model):
     name = models.CharField(max_length=128, unique=True, help_text="Public model name consumers send.")
     enabled = models.BooleanField(default=True)
@@ -95,6 +102,11 @@ class Model(models.Model):
     )
     context_window = models.PositiveIntegerField(null=True, blank=True)
     description = models.TextField(blank=True, default="")
+    kinds = models.JSONField(
+        default=model_kinds_default,
+        blank=True,
+        help_text='What the model is for, shown in /v1/models: any of "chat", "embeddings", "completions".',
+    )
     aliases = models.JSONField(
         default=list,
         blank=True,
@@ -128,6 +140,8 @@ class Model(models.Model):
         problems = model_routing_problems(
             name=self.name, aliases=self.aliases, fallbacks=self.fallbacks, context_fallbacks=self.context_fallbacks
         )
+        if not isinstance(self.kinds, list) or any(kind not in MODEL_KINDS for kind in self.kinds):
+            problems["kinds"] = [f"kinds must be a list of: {', '.join(MODEL_KINDS)}"]
         if problems:
             raise ValidationError(problems)
 

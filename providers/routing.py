@@ -8,7 +8,7 @@ one MGET and cached for a short moment.
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -62,6 +62,8 @@ class RouteTable:
     # Every enabled model, including ones with no enabled deployment (they answer 503, not 404).
     models: dict[str, int]
     routing: RoutingConfig = RoutingConfig()
+    # What each model is for ("chat", "embeddings", ...), as /v1/models shows it.
+    kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def _float_or_none(value) -> float | None:
@@ -71,7 +73,9 @@ def _float_or_none(value) -> float | None:
 def route_table_load() -> RouteTable:
     from providers.models import Deployment, Model
 
-    models = {m.name: m.created_at.timestamp() for m in Model.objects.filter(enabled=True)}
+    enabled = list(Model.objects.filter(enabled=True))
+    models = {m.name: m.created_at.timestamp() for m in enabled}
+    kinds = {m.name: tuple(m.kinds) if isinstance(m.kinds, list) else ("chat",) for m in enabled}
     routes: dict[str, list[Route]] = {}
     deployments = Deployment.objects.filter(enabled=True, model__enabled=True, provider__enabled=True).select_related(
         "model", "provider"
@@ -105,7 +109,9 @@ def route_table_load() -> RouteTable:
                 cached_price=_float_or_none(dep.model.cached_input_price_per_million),
             )
         )
-    return RouteTable(routes={k: tuple(v) for k, v in routes.items()}, models=models, routing=_routing_load(models))
+    return RouteTable(
+        routes={k: tuple(v) for k, v in routes.items()}, models=models, routing=_routing_load(models), kinds=kinds
+    )
 
 
 def _routing_load(models: dict) -> RoutingConfig:

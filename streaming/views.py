@@ -166,11 +166,11 @@ async def _compare_sse(run: CompareRun):
     yield sse_encode(b"[DONE]")
 
 
-def _model_entry(name: str, created: float, dialect) -> dict:
+def _model_entry(name: str, created: float, dialect, kinds: tuple[str, ...]) -> dict:
     if dialect is anthropic:
         created_at = datetime.fromtimestamp(created, tz=UTC).isoformat().replace("+00:00", "Z")
         return {"type": "model", "id": name, "display_name": name, "created_at": created_at}
-    return {"id": name, "object": "model", "created": int(created), "owned_by": "gateway"}
+    return {"id": name, "object": "model", "created": int(created), "owned_by": "gateway", "kinds": list(kinds)}
 
 
 @speaks(anthropic_if_versioned)
@@ -180,13 +180,17 @@ async def models(request):
     ctx = await authenticate(request)
     table = await router.table()
     dialect = anthropic_if_versioned(request)
-    names = {name: created for name, created in table.models.items() if ctx.may_use(name)}
+    # Listed name -> the model behind it (itself, or an alias's model).
+    served = {name: name for name in table.models if ctx.may_use(name)}
     if settings.GATEWAY_MODELS_LIST_ALIASES:
         # Exact aliases only: a pattern is not a name a client could pick from a list.
         for alias, model in table.routing.exact_aliases.items():
-            if model in names:
-                names.setdefault(alias, names[model])
-    data = [_model_entry(name, created, dialect) for name, created in sorted(names.items())]
+            if model in served:
+                served.setdefault(alias, model)
+    data = [
+        _model_entry(name, table.models[model], dialect, table.kinds.get(model, ("chat",)))
+        for name, model in sorted(served.items())
+    ]
     if dialect is anthropic:
         page = {
             "data": data,
@@ -207,7 +211,7 @@ async def model_detail(request, model: str):
     table = await router.table()
     if model not in table.models or not ctx.may_use(model):
         raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-    entry = _model_entry(model, table.models[model], anthropic_if_versioned(request))
+    entry = _model_entry(model, table.models[model], anthropic_if_versioned(request), table.kinds.get(model, ("chat",)))
     return HttpResponse(orjson.dumps(entry), content_type="application/json")
 
 

@@ -794,3 +794,25 @@ def test_a_route_to_a_model_rejected_in_the_same_file_writes_nothing(routed):
         run_import(text)
     assert "gateway.yaml line 2: model 'fresh' fallbacks refers to unknown model 'ghost'" in str(excinfo.value)
     assert routing_snapshot() == routed
+
+
+def test_model_kinds_are_imported_and_checked():
+    run_import(
+        """
+        models:
+          - name: embedder
+            kinds: [embeddings]
+          - name: plain
+        """
+    )
+    assert Model.objects.get(name="embedder").kinds == ["embeddings"]
+    assert Model.objects.get(name="plain").kinds == ["chat"]
+    with pytest.raises(ConfigImportError) as raised:
+        run_import(
+            """
+            models:
+              - name: embedder
+                kinds: [embeddings, images]
+            """
+        )
+    assert any("line 4" in p and "unknown kind 'images'" in p for p in raised.value.problems), raised.value.problems

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def key(fresh_simulator):
     sim = provider_create("sim", fresh_simulator.openai_base)
     claude = provider_create("sim-anthropic", fresh_simulator.anthropic_base, dialect="anthropic")
-    model_create("embed", [(sim, "sim-embed", 0)], input_price_per_million=1)
+    model_create("embed", [(sim, "sim-embed", 0)], input_price_per_million=1, kinds=["embeddings"])
     model_create("embed-failover", [(sim, "sim-embed?fail=500", 0), (sim, "sim-embed", 1)])
     model_create("text", [(sim, "sim-echo?tokens=6", 0)])
     model_create("text-failover", [(sim, "sim-echo?fail=503", 0), (sim, "sim-echo?tokens=6", 1)])
@@ -98,3 +98,10 @@ def test_bad_input_is_a_400_naming_the_field(gateway, key, path, body, needle):
     response = httpx.post(gateway.openai_base + path, json=body, headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 400, response.text
     assert needle in response.json()["error"]["message"]
+
+
+def test_models_list_says_what_each_model_is_for(gateway, key):
+    client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
+    kinds = {m.id: m.model_extra["kinds"] for m in client.models.list()}
+    assert kinds["embed"] == ["embeddings"] and kinds["text"] == ["chat"]
+    assert client.models.retrieve("embed").model_extra["kinds"] == ["embeddings"]
