@@ -248,29 +248,22 @@ async def embeddings_bench(base: str, key: str, model: str, *, samples: int, sec
     client = RawClient(base, key, endpoint="/embeddings")
     latencies = [(await client.call(body))[1] for _ in range(samples)]
     await client.close()
-    clients = [RawClient(base, key, endpoint="/embeddings") for _ in range(50)]
-    done = 0
-    started = time.perf_counter()
-    deadline = started + seconds
-
-    async def worker(c):
-        nonlocal done
-        while time.perf_counter() < deadline:
-            await c.call(body)
-            done += 1
-
-    await asyncio.gather(*(worker(c) for c in clients))
-    for c in clients:
-        await c.close()
-    return pct(latencies, 50), pct(latencies, 99), done / (time.perf_counter() - started)
+    throughput = await rps_raw(base, key, body, endpoint="/embeddings", concurrency=50, seconds=seconds)
+    return pct(latencies, 50), pct(latencies, 99), throughput
 
 
 async def rps(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
     """Non-streamed requests per second at saturation (wrk when installed, else the raw client)."""
     if shutil.which("wrk"):
         return rps_wrk(base, key, model, concurrency=concurrency, seconds=seconds)
-    body = {"model": model, "messages": MESSAGES}
-    clients = [RawClient(base, key) for _ in range(concurrency)]
+    return await rps_raw(base, key, {"model": model, "messages": MESSAGES}, concurrency=concurrency, seconds=seconds)
+
+
+async def rps_raw(
+    base: str, key: str, body: dict, *, endpoint: str = "/chat/completions", concurrency: int, seconds: float
+) -> float:
+    """Requests per second of `body` at `endpoint` with `concurrency` keep-alive raw clients."""
+    clients = [RawClient(base, key, endpoint=endpoint) for _ in range(concurrency)]
     done = 0
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()

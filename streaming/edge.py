@@ -216,9 +216,14 @@ def check_chat_body(body: dict) -> None:
                 f"'messages[{index}].content' must be a string or an array of content parts",
                 param=f"messages[{index}].content",
             )
+    _check_stream_and_sizes(body, ("max_tokens", "max_completion_tokens", "n"))
+
+
+def _check_stream_and_sizes(body: dict, sizes: tuple[str, ...]) -> None:
+    """What the OpenAI-style bodies share: a boolean `stream`, positive sizes, an object `stream_options`."""
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise bad_request("'stream' must be a boolean", param="stream")
-    for name in ("max_tokens", "max_completion_tokens", "n"):
+    for name in sizes:
         value = body.get(name)
         if value is not None and not _positive_int(value):
             raise bad_request(f"'{name}' must be a positive integer", param=name)
@@ -271,15 +276,7 @@ def check_completions_body(body: dict) -> None:
         or (isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_token_list(p) for p in prompt))
     ):
         raise bad_request("'prompt' must be a string, an array of strings, or token arrays", param="prompt")
-    if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
-        raise bad_request("'stream' must be a boolean", param="stream")
-    for name in ("max_tokens", "n"):
-        value = body.get(name)
-        if value is not None and not _positive_int(value):
-            raise bad_request(f"'{name}' must be a positive integer", param=name)
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise bad_request("'stream_options' must be an object", param="stream_options")
+    _check_stream_and_sizes(body, ("max_tokens", "n"))
 
 
 def check_messages_body(body: dict) -> None:
