@@ -20,7 +20,7 @@ from accounts.context import KeyContext
 from accounts.usage import usage_cost
 from aigateway.errors import GatewayError, bad_request
 from providers.dialects.base import Dialect, StreamRenderer
-from providers.dialects.canonical import StreamError, StreamEvent, TextDelta, ThinkingDelta
+from providers.dialects.canonical import ChatRequest, StreamError, StreamEvent, TextDelta, ThinkingDelta
 from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
 from streaming.edge import call_admit, check_chat_body, route_choose
@@ -90,6 +90,8 @@ class CompareRequest:
     body_size: int
     # How each requested name is served (alias, rule, context fallback), keyed by the requested name.
     decisions: dict[str, RouteDecision] = field(default_factory=dict)
+    # Each body in the canonical model, as compare_calls parsed it.
+    parsed: dict[str, ChatRequest] = field(default_factory=dict)
 
 
 def _models(body: dict, cap: int) -> list[str]:
@@ -134,29 +136,38 @@ def _conversations(body: dict, models: list[str]) -> dict[str, object]:
     return {name: by_model[name] for name in models}
 
 
-def compare_bodies(body: dict, *, cap: int) -> dict[str, dict]:
-    """The OpenAI chat body of each model of a compare request, in the request's order; a 400
-    GatewayError naming the problem for anything the relay could not run (pure: no I/O)."""
+def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]]:
+    """Each model of a compare request, in the request's order: its OpenAI chat body and that body in
+    the canonical model, parsed once here and reused by the relay; a 400 GatewayError naming the
+    problem for anything the relay could not run (pure: no I/O)."""
     models = _models(body, cap)
     conversations = _conversations(body, models)
     shared = {name: value for name, value in body.items() if name not in _RUN_FIELDS}
-    bodies = {}
+    calls = {}
     for name in models:
         chat = {**shared, "model": name, "messages": conversations[name], "stream": True}
         check_chat_body(chat)
-        openai.parse_request(chat)  # content the relay could not translate is a 400 now, not per model later
-        bodies[name] = chat
-    return bodies
+        calls[name] = (chat, openai.parse_request(chat))
+    return calls
+
+
+def compare_bodies(body: dict, *, cap: int) -> dict[str, dict]:
+    """The OpenAI chat body of each model of a compare request (see compare_calls)."""
+    return {name: chat for name, (chat, _) in compare_calls(body, cap=cap).items()}
 
 
 async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
     """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
     endpoint would answer); nothing is admitted or opened yet."""
-    bodies = compare_bodies(body, cap=ctx.max_compare_models)
+    calls = compare_calls(body, cap=ctx.max_compare_models)
+    bodies = {name: chat for name, (chat, _) in calls.items()}
     decisions = {
         name: await route_choose(ctx, chat, dialect="openai", body_size=body_size) for name, chat in bodies.items()
     }
-    return CompareRequest(ctx=ctx, models=list(bodies), bodies=bodies, body_size=body_size, decisions=decisions)
+    parsed = {name: request for name, (_, request) in calls.items()}
+    return CompareRequest(
+        ctx=ctx, models=list(bodies), bodies=bodies, body_size=body_size, decisions=decisions, parsed=parsed
+    )
 
 
 def new_run_id() -> str:
@@ -268,6 +279,7 @@ class CompareRun:
             meter=StreamMeter(self.started),
             dialect=CompareFormat(name="compare", model=name),
             run_id=self.run_id,
+            request=request.parsed.get(name),
         )
         try:
             try:

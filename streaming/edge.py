@@ -99,6 +99,7 @@ async def authenticate(request) -> KeyContext:
 async def call_admit(call, body_size: int) -> None:
     """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429."""
     body = call.body
+    call.body_size = body_size
     max_output = (
         body.get("max_completion_tokens")
         or body.get("max_tokens")

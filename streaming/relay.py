@@ -103,6 +103,8 @@ class RelayCall:
     # What is asked of the provider: "chat", or an OpenAI-only endpoint relayed as it is ("embeddings",
     # "completions"), which only deployments speaking the client's dialect can serve.
     operation: str = "chat"
+    # Size of the client's body: the one prompt estimate admission, routing and renderers share.
+    body_size: int = 0
 
     @property
     def response_model(self) -> str:
@@ -468,7 +470,7 @@ class StreamBridge:
         else:
             self.passthrough = None
             # About four bytes of JSON per token: cheap, and corrected once the provider reports usage.
-            estimate = len(orjson.dumps(_prompt_messages(call.body))) // 4
+            estimate = call.body_size // 4
             self.renderer = call.dialect.stream_renderer(**options, prompt_estimate=estimate)
         # The provider said the stream is over: it completed, or it reported an error.
         self.complete = False
