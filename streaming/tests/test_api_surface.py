@@ -97,3 +97,36 @@ def test_api_errors_are_json_with_debug_on_and_off(gateway_factory, key, debug):
     for response in (unknown, wrong, anthropic_path):
         assert response.headers["content-type"] == "application/json"
         assert b"<html" not in response.content.lower()
+
+
+NEW_ENDPOINTS = [
+    ("/v1/compare", "openai"),
+    ("/v1/embeddings", "openai"),
+    ("/v1/completions", "openai"),
+    ("/v1/responses", "openai"),
+    ("/v1/messages/count_tokens", "anthropic"),
+]
+GARBAGE = [
+    (b"\xff\x00\x13garbage", "not valid JSON"),
+    (b"", "empty"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'"text"', "must be a JSON object"),
+    (b'{"model": 5, "models": 5, "input": 5, "prompt": 5, "messages": 5}', "must be"),
+]
+
+
+@pytest.mark.parametrize(("path", "dialect"), NEW_ENDPOINTS)
+def test_garbage_bodies_are_json_400s_in_the_clients_dialect(gateway, key, path, dialect):
+    headers = {"x-api-key": key, "content-type": "application/json"}
+    for raw, needle in GARBAGE:
+        response = httpx.post(gateway.url + path, content=raw, headers=headers, timeout=10)
+        assert response.status_code == 400, (path, raw, response.text)
+        assert response.headers["content-type"] == "application/json"
+        body = response.json()
+        error = body["error"]
+        if dialect == "anthropic":
+            assert body["type"] == "error" and error["type"] == "invalid_request_error"
+        else:
+            assert "type" in error and "code" in error
+        assert needle in error["message"], (path, raw, error)
+        assert "Traceback" not in response.text
