@@ -170,12 +170,6 @@ class RoutingConfig:
     # The request headers any rule looks at (lowercase): the only ones gathered per request.
     header_names: tuple[str, ...] = ()
 
-    @property
-    def needs_prompt_estimate(self) -> bool:
-        return bool(self.context_windows) or any(
-            key in ("min_prompt_tokens", "max_prompt_tokens") for rule in self.rules for key, _ in rule.when
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class RouteDecision:

@@ -151,11 +151,6 @@ def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]
     return calls
 
 
-def compare_bodies(body: dict, *, cap: int) -> dict[str, dict]:
-    """The OpenAI chat body of each model of a compare request (see compare_calls)."""
-    return {name: chat for name, (chat, _) in compare_calls(body, cap=cap).items()}
-
-
 async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
     """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
     endpoint would answer); nothing is admitted or opened yet."""

@@ -1,11 +1,16 @@
-"""compare_bodies: any JSON body becomes per-model chat bodies or a 400 naming the problem, never a crash."""
+"""compare_calls: any JSON body becomes per-model chat bodies or a 400 naming the problem, never a crash."""
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigateway.errors import GatewayError
-from streaming.compare import compare_bodies
+from streaming.compare import compare_calls
+
+
+def compare_bodies(body: dict, *, cap: int) -> dict[str, dict]:
+    return {name: chat for name, (chat, _) in compare_calls(body, cap=cap).items()}
+
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 json_values = st.recursive(
