@@ -154,6 +154,14 @@ GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))
 # Tier of the key a staff user without keys of their own gets in the browser playground.
 GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 
+# Reliability. On SIGTERM, streams in flight may run this long before they are ended with an error event.
+GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
+# A stream with no upstream event for this long gets an SSE comment (": keepalive"); 0 turns it off.
+GATEWAY_SSE_KEEPALIVE_SECONDS = env.float("GATEWAY_SSE_KEEPALIVE_SECONDS", default=15.0)
+# An upstream JSON body, or one SSE line, larger than this ends the call with an error.
+GATEWAY_MAX_UPSTREAM_BODY_BYTES = env.int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", default=32 * 1024 * 1024)
+GATEWAY_MAX_SSE_LINE_BYTES = env.int("GATEWAY_MAX_SSE_LINE_BYTES", default=4 * 1024 * 1024)
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "playground"
 LOGOUT_REDIRECT_URL = "login"
