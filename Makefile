@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-compare clean
+.PHONY: run test lint bench bench-compare soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: $(STAMP)
 
 bench-compare: $(STAMP)
 	$(PY) bench/bench_compare.py
+
+# 500 concurrent streams for 5 minutes (normal, client-disconnecting, upstream-failing); non-zero exit on a failed check.
+soak: $(STAMP)
+	$(PY) bench/soak.py --concurrency 500 --duration 300
 
 clean:
 	rm -rf var $(VENV)

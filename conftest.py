@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.support.simulator",
     "tests.support.gateway",
     "tests.support.celery",
+    "tests.support.secrets_audit",
+    "pytester",
 ]

@@ -2,6 +2,7 @@
 
 Adding an API key issues it through `api_key_issue` and answers the add request with a page that
 shows the plaintext once; the plaintext is never stored, redirected through, or put in a message.
+The rotate action answers the same way with the successors' plaintexts; revoke stops keys for good.
 """
 
 from django.contrib import admin, messages
@@ -11,7 +12,14 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
 from accounts.models import LIMIT_FIELDS, ApiKey, Tier, UsageDaily, UsageRecord
-from accounts.services import api_key_issue, api_key_set_enabled
+from accounts.services import (
+    KeyRotationError,
+    api_key_issue,
+    api_key_revoke,
+    api_key_rotate,
+    api_key_set_enabled,
+    rotation_grace_default,
+)
 
 # The plaintext of a key issued while handling one add request lives only on that request object.
 ISSUED_PLAINTEXT_ATTR = "_gateway_issued_key_plaintext"
@@ -73,7 +81,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_filter = ["tier", "enabled", "playground"]
     search_fields = ["name", "prefix", "owner__username"]
     list_select_related = ["owner", "tier"]
-    actions = ["enable_keys", "disable_keys"]
+    actions = ["enable_keys", "disable_keys", "rotate_keys", "revoke_keys"]
     fieldsets = [
         (None, {"fields": ["name", "owner", "tier", "enabled", "expires_at"]}),
         (
@@ -140,6 +148,37 @@ class ApiKeyAdmin(admin.ModelAdmin):
     @admin.action(description="Disable selected API keys")
     def disable_keys(self, request, queryset):
         self._set_enabled(request, queryset, enabled=False)
+
+    @admin.action(description="Rotate selected API keys (new keys shown once; old ones run out after the grace period)")
+    def rotate_keys(self, request, queryset):
+        grace = rotation_grace_default()
+        rotations, refused = [], []
+        for api_key in queryset.order_by("pk"):
+            try:
+                rotations.append(api_key_rotate(api_key=api_key, grace=grace))
+            except KeyRotationError as exc:
+                refused.append(str(exc))
+        opts = self.opts
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API keys rotated",
+            "subtitle": None,
+            "opts": opts,
+            "rotations": rotations,
+            "refused": refused,
+            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/rotated.html", context)
+        add_never_cache_headers(response)
+        return response
+
+    @admin.action(description="Revoke selected API keys (for good)")
+    def revoke_keys(self, request, queryset):
+        revoked = 0
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key)
+            revoked += 1
+        self.message_user(request, f"{revoked} API key(s) revoked.", messages.SUCCESS)
 
     def _set_enabled(self, request, queryset, *, enabled: bool) -> None:
         changed = 0

@@ -3,6 +3,10 @@
 A warm key costs no database query: contexts are cached by key hash for GATEWAY_KEY_CACHE_SECONDS
 and the whole cache is dropped when the config version in Redis moves (admin disabled a key,
 changed a tier, ...), which every process notices within GATEWAY_CONFIG_CHECK_SECONDS.
+A cached key's expiry is checked on every use. Keys are found by their SHA-256 hash, in the cache and
+the database, and never compared as plaintext: how long a lookup takes says nothing about a key.
+Unknown keys are cached briefly too, and the cache is bounded, so a flood of made-up keys can
+neither reach the database on every request nor grow the process without limit.
 """
 
 import time
@@ -20,6 +24,7 @@ _MISSING = object()
 # key hash -> (expires_at_monotonic, KeyContext | None); None caches "unknown key" briefly.
 _cache: dict[str, tuple[float, KeyContext | None]] = {}
 _NEGATIVE_TTL = 2.0
+CACHE_MAX_ENTRIES = 50_000
 
 
 def _cache_reset() -> None:
@@ -85,7 +90,17 @@ def _cached(hashed: str):
     return _MISSING
 
 
+def _prune() -> None:
+    now = time.monotonic()
+    for hashed in [h for h, entry in _cache.items() if entry[0] <= now]:
+        del _cache[hashed]
+    if len(_cache) >= CACHE_MAX_ENTRIES:
+        _cache.clear()
+
+
 def _store(hashed: str, ctx: KeyContext | None) -> None:
+    if len(_cache) >= CACHE_MAX_ENTRIES:
+        _prune()
     ttl = settings.GATEWAY_KEY_CACHE_SECONDS if ctx is not None else _NEGATIVE_TTL
     _cache[hashed] = (time.monotonic() + ttl, ctx)
 

@@ -6,6 +6,7 @@ Concurrency is a sorted set of leases scored by expiry, so a process that dies m
 after GATEWAY_LEASE_TTL_SECONDS. Daily tokens are a plain counter per UTC day.
 """
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -19,6 +20,8 @@ from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
 from accounts.context import KeyContext
+from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_lost_after
+from aigateway.errors import GatewayError
 from aigateway.redis import redis_async
 
 logger = logging.getLogger(__name__)
@@ -27,8 +30,12 @@ WINDOW_SECONDS = 60
 DAY_SECONDS = 86400
 DEFAULT_LEASE_TTL_SECONDS = 300
 _REDIS_DOWN_LOG_INTERVAL = 10.0
+_STORE_DOWN_RETRY_AFTER_SECONDS = 2
 
 # Order matters: the admit script reports the first limit that refused, with this index.
+# Lease releases started while an admission was being cancelled.
+_cleanups: set[asyncio.Task] = set()
+
 _REFUSAL_CODES = {1: "concurrency", 2: "requests", 3: "tokens", 4: "daily_tokens", 5: "tokens"}
 
 
@@ -66,6 +73,8 @@ class Admission:
     # When each window ("requests", "tokens") is full again, in ms after `issued_at` (time.time()).
     resets_ms: dict[str, float] = field(default_factory=dict, repr=False)
     issued_at: float = field(default=0.0, repr=False)
+    # The request's usage "started" marker was stored with the admission.
+    marked: bool = field(default=False, repr=False)
 
     def headers_for(self, dialect_name: str) -> dict[str, str]:
         """The limit headers in the client's dialect: OpenAI's x-ratelimit-*, or Anthropic's
@@ -163,12 +172,22 @@ def _refusal_message(ctx: KeyContext, code_index: int, retry_after: float | None
 _last_redis_warning = 0.0
 
 
-def _warn_redis_down(action: str, exc: Exception) -> None:
+def _warn_redis_down(action: str, exc: Exception, outcome: str) -> None:
     global _last_redis_warning
     now = time.monotonic()
     if now - _last_redis_warning >= _REDIS_DOWN_LOG_INTERVAL:
         _last_redis_warning = now
-        logger.warning("rate limits: redis unavailable during %s, failing open: %s", action, type(exc).__name__)
+        logger.warning("rate limits: redis unavailable during %s, %s: %s", action, outcome, type(exc).__name__)
+
+
+def limits_store_unavailable() -> GatewayError:
+    """What a client of a key with limits gets while the limits cannot be checked (fail closed)."""
+    return GatewayError(
+        503,
+        "limits_unavailable",
+        "rate-limit store unavailable: the request was not admitted; retry shortly",
+        headers={"retry-after": str(_STORE_DOWN_RETRY_AFTER_SECONDS)},
+    )
 
 
 def _unlimited() -> Admission:
@@ -177,10 +196,14 @@ def _unlimited() -> Admission:
     )
 
 
-async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str) -> Admission:
+async def limits_admit(
+    ctx: KeyContext, *, estimate_tokens: int, request_id: str, marker: bytes | None = None
+) -> Admission:
     """Check concurrency, requests/min, tokens/min and daily tokens atomically; commit only if all pass.
+    An admitted request's usage `marker` is stored in the same step (`Admission.marked`).
 
-    If Redis is unreachable the request is admitted (the gateway stays up) and a warning is logged.
+    If Redis is unreachable the request is refused with a 503 GatewayError (limits_unavailable), or, with
+    GATEWAY_LIMITS_FAIL_OPEN, admitted without limits; either way a warning is logged (at most every 10 s).
     """
     if not _has_limits(ctx):
         return _unlimited()
@@ -198,12 +221,28 @@ async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str
         ctx.daily_tokens or 0,
         estimate,
         1 if need_lease else 0,
+        request_id,
+        marker or "",
+        time.time() + usage_lost_after(),
     ]
     try:
-        result = await _ADMIT(redis_async(), _keys(ctx.key_id, day), args)
+        result = await _ADMIT(
+            redis_async(), [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY], args
+        )
+    except asyncio.CancelledError:
+        # The script may have run: free a lease it may have taken (a marker left behind is reconciled).
+        if lease_id is not None:
+            keys = _keys(ctx.key_id, day)
+            release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
+            _cleanups.add(task := asyncio.ensure_future(release))
+            task.add_done_callback(_cleanups.discard)
+        raise
     except (RedisError, OSError) as exc:
-        _warn_redis_down("admit", exc)
-        return _unlimited()
+        if settings.GATEWAY_LIMITS_FAIL_OPEN:
+            _warn_redis_down("admit", exc, "failing open")
+            return _unlimited()
+        _warn_redis_down("admit", exc, "refusing with 503")
+        raise limits_store_unavailable() from None
 
     code_index, retry_ms, *_ = result
     used = result[6]
@@ -221,6 +260,7 @@ async def limits_admit(ctx: KeyContext, *, estimate_tokens: int, request_id: str
             day=day,
             resets_ms=resets,
             issued_at=time.time(),
+            marked=bool(marker),
         )
     retry_after = retry_ms / 1000 if retry_ms >= 0 else None
     if retry_after is not None:
@@ -251,7 +291,7 @@ async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens:
         await _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], args)
     except (RedisError, OSError) as exc:
         # The lease expires on its own after the lease TTL.
-        _warn_redis_down("settle", exc)
+        _warn_redis_down("settle", exc, "lease left to expire")
 
 
 async def limits_lease_refresh(ctx: KeyContext, admission: Admission) -> None:
@@ -261,7 +301,7 @@ async def limits_lease_refresh(ctx: KeyContext, admission: Admission) -> None:
     try:
         await _LEASE_REFRESH(redis_async(), [_keys(ctx.key_id, 0)[0]], [admission.lease_id, _lease_ttl_ms()])
     except (RedisError, OSError) as exc:
-        _warn_redis_down("lease refresh", exc)
+        _warn_redis_down("lease refresh", exc, "lease kept until it expires")
 
 
 def _bucket(limit: int | None, tat_ms: float, now_ms: float) -> dict | None:

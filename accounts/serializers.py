@@ -4,13 +4,15 @@ Money is a decimal string with 8 decimal places (e.g. "0.00123400", in the curre
 prices) so clients never see float rounding; parse it with a decimal type.
 """
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.utils import timezone
 from rest_framework import serializers
 
 USAGE_DEFAULT_DAYS = 30
 USAGE_MAX_DAYS = 366
+USAGE_FIRST_DAY = date(1970, 1, 1)
+USAGE_LAST_DAY = date(9999, 12, 30)
 
 
 def _cost_field(**kwargs) -> serializers.DecimalField:
@@ -32,6 +34,27 @@ class UsageQuerySerializer(serializers.Serializer):
     end = serializers.DateField(
         required=False, input_formats=["%Y-%m-%d"], help_text="Last UTC day, inclusive (YYYY-MM-DD); default today."
     )
+
+    def to_internal_value(self, data):
+        # DRF reads an empty optional query parameter as an absent one; `?start=` is a mistake, not a default.
+        for name in ("start", "end"):
+            if name in data and data.get(name) == "":
+                raise serializers.ValidationError({name: "must be a date (YYYY-MM-DD), not empty."}, code="invalid")
+        return super().to_internal_value(data)
+
+    def _in_range(self, value: date) -> date:
+        if not USAGE_FIRST_DAY <= value <= USAGE_LAST_DAY:
+            # Date arithmetic on the range (its default start, the day after its end) must not overflow.
+            raise serializers.ValidationError(
+                f"must be between {USAGE_FIRST_DAY} and {USAGE_LAST_DAY}; got {value}.", code="out_of_range"
+            )
+        return value
+
+    def validate_start(self, value: date) -> date:
+        return self._in_range(value)
+
+    def validate_end(self, value: date) -> date:
+        return self._in_range(value)
 
     def validate(self, attrs):
         end = attrs.get("end") or timezone.now().date()
@@ -72,7 +95,14 @@ class UsageTierSerializer(serializers.Serializer):
 
 class UsageTotalsSerializer(serializers.Serializer):
     requests = serializers.IntegerField()
-    errors = serializers.IntegerField(help_text="Requests answered with an HTTP status of 400 or more.")
+    errors = serializers.IntegerField(
+        help_text=(
+            "Admitted requests that ended with an HTTP status of 400 or more: upstream errors, failures "
+            "mid-stream, clients that left (499), gateway failures (500, including requests recorded as "
+            "'lost' because their process died). Requests refused before admission (401 bad key, 403/404 "
+            "model, 400 invalid body, 429 over a limit) are not recorded, so not counted here."
+        )
+    )
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     cost = _cost_field()

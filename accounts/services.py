@@ -1,13 +1,15 @@
-"""Writes for accounts: issuing and revoking API keys."""
+"""Writes for accounts: issuing, rotating and revoking API keys."""
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.utils import timezone
 
 from accounts.keys import key_display_prefix, key_generate, key_hash
-from accounts.models import ApiKey, Tier
+from accounts.models import LIMIT_FIELDS, ApiKey, Tier
 
 SERVICE_USERNAME = "gateway-service"
 
@@ -46,6 +48,68 @@ def api_key_set_enabled(*, api_key: ApiKey, enabled: bool) -> None:
     # The post_save signal moves the config version, so every process drops the cached key.
     api_key.enabled = enabled
     api_key.save(update_fields=["enabled"])
+
+
+class KeyRotationError(ValueError):
+    """A key that cannot be rotated (disabled, or expired with no new expiry given)."""
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    old_key: ApiKey
+    new_key: ApiKey
+    plaintext: str
+
+
+_INHERIT = object()
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+    """Stop a key now, for good: disabled and expired, so enabling it again does not revive it."""
+    api_key = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    now = timezone.now()
+    api_key.enabled = False
+    if api_key.expires_at is None or api_key.expires_at > now:
+        api_key.expires_at = now
+    api_key.save(update_fields=["enabled", "expires_at"])
+    return api_key
+
+
+@transaction.atomic
+def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) -> RotatedKey:
+    """Issue a successor and let the old key run out.
+
+    The new key is a new row with the old one's owner, tier, name and limit overrides, and its expiry
+    unless `expires_at` is given (rotating does not extend a key's life). The old key keeps working
+    for `grace` (never longer than it would have anyway); a grace of zero revokes it now."""
+    old = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+    now = timezone.now()
+    if not old.enabled:
+        raise KeyRotationError(f"key {old.prefix}... ({old.name}) is disabled; enable it first or issue a new key")
+    new_expiry = old.expires_at if expires_at is _INHERIT else expires_at
+    if new_expiry is not None and new_expiry <= now:
+        raise KeyRotationError(f"key {old.prefix}... ({old.name}) has expired; give the new key an expiry")
+    issued = api_key_issue(
+        owner=old.owner,
+        tier=old.tier,
+        name=old.name,
+        expires_at=new_expiry,
+        playground=old.playground,
+        **{field: getattr(old, field) for field in LIMIT_FIELDS},
+    )
+    if grace <= timedelta(0):
+        old = api_key_revoke(api_key=old)
+    else:
+        until = now + grace
+        if old.expires_at is None or old.expires_at > until:
+            old.expires_at = until
+            old.save(update_fields=["expires_at"])
+    return RotatedKey(old_key=old, new_key=issued.api_key, plaintext=issued.plaintext)
+
+
+def rotation_grace_default() -> timedelta:
+    return timedelta(hours=settings.GATEWAY_KEY_ROTATION_GRACE_HOURS)
 
 
 PLAYGROUND_KEY_NAME = "playground"

@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError, transaction
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
 from django.db.models import F, Q
 from redis.exceptions import RedisError
 
@@ -29,6 +29,14 @@ logger = logging.getLogger(__name__)
 USAGE_QUEUE_KEY = "gw:usage:queue"
 USAGE_DEAD_KEY = "gw:usage:dead"
 USAGE_LOCK_KEY = "gw:usage:flush-lock"
+# Every admitted request leaves a "started" marker (hash: request id -> marker JSON, plus a sorted set of
+# request id -> deadline); pushing its usage event removes both in the same transaction. A marker still
+# there after its deadline belongs to a process that died mid-request: the flush turns it into a usage
+# record with error type "lost" and estimated tokens, so the books show every admitted request.
+USAGE_INFLIGHT_KEY = "gw:usage:inflight"
+USAGE_INFLIGHT_DEADLINES_KEY = "gw:usage:inflight:deadlines"
+LOST_STATUS = 500
+LOST_ERROR_TYPE = "lost"
 RETRY_BUFFER_SIZE = 10_000
 DEFAULT_FLUSH_LOCK_SECONDS = 5.0
 _IN_CHUNK = 500  # SQLite allows 999 parameters per statement.
@@ -87,15 +95,30 @@ def _forget(pushed: list[bytes]) -> None:
             _retry_buffer.popleft()
 
 
-async def _push(payload: bytes | None) -> bool:
-    """RPUSH the held events plus `payload`. An event leaves the buffer only after Redis has it; a push
-    interrupted halfway may queue an event twice, which the flush deduplicates by request id."""
+def _request_id_of(payload: bytes) -> str | None:
+    try:
+        return orjson.loads(payload).get("request_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+
+
+async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
+    """RPUSH the held events plus `payload` and clear their started markers, in one transaction. An event
+    leaves the buffer only after Redis has it; a push interrupted halfway may queue an event twice, which
+    the flush deduplicates by request id."""
     held = list(_retry_buffer)
     batch = held if payload is None else [*held, payload]
     if not batch:
         return True
+    ids = [request_id] if payload is not None and request_id else []
+    ids.extend(filter(None, map(_request_id_of, held)))
     try:
-        await redis_async().rpush(USAGE_QUEUE_KEY, *batch)
+        pipe = redis_async().pipeline(transaction=True)
+        pipe.rpush(USAGE_QUEUE_KEY, *batch)
+        if ids:
+            pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
+            pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
+        await pipe.execute()
     except asyncio.CancelledError:
         if payload is not None:
             _hold(payload)
@@ -119,7 +142,73 @@ async def usage_record(event: dict) -> None:
         # Redis just failed and the background drain is retrying: requests do not wait on it meanwhile.
         _hold(payload)
         return
-    await _push(payload)
+    await _push(payload, event.get("request_id"))
+
+
+def usage_lost_after() -> float:
+    """Seconds after which an admitted request's marker, not refreshed, counts as lost."""
+    return float(settings.GATEWAY_USAGE_LOST_AFTER_SECONDS)
+
+
+async def usage_started(request_id: str, marker: bytes) -> None:
+    """Leave the started marker of an admitted request whose admission did not already (a key without
+    limits). Never raises: without Redis the request goes on, unmarked."""
+    try:
+        pipe = redis_async().pipeline(transaction=False)
+        pipe.hset(USAGE_INFLIGHT_KEY, request_id, marker)
+        pipe.zadd(USAGE_INFLIGHT_DEADLINES_KEY, {request_id: time.time() + usage_lost_after()})
+        await pipe.execute()
+    except (RedisError, OSError) as exc:
+        logger.warning("usage marker for %s not stored: %s", request_id, type(exc).__name__)
+
+
+async def usage_started_refresh(request_id: str) -> None:
+    """A long stream is still alive: push its marker's deadline forward."""
+    try:
+        await redis_async().zadd(USAGE_INFLIGHT_DEADLINES_KEY, {request_id: time.time() + usage_lost_after()}, xx=True)
+    except (RedisError, OSError) as exc:
+        logger.warning("usage marker for %s not refreshed: %s", request_id, type(exc).__name__)
+
+
+# Move markers whose deadline has passed (checked again here: a stream may have refreshed its own
+# meanwhile) to the usage queue; a marker already cleared by its request's own event is skipped.
+# KEYS[1] markers  KEYS[2] deadlines  KEYS[3] queue   ARGV: now, request ids...
+_RECONCILE_SCRIPT = """
+local moved = 0
+for i = 2, #ARGV do
+    local deadline = redis.call('ZSCORE', KEYS[2], ARGV[i])
+    if not deadline or tonumber(deadline) <= tonumber(ARGV[1]) then
+        local marker = redis.call('HGET', KEYS[1], ARGV[i])
+        if marker then
+            redis.call('RPUSH', KEYS[3], marker)
+            redis.call('HDEL', KEYS[1], ARGV[i])
+            moved = moved + 1
+        end
+        redis.call('ZREM', KEYS[2], ARGV[i])
+    end
+end
+return moved
+"""
+
+
+def usage_reconcile(*, limit: int = 1000, now: float | None = None) -> int:
+    """Queue, as usage events with status "lost", the markers of admitted requests that never finished
+    (their process died) once their deadline has passed. Returns how many were queued."""
+    client = redis_sync()
+    now = time.time() if now is None else now
+    stale = client.zrangebyscore(USAGE_INFLIGHT_DEADLINES_KEY, "-inf", now, start=0, num=limit)
+    if not stale:
+        return 0
+    moved = int(client.eval(_RECONCILE_SCRIPT, 3, USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY,
+                            USAGE_QUEUE_KEY, now, *stale))  # fmt: skip
+    if moved:
+        logger.warning("usage: %d admitted requests never finished; recorded as %s", moved, LOST_ERROR_TYPE)
+    return moved
+
+
+def usage_in_flight() -> int:
+    """Admitted requests whose usage event has not been queued yet (markers)."""
+    return int(redis_sync().hlen(USAGE_INFLIGHT_KEY))
 
 
 def _drain_running() -> bool:
@@ -425,12 +514,19 @@ def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> 
     """Drain the usage queue into the database; returns the number of records written.
 
     Runs batches until the queue is empty or `max_seconds` have passed. Returns 0 at once when another
-    flusher holds the lock. A batch that fails to write stays queued and is retried by the next run.
+    flusher holds the lock, or when Redis is unreachable. A batch that fails to write (database locked
+    or down) stays queued and is retried by the next run; a batch written but not trimmed (Redis went
+    away in between, or the lock expired while the database kept us waiting) is re-read by the next
+    run, which skips the request ids already stored.
     """
     client = redis_sync()
     token = secrets.token_hex(16)
     lock_ms = _lock_ms()
-    if not client.set(USAGE_LOCK_KEY, token, nx=True, px=lock_ms):
+    try:
+        if not client.set(USAGE_LOCK_KEY, token, nx=True, px=lock_ms):
+            return 0
+    except RedisError as exc:
+        logger.warning("usage flush: redis unavailable, nothing drained: %s", type(exc).__name__)
         return 0
     started = time.monotonic()
     written = 0
@@ -446,6 +542,10 @@ def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> 
                 break
     except DatabaseError as exc:
         logger.warning("usage flush: database unavailable, events stay queued: %s", type(exc).__name__)
+        # A connection broken by the failure must not poison the next run of this worker.
+        close_old_connections()
+    except RedisError as exc:
+        logger.warning("usage flush: redis unavailable mid-flush, the next run re-reads: %s", type(exc).__name__)
     finally:
         try:
             client.eval(_RELEASE_LOCK_SCRIPT, 1, USAGE_LOCK_KEY, token)

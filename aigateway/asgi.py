@@ -18,7 +18,6 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
@@ -26,6 +25,7 @@ from django.urls import set_script_prefix  # noqa: E402
 
 from aigateway.cors import ApiCors  # noqa: E402
 from aigateway.lifespan import lifespan_app  # noqa: E402
+from aigateway.security_headers import SecurityHeaders  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
 API_PATH_PREFIXES = ("/v1/", "/health")
@@ -120,8 +120,8 @@ class HttpDispatch:
 
 application = ProtocolTypeRouter(
     {
-        # Static files (admin assets) are served under STATIC_URL by the site handler.
-        "http": HttpDispatch(ApiCors(ApiHandler()), ASGIStaticFilesHandler(django_asgi_app)),
+        # Static files (admin and playground assets) are served under STATIC_URL by the site's URL map.
+        "http": SecurityHeaders(HttpDispatch(ApiCors(ApiHandler()), django_asgi_app)),
         "lifespan": lifespan_app,
         "websocket": OriginCheckUnlessKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

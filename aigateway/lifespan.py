@@ -1,21 +1,45 @@
-"""ASGI lifespan: at shutdown, let spawned usage pushes finish, then close the upstream connection pools."""
+"""ASGI lifespan. At startup: put the graceful-stop trigger in front of the server's SIGTERM/SIGINT
+handlers (see aigateway.shutdown). At shutdown (after the server has waited for open connections): let
+spawned usage pushes and lease settles finish, give usage events held through a Redis outage a last
+chance to reach the queue, then close the upstream connection pools."""
 
+import asyncio
 import logging
+import time
+
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+# How long a stopping process waits for usage events it holds (Redis was unreachable) to be queued.
+HELD_USAGE_WAIT_SECONDS = 5.0
+
+
+async def _held_usage_wait(timeout: float) -> None:
+    from accounts.usage import usage_retry_buffer_size
+
+    deadline = time.monotonic() + timeout
+    while usage_retry_buffer_size() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    held = usage_retry_buffer_size()
+    if held:
+        logger.error("stopping with %d usage events that could not be queued (redis unreachable)", held)
+
 
 async def lifespan_app(scope, receive, send) -> None:
+    from aigateway.shutdown import shutdown_signals_install
     from providers.upstream import upstream_clients_close
     from streaming.relay import background_drain
 
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            shutdown_signals_install(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS)
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:
                 await background_drain()
+                await _held_usage_wait(HELD_USAGE_WAIT_SECONDS)
                 await upstream_clients_close()
             except Exception as exc:
                 logger.warning("closing upstream clients failed: %s", type(exc).__name__)

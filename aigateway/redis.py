@@ -24,7 +24,10 @@ def redis_async() -> aredis.Redis:
     cache_key = (settings.REDIS_URL, id(loop))
     client = _async_clients.get(cache_key)
     if client is None:
-        client = _async_clients[cache_key] = aredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=5, max_connections=500
+        # Blocking: at a burst of more commands than connections a command waits (up to 5 s) for a free
+        # one, instead of failing with "Too many connections" as if Redis were down.
+        pool = aredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, socket_timeout=5, max_connections=500, timeout=5
         )
+        client = _async_clients[cache_key] = aredis.Redis.from_pool(pool)
     return client

@@ -141,6 +141,9 @@ GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default
 GATEWAY_KEY_CACHE_SECONDS = env.float("GATEWAY_KEY_CACHE_SECONDS", default=60.0)
 # A concurrency lease not released (process died) expires after this; live streams renew theirs.
 GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0)
+# An admitted request that has not finished (nor, for a stream, shown signs of life) this long after
+# admission is recorded as "lost": its process died before it could push its usage event.
+GATEWAY_USAGE_LOST_AFTER_SECONDS = env.float("GATEWAY_USAGE_LOST_AFTER_SECONDS", default=900.0)
 
 # When routing serves another model than the one asked for (alias, rule, fallback), answers still name
 # the requested one unless this is set; the x-gateway-model header always names the model that served.
@@ -156,11 +159,21 @@ GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 
 # Reliability. On SIGTERM, streams in flight may run this long before they are ended with an error event.
 GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
+# While Redis (the rate-limit store) is unreachable, requests of keys with limits get a 503 unless this
+# lets them through unlimited.
+GATEWAY_LIMITS_FAIL_OPEN = env.bool("GATEWAY_LIMITS_FAIL_OPEN", default=False)
+# The production HTTP server (aigateway.server) closes a connection whose request headers are not complete
+# this long after it opened (or after the request began), and answers 408 to a body not complete in time.
+GATEWAY_HEADER_TIMEOUT_SECONDS = env.float("GATEWAY_HEADER_TIMEOUT_SECONDS", default=10.0)
+GATEWAY_BODY_TIMEOUT_SECONDS = env.float("GATEWAY_BODY_TIMEOUT_SECONDS", default=30.0)
 # A stream with no upstream event for this long gets an SSE comment (": keepalive"); 0 turns it off.
 GATEWAY_SSE_KEEPALIVE_SECONDS = env.float("GATEWAY_SSE_KEEPALIVE_SECONDS", default=15.0)
 # An upstream JSON body, or one SSE line, larger than this ends the call with an error.
 GATEWAY_MAX_UPSTREAM_BODY_BYTES = env.int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", default=32 * 1024 * 1024)
 GATEWAY_MAX_SSE_LINE_BYTES = env.int("GATEWAY_MAX_SSE_LINE_BYTES", default=4 * 1024 * 1024)
+# How long a request may wait for a free connection of a provider's pool before that provider counts as
+# at capacity (503, and the next deployment is tried); apart from the connect timeout.
+GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS", default=5.0)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "playground"
@@ -198,3 +211,59 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# Security.
+# Login throttling (django-axes) on every form login (admin, playground): a username from one client
+# address is refused for GATEWAY_LOGIN_COOLOFF_MINUTES after GATEWAY_LOGIN_FAILURE_LIMIT failures,
+# even with the right password. Attempts are kept in the database, so every gateway process sees them.
+GATEWAY_LOGIN_FAILURE_LIMIT = env.int("GATEWAY_LOGIN_FAILURE_LIMIT", default=5)
+GATEWAY_LOGIN_COOLOFF_MINUTES = env.float("GATEWAY_LOGIN_COOLOFF_MINUTES", default=15.0)
+INSTALLED_APPS += ["axes"]
+AUTHENTICATION_BACKENDS = [
+    "accounts.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = GATEWAY_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = GATEWAY_LOGIN_COOLOFF_MINUTES / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_ENABLED = env.bool("GATEWAY_LOGIN_THROTTLE", default=True)
+
+# Headers on every page of the site (admin, login, playground, dashboard, management API). The API
+# paths (/v1/..., /health) skip the middleware; aigateway.security_headers adds theirs.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+# Admin and the login pages load only their own scripts and styles; the playground sets a stricter
+# policy of its own (streaming.playground), which this one leaves in place.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Axes last: it turns a refused login into the lockout page.
+MIDDLEWARE += ["csp.middleware.CSPMiddleware", "axes.middleware.AxesMiddleware"]
+
+# API keys: `manage.py rotate_key` and the admin's rotate action keep the old key working this long.
+GATEWAY_KEY_ROTATION_GRACE_HOURS = env.float("GATEWAY_KEY_ROTATION_GRACE_HOURS", default=24.0)
+
+# Upstream address policy (providers.upstream_policy): link-local, cloud metadata, unspecified and
+# multicast addresses are refused unless GATEWAY_ALLOW_PRIVATE_UPSTREAMS; loopback is allowed while
+# GATEWAY_ALLOW_LOOPBACK_UPSTREAMS (the default; always under DEBUG) for local model servers.
+GATEWAY_ALLOW_PRIVATE_UPSTREAMS = env.bool("GATEWAY_ALLOW_PRIVATE_UPSTREAMS", default=False)
+GATEWAY_ALLOW_LOOPBACK_UPSTREAMS = env.bool("GATEWAY_ALLOW_LOOPBACK_UPSTREAMS", default=True)

@@ -533,7 +533,9 @@ def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list
             "extra_headers": entry.string_map("extra_headers"),
             "timeout_connect": entry.number("timeout_connect", default=5.0, minimum=0.1),
             "timeout_read": entry.number("timeout_read", default=120.0, minimum=0.1),
-            "max_connections": entry.integer("max_connections", default=200, minimum=1),
+            "max_connections": entry.integer(
+                "max_connections", default=Provider._meta.get_field("max_connections").default, minimum=1
+            ),
             "enabled": entry.boolean("enabled", default=True),
             "request_transforms": entry.transforms("request_transforms"),
         }

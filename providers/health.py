@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from aigateway.redis import redis_sync
 from providers.models import Dialect, HealthCheck, HealthStatus, Provider
+from providers.upstream_policy import url_connect_problem
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,18 @@ class _ProbeTarget:
 def _probe(target: _ProbeTarget) -> HealthResult:
     url, headers = target.request()
     status_code = latency_ms = None
+    refused = url_connect_problem(url)
+    if refused is not None:
+        # The relay would refuse this address; the probe must not send the provider's key there either.
+        logger.warning("health probe of %s refused: %s", target.provider_name, refused)
+        return HealthResult(
+            provider_id=target.provider_id,
+            provider_name=target.provider_name,
+            ok=False,
+            status_code=None,
+            latency_ms=None,
+            error=target.redact(f"upstream address refused: {refused}"),
+        )
     try:
         with httpx.Client(timeout=target.timeout(), follow_redirects=False) as client:
             started = time.perf_counter()

@@ -6,6 +6,7 @@ from django.db import models
 
 from providers.secrets import secret_decrypt, secret_encrypt
 from providers.transforms import transforms_validate
+from providers.upstream_policy import base_url_problem
 
 
 class Dialect(models.TextChoices):
@@ -32,7 +33,13 @@ class Provider(models.Model):
     extra_headers = models.JSONField(default=dict, blank=True)
     timeout_connect = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
     timeout_read = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
-    max_connections = models.PositiveIntegerField(default=200, validators=[MinValueValidator(1)])
+    # A stream holds its connection for its whole length: size the pool for concurrent streams, not requests.
+    max_connections = models.PositiveIntegerField(
+        default=1000,
+        validators=[MinValueValidator(1)],
+        help_text="Connections to this provider at once; a request waits up to "
+        "GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS for a free one, then the next deployment is tried.",
+    )
     enabled = models.BooleanField(default=True)
     request_transforms = models.JSONField(
         default=list,
@@ -64,9 +71,16 @@ class Provider(models.Model):
         # A rule that cannot run is refused here, where it is written, never at request time.
         if self.request_transforms is None:
             self.request_transforms = []
+        errors = {}
         problems = transforms_validate(self.request_transforms)
         if problems:
-            raise ValidationError({"request_transforms": problems})
+            errors["request_transforms"] = problems
+        # The address policy (providers.upstream_policy); connections are checked again as they open.
+        url_problem = base_url_problem(self.base_url) if self.base_url else None
+        if url_problem:
+            errors["base_url"] = [f"The base URL {url_problem}."]
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def api_key(self) -> str:

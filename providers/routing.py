@@ -1,8 +1,9 @@
 """Route table (public model -> deployments), candidate ordering, and the passive circuit breaker.
 
-The table lives in process and is rebuilt when the config version moves. Provider availability
-(breaker open, health check down) lives in Redis so every gateway process agrees; it is read with
-one MGET and cached for a short moment.
+The table lives in process and is rebuilt when the config version moves. Availability lives in Redis
+so every gateway process agrees, read with one MGET and cached for a short moment: the health check
+marks a provider down, and the passive breaker opens per deployment (provider + upstream model), so one
+bad upstream model does not take every other model of its provider out of rotation.
 """
 
 import logging
@@ -21,8 +22,8 @@ from providers.transforms import Transform, TransformsInvalid, transforms_compil
 
 logger = logging.getLogger(__name__)
 
-BREAKER_FAILURES_KEY = "gw:breaker:failures:{provider_id}"
-BREAKER_OPEN_KEY = "gw:breaker:open:{provider_id}"
+BREAKER_FAILURES_KEY = "gw:breaker:failures:{deployment_id}"
+BREAKER_OPEN_KEY = "gw:breaker:open:{deployment_id}"
 _AVAILABILITY_CACHE_SECONDS = 0.5
 
 
@@ -183,39 +184,44 @@ class Router:
         if not routes:
             return []
         ordered = order_routes(routes)
-        available = await self._available({r.provider.id for r in ordered})
-        healthy = [r for r in ordered if available.get(r.provider.id, True)]
+        available = await self._available(ordered)
+        healthy = [r for r in ordered if available.get(r.deployment_id, True)]
         return healthy or ordered
 
-    async def _available(self, provider_ids: set[int]) -> dict[int, bool]:
+    async def _available(self, routes: list[Route]) -> dict[int, bool]:
+        """Deployment id -> whether it may be tried: its breaker is closed and its provider is not down."""
         now = time.monotonic()
         result: dict[int, bool] = {}
         missing = []
-        for pid in provider_ids:
-            cached = self._availability.get(pid)
+        for route in routes:
+            cached = self._availability.get(route.deployment_id)
             if cached and cached[0] > now:
-                result[pid] = cached[1]
+                result[route.deployment_id] = cached[1]
             else:
-                missing.append(pid)
+                missing.append(route)
         if missing:
             keys = []
-            for pid in missing:
-                keys += [BREAKER_OPEN_KEY.format(provider_id=pid), HEALTH_DOWN_KEY.format(provider_id=pid)]
+            for route in missing:
+                keys += [
+                    BREAKER_OPEN_KEY.format(deployment_id=route.deployment_id),
+                    HEALTH_DOWN_KEY.format(provider_id=route.provider.id),
+                ]
             try:
                 values = await redis_async().mget(keys)
             except Exception as exc:
                 logger.warning("availability lookup failed: %s", type(exc).__name__)
                 values = [None] * len(keys)
-            for index, pid in enumerate(missing):
+            for index, route in enumerate(missing):
                 up = values[2 * index] is None and values[2 * index + 1] is None
-                result[pid] = up
-                self._availability[pid] = (now + _AVAILABILITY_CACHE_SECONDS, up)
+                result[route.deployment_id] = up
+                self._availability[route.deployment_id] = (now + _AVAILABILITY_CACHE_SECONDS, up)
         return result
 
-    async def record_failure(self, provider: ProviderRoute, reason: str) -> None:
-        """Count a failure; N in a row (within the cool-down window) opens the breaker everywhere."""
-        self._failed_locally.add(provider.id)
-        failures_key = BREAKER_FAILURES_KEY.format(provider_id=provider.id)
+    async def record_failure(self, route: Route, reason: str) -> None:
+        """Count a failure of one deployment; N in a row (within the cool-down window) opens its breaker
+        in every gateway process. The provider's other deployments are not affected."""
+        self._failed_locally.add(route.deployment_id)
+        failures_key = BREAKER_FAILURES_KEY.format(deployment_id=route.deployment_id)
         cooldown = settings.GATEWAY_BREAKER_COOLDOWN_SECONDS
         try:
             redis = redis_async()
@@ -224,12 +230,17 @@ class Router:
             pipe.expire(failures_key, max(int(cooldown * 2), 1))
             count, _ = await pipe.execute()
             if count >= settings.GATEWAY_BREAKER_FAILURES:
-                await redis.set(BREAKER_OPEN_KEY.format(provider_id=provider.id), reason[:200], px=int(cooldown * 1000))
+                open_key = BREAKER_OPEN_KEY.format(deployment_id=route.deployment_id)
+                # NX: of several processes (or requests) failing at once, one opens it and says so.
+                opened = await redis.set(open_key, reason[:200], px=int(cooldown * 1000), nx=True)
                 await redis.delete(failures_key)
-                self._availability[provider.id] = (time.monotonic() + _AVAILABILITY_CACHE_SECONDS, False)
+                self._availability[route.deployment_id] = (time.monotonic() + _AVAILABILITY_CACHE_SECONDS, False)
+                if not opened:
+                    return
                 logger.warning(
-                    "circuit opened for provider %s for %.0fs after %d failures (%s)",
-                    provider.name,
+                    "circuit opened for %s at provider %s for %.0fs after %d failures (%s)",
+                    route.upstream_model,
+                    route.provider.name,
                     cooldown,
                     count,
                     reason,
@@ -237,12 +248,12 @@ class Router:
         except Exception as exc:
             logger.warning("breaker update failed: %s", type(exc).__name__)
 
-    async def record_success(self, provider: ProviderRoute) -> None:
+    async def record_success(self, route: Route) -> None:
         # Only a process that saw failures pays the round trip to clear the shared counter.
-        if provider.id in self._failed_locally:
-            self._failed_locally.discard(provider.id)
+        if route.deployment_id in self._failed_locally:
+            self._failed_locally.discard(route.deployment_id)
             try:
-                await redis_async().delete(BREAKER_FAILURES_KEY.format(provider_id=provider.id))
+                await redis_async().delete(BREAKER_FAILURES_KEY.format(deployment_id=route.deployment_id))
             except Exception as exc:
                 logger.warning("breaker reset failed: %s", type(exc).__name__)
 

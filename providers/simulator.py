@@ -41,6 +41,10 @@ OPTION_NAMES = (
     "hang",  # accept the request and never answer; wait for the client to go away
     "drop_after",  # stream k token events, then abort the connection
     "malformed_after",  # after k token events, send one event that is not JSON, then go on
+    "hang_after",  # stream k token events, then send nothing more and keep the connection open
+    "long_line",  # after the first token event, send one SSE data line of this many bytes, then go on
+    "invalid_json",  # non-stream: answer 200 with a JSON content type and a body cut in half (not JSON)
+    "token_bytes",  # pad each generated token with "x" to this many characters (large bodies and streams)
     "no_usage",  # leave usage out everywhere
     "echo",  # the answer is the last user message, word by word
     "reasoning",  # stream this many reasoning ("thinking") tokens before the answer
@@ -49,7 +53,8 @@ OPTION_NAMES = (
     "tool_args",  # the tool call's arguments: a JSON object (default {"location": "Paris"})
 )
 TEXT_OPTIONS = ("tool", "tool_args")
-FAULT_OPTIONS = ("fail", "hang", "drop_after", "malformed_after")
+FAULT_OPTIONS = ("fail", "hang", "drop_after", "malformed_after", "hang_after", "long_line", "invalid_json")
+LONG_LINE_PIECE = 64 * 1024
 DEFAULT_TOKENS = 12
 MAX_CHOICES = 16
 REQUEST_LOG_SIZE = 5000
@@ -303,6 +308,9 @@ def completion_plan(
         canonical = orjson.dumps([model.partition("?")[0], system, messages], option=orjson.OPT_SORT_KEYS)
         seed = int.from_bytes(hashlib.sha256(canonical).digest()[:8], "big")
         choices = [random.Random(seed + index).choices(VOCABULARY, k=count) for index in range(n)]
+    if options.get("token_bytes"):
+        width = options["token_bytes"]
+        choices = [[token + "x" * (width - len(token)) for token in tokens] for tokens in choices]
     finish = "stop"
     if cap is not None and any(len(tokens) > cap for tokens in choices):
         choices = [tokens[: max(cap, 0)] for tokens in choices]
@@ -323,13 +331,15 @@ def _json_int(value) -> bool:
 class Exchange:
     """One HTTP request/response: writes the response and keeps its request-log record up to date."""
 
-    __slots__ = ("send", "receive", "record", "completing")
+    __slots__ = ("send", "receive", "record", "completing", "invalid_json")
 
     def __init__(self, send, receive, record: dict) -> None:
         self.send = send
         self.receive = receive
         self.record = record
         self.completing = False
+        # `invalid_json`: a successful JSON answer goes out cut in half.
+        self.invalid_json = False
 
     async def start(self, status: int, headers: list) -> None:
         self.record["status"] = status
@@ -351,6 +361,8 @@ class Exchange:
 
     async def json(self, status: int, payload, headers: tuple = ()) -> None:
         body = orjson.dumps(payload)
+        if self.invalid_json and status == 200:
+            body = body[: len(body) // 2]
         await self.start(
             status,
             [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
@@ -507,6 +519,7 @@ class Simulator:
             await exchange.json(400, error_payload(dialect, 400, str(exc)))
             return
         record["options"] = options
+        exchange.invalid_json = bool(options.get("invalid_json"))
         if await self._fault_before_response(exchange, dialect, options):
             return
         if kind == "embeddings":
@@ -748,9 +761,20 @@ class Simulator:
 
     @staticmethod
     async def _fault_at(exchange: Exchange, step: int, steps: int, options: dict, malformed: bytes) -> None:
-        """Inject `malformed_after` / `drop_after` once `step` token events have gone out."""
+        """Inject the mid-stream faults (malformed_after, drop_after, hang_after, long_line) at `step` token events."""
         if "malformed_after" in options and min(options["malformed_after"], steps) == step:
             await exchange.event(malformed)
+        if options.get("long_line") and min(1, steps) == step:
+            # In pieces, as a network would deliver it: the reader sees the line grow without an end.
+            remaining = options["long_line"]
+            await exchange.event(b"data: ")
+            while remaining > 0:
+                piece = min(remaining, LONG_LINE_PIECE)
+                await exchange.send({"type": "http.response.body", "body": b"x" * piece, "more_body": True})
+                remaining -= piece
+            await exchange.send({"type": "http.response.body", "body": b"\n\n", "more_body": True})
+        if "hang_after" in options and min(options["hang_after"], steps) == step:
+            await asyncio.Event().wait()
         if "drop_after" in options and min(options["drop_after"], steps) == step:
             exchange.record["finished_at"] = time.time()
             raise ConnectionDrop(f"dropped after {step} token events")

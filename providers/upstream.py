@@ -1,25 +1,87 @@
 """One shared httpx.AsyncClient per provider (pool limits and timeouts from its row).
 
 Clients are created lazily per event loop, replaced when the provider's settings change, and
-closed at shutdown (ASGI lifespan) or when replaced.
+closed at shutdown (ASGI lifespan) or when replaced. A request that finds every connection of its
+provider busy waits up to GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS, then fails with PoolExhausted
+(the provider is at capacity, not timing out); the waits are logged and counted per provider.
 """
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import httpx
+from django.conf import settings
 
-from providers.aiohttp_transport import AiohttpTransport
+from providers.aiohttp_transport import AiohttpTransport, PoolExhausted
 from providers.routing import ProviderRoute
+from providers.upstream_policy import UpstreamResolver, upstream_request_check
+
+__all__ = ["PoolExhausted", "PoolWaits", "pool_wait_stats", "upstream_client", "upstream_clients_close"]
 
 logger = logging.getLogger(__name__)
 
 _clients: dict[tuple[int, int], tuple[ProviderRoute, httpx.AsyncClient]] = {}
 
 
+@dataclass
+class PoolWaits:
+    """How often requests to one provider waited for a pooled connection, in this process."""
+
+    waits: int = 0
+    exhausted: int = 0
+    wait_seconds_total: float = 0.0
+    wait_seconds_max: float = 0.0
+
+
+_pool_waits: dict[str, PoolWaits] = {}
+
+
+def pool_wait_stats() -> dict[str, PoolWaits]:
+    """Per provider name: the requests that found its pool full (`waits`), those that gave up after
+    the pool timeout (`exhausted`), and how long they waited. Counts since the process started."""
+    return {name: PoolWaits(**vars(waits)) for name, waits in _pool_waits.items()}
+
+
+def _pool_wait_recorder(provider: ProviderRoute):
+    def record(waited: float, exhausted: bool) -> None:
+        waits = _pool_waits.setdefault(provider.name, PoolWaits())
+        waits.waits += 1
+        waits.wait_seconds_total += waited
+        waits.wait_seconds_max = max(waits.wait_seconds_max, waited)
+        if exhausted:
+            waits.exhausted += 1
+            logger.warning(
+                "provider %s is at capacity: all %d connections busy, gave up after waiting %.3fs",
+                provider.name,
+                provider.max_connections,
+                waited,
+            )
+        else:
+            logger.info(
+                "provider %s pool full (%d connections): waited %.3fs for a connection",
+                provider.name,
+                provider.max_connections,
+                waited,
+            )
+
+    return record
+
+
 def _client_build(provider: ProviderRoute) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(connect=provider.timeout_connect, read=provider.timeout_read, write=30.0, pool=30.0)
-    transport = AiohttpTransport(max_connections=provider.max_connections)
+    timeout = httpx.Timeout(
+        connect=provider.timeout_connect,
+        read=provider.timeout_read,
+        write=30.0,
+        pool=settings.GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS,
+    )
+    transport = AiohttpTransport(
+        max_connections=provider.max_connections,
+        name=provider.name,
+        on_pool_wait=_pool_wait_recorder(provider),
+        # The address policy: host names are checked as they resolve, literal addresses by the request hook.
+        resolver=UpstreamResolver(),
+    )
     # identity: a compressing upstream (or proxy) would buffer stream events inside its compressor.
     return httpx.AsyncClient(
         timeout=timeout,
@@ -27,6 +89,7 @@ def _client_build(provider: ProviderRoute) -> httpx.AsyncClient:
         headers={"accept-encoding": "identity"},
         follow_redirects=False,
         trust_env=False,
+        event_hooks={"request": [upstream_request_check]},
     )
 
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -103,16 +104,21 @@ def _models(body: dict, cap: int) -> list[str]:
     for index, name in enumerate(models):
         if not isinstance(name, str) or not name.strip():
             raise bad_request(f"'models[{index}]' must be a non-empty string", param=f"models[{index}]")
-    duplicates = sorted({name for name in models if models.count(name) > 1})
-    if duplicates:
-        raise bad_request(f"'models' lists {', '.join(duplicates)} more than once", param="models")
+    # The cap first: a list of a million names is refused without looking at them twice.
     if len(models) > cap:
         raise bad_request(
             f"this key's tier allows at most {cap} models per compare request, got {len(models)}",
             param="models",
             code="too_many_models",
         )
+    duplicates = sorted(name for name, count in Counter(models).items() if count > 1)
+    if duplicates:
+        raise bad_request(f"'models' lists {_quoted(duplicates)} more than once", param="models")
     return models
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
 
 
 def _conversations(body: dict, models: list[str]) -> dict[str, object]:
@@ -129,10 +135,12 @@ def _conversations(body: dict, models: list[str]) -> dict[str, object]:
     missing = [name for name in models if name not in by_model]
     extra = sorted(set(by_model) - set(models))
     if missing or extra:
-        problems = ([f"no messages for {', '.join(missing)}"] if missing else []) + (
-            [f"messages for {', '.join(extra)}, which is not in 'models'"] if extra else []
+        problems = ([f"no messages for {_quoted(missing)}"] if missing else []) + (
+            [f"messages for {_quoted(extra)}, which is not in 'models'"] if extra else []
         )
-        raise bad_request(f"'messages_by_model' does not match 'models': {'; '.join(problems)}")
+        raise bad_request(
+            f"'messages_by_model' does not match 'models': {'; '.join(problems)}", param="messages_by_model"
+        )
     return {name: by_model[name] for name in models}
 
 
@@ -224,8 +232,10 @@ class CompareRun:
         for task in self._tasks:
             task.cancel()
 
-    async def events(self) -> AsyncIterator[dict]:
-        """The merged events, ending with `complete`. Closing the iterator early cancels every model."""
+    async def events(self, *, keepalive: float | None = None) -> AsyncIterator[dict | None]:
+        """The merged events, ending with `complete`. Closing the iterator early cancels every model.
+        With `keepalive`, None comes out after that many seconds without an event (a stream stays open
+        through long thinking pauses)."""
         _model_finished = object()
         self._tasks = [asyncio.create_task(self._run_model(name)) for name in self.request.models]
         for task in self._tasks:
@@ -234,7 +244,14 @@ class CompareRun:
         running = len(self._tasks)
         try:
             while running:
-                event = await self._queue.get()
+                if keepalive and self._queue.empty():
+                    try:
+                        event = await asyncio.wait_for(self._queue.get(), keepalive)
+                    except TimeoutError:
+                        yield None
+                        continue
+                else:
+                    event = await self._queue.get()
                 if event is _model_finished:
                     running -= 1
                     continue

@@ -20,6 +20,7 @@ from accounts.selectors import playground_keys
 from accounts.services import playground_key_get_or_create
 from aigateway.errors import GatewayError, bad_request
 from streaming.compare import CompareRun, compare_prepare, error_event
+from streaming.edge import json_depth_check
 
 CLOSE_UNAUTHENTICATED = 4401
 
@@ -65,6 +66,11 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             return
         if not isinstance(content, dict):
             await self._refuse(bad_request(f"frame must be a JSON object, got {type(content).__name__}"))
+            return
+        try:
+            json_depth_check(text_data, content)
+        except GatewayError as error:
+            await self._refuse(error)
             return
         kind = content.get("type")
         if kind == "chat":

@@ -1,6 +1,7 @@
 """The edge of the API: authenticate, read and check the body, admit, and render every
 GatewayError in the client's dialect (the one place errors become responses)."""
 
+import asyncio
 import logging
 from functools import wraps
 
@@ -12,19 +13,22 @@ from django.http import HttpResponse
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
 from accounts.limits import limits_admit
+from accounts.usage import usage_started
 from aigateway.errors import GatewayError, bad_request
 from providers.dialects.anthropic import anthropic
 from providers.dialects.base import Dialect
+from providers.dialects.nesting import JSON_DEPTH_MAX, may_nest_deeper, too_deep_field
 from providers.dialects.openai import openai
 from providers.route_rules import PromptTooLong, RouteDecision, UnknownModel, request_facts, route_decide
 from providers.routing import router
-from streaming.relay import new_request_id
+from streaming.relay import call_finish, call_marker, new_request_id, spawn
 from streaming.tokens import rough_prompt_estimate
 
 logger = logging.getLogger(__name__)
 
 
 def error_response(dialect, error: GatewayError) -> HttpResponse:
+    """`error` in `dialect`'s error shape (its message already capped by GatewayError)."""
     headers = dict(error.headers)
     return HttpResponse(
         orjson.dumps(dialect.error_body(error)), status=error.status, content_type="application/json", headers=headers
@@ -108,9 +112,21 @@ async def call_admit(call, body_size: int) -> None:
     )
     if call.ctx.max_output_tokens and max_output:
         max_output = min(max_output, call.ctx.max_output_tokens)
-    call.admission = await limits_admit(
-        call.ctx, estimate_tokens=rough_prompt_estimate(body_size, max_output), request_id=call.request_id
-    )
+    marker = call_marker(call)
+    try:
+        call.admission = await limits_admit(
+            call.ctx,
+            estimate_tokens=rough_prompt_estimate(body_size, max_output),
+            request_id=call.request_id,
+            marker=marker,
+        )
+        if call.admission.allowed and not call.admission.marked:
+            await usage_started(call.request_id, marker)
+    except asyncio.CancelledError:
+        # The client left while being admitted: the call may hold a marker already; record it as cancelled.
+        call.status, call.error_type = 499, "client_disconnected"
+        spawn(call_finish(call))
+        raise
     if not call.admission.allowed:
         headers = dict(call.admission.headers_for(call.dialect.name))
         headers["x-request-id"] = call.request_id
@@ -158,7 +174,9 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, 
 def read_json_body(request) -> dict:
     limit = settings.GATEWAY_MAX_BODY_BYTES
     declared = request.META.get("CONTENT_LENGTH")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and not (declared.isascii() and declared.isdigit()):
+        raise bad_request(f"the Content-Length header must be a number of bytes, got '{declared}'")
+    if declared and int(declared) > limit:
         raise GatewayError(
             413, "request_too_large", f"request body of {declared} bytes exceeds the limit of {limit} bytes"
         )
@@ -178,7 +196,20 @@ def read_json_body(request) -> dict:
         raise bad_request(f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise bad_request(f"request body must be a JSON object, got {type(body).__name__}")
+    json_depth_check(raw, body)
     return body
+
+
+def json_depth_check(raw: bytes | str, body: dict) -> None:
+    """A 400 naming the field when the decoded `body` nests deeper than the gateway could send it on."""
+    if may_nest_deeper(raw):
+        field = too_deep_field(body)
+        if field is not None:
+            raise bad_request(
+                f"'{field}' nests JSON more than {JSON_DEPTH_MAX} levels deep; at most {JSON_DEPTH_MAX} are accepted",
+                param=field,
+                code="json_too_deep",
+            )
 
 
 def _check_model_and_messages(body: dict) -> list:
@@ -203,6 +234,17 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+# Output sizes the gateway reads for admission, whatever the body's format (see call_admit).
+LIMIT_SIZES = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _check_sizes(body: dict, sizes: tuple[str, ...]) -> None:
+    for name in sizes:
+        value = body.get(name)
+        if value is not None and not _positive_int(value):
+            raise bad_request(f"'{name}' must be a positive integer", param=name)
+
+
 def check_chat_body(body: dict) -> None:
     """The checks an OpenAI chat body must pass before routing; the rest is the provider's to judge."""
     for index, message in enumerate(_check_model_and_messages(body)):
@@ -217,17 +259,14 @@ def check_chat_body(body: dict) -> None:
                 f"'messages[{index}].content' must be a string or an array of content parts",
                 param=f"messages[{index}].content",
             )
-    _check_stream_and_sizes(body, ("max_tokens", "max_completion_tokens", "n"))
+    _check_stream_and_sizes(body, (*LIMIT_SIZES, "n"))
 
 
 def _check_stream_and_sizes(body: dict, sizes: tuple[str, ...]) -> None:
     """What the OpenAI-style bodies share: a boolean `stream`, positive sizes, an object `stream_options`."""
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise bad_request("'stream' must be a boolean", param="stream")
-    for name in sizes:
-        value = body.get(name)
-        if value is not None and not _positive_int(value):
-            raise bad_request(f"'{name}' must be a positive integer", param=name)
+    _check_sizes(body, sizes)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise bad_request("'stream_options' must be an object", param="stream_options")
@@ -263,6 +302,7 @@ def check_embeddings_body(body: dict) -> None:
         raise bad_request("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     if body.get("stream"):
         raise bad_request("embeddings cannot be streamed", param="stream")
+    _check_sizes(body, LIMIT_SIZES)
 
 
 def check_completions_body(body: dict) -> None:
@@ -277,7 +317,7 @@ def check_completions_body(body: dict) -> None:
         or (isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_token_list(p) for p in prompt))
     ):
         raise bad_request("'prompt' must be a string, an array of strings, or token arrays", param="prompt")
-    _check_stream_and_sizes(body, ("max_tokens", "n"))
+    _check_stream_and_sizes(body, (*LIMIT_SIZES, "n"))
 
 
 def check_messages_body(body: dict) -> None:
@@ -290,6 +330,7 @@ def check_messages_body(body: dict) -> None:
         raise bad_request("'max_tokens' must be a positive integer", param="max_tokens")
     if "stream" in body and not isinstance(body["stream"], bool):
         raise bad_request("'stream' must be a boolean", param="stream")
+    _check_sizes(body, LIMIT_SIZES)
 
 
 def check_responses_body(body: dict) -> None:
@@ -316,6 +357,4 @@ def check_responses_body(body: dict) -> None:
         raise bad_request("'input' must be a non-empty string or an array of input items", param="input")
     if "stream" in body and not isinstance(body["stream"], bool) and body["stream"] is not None:
         raise bad_request("'stream' must be a boolean", param="stream")
-    value = body.get("max_output_tokens")
-    if value is not None and not _positive_int(value):
-        raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")
+    _check_sizes(body, LIMIT_SIZES)

@@ -12,9 +12,11 @@ success, error, client gone - the limits lease is settled and one usage event is
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 import httpx
 import orjson
@@ -23,8 +25,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.context import KeyContext
 from accounts.limits import Admission, limits_lease_refresh, limits_settle
-from accounts.usage import usage_record
+from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record, usage_started_refresh
 from aigateway.errors import GatewayError
+from aigateway.shutdown import shutdown_deadline
 from providers.dialects import DIALECTS
 from providers.dialects.base import Dialect
 from providers.dialects.canonical import (
@@ -41,10 +44,10 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai as openai_dialect
-from providers.dialects.sse import SSEDecoder, SSEvent
+from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
-from providers.upstream import upstream_client
+from providers.upstream import PoolExhausted, upstream_client
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
 
@@ -105,6 +108,11 @@ class RelayCall:
     operation: str = "chat"
     # Size of the client's body: the one prompt estimate admission, routing and renderers share.
     body_size: int = 0
+    # The client started reading the streamed body (its cleanup runs however it ends).
+    body_started: bool = False
+    # Why each deployment tried before the first byte failed; whether one answered.
+    failures: list = field(default_factory=list)
+    answered: bool = False
 
     @property
     def response_model(self) -> str:
@@ -165,7 +173,8 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     provider reported none (the answer was cut short, or the provider never counts)."""
     if call.usage is not None:
         return call.usage, False
-    if call.route is None:
+    if not call.answered:
+        # No deployment answered (or the client left first): the provider did no work to bill.
         return Usage(), False
     prompt = call.prompt_tokens_reported
     if prompt is None:
@@ -174,11 +183,8 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     return Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts))), True
 
 
-async def call_finish(call: RelayCall) -> None:
-    """Settle the limits lease and push the usage event; never raises."""
-    usage, estimated = call_usage(call)
-    summary = call.meter.summary()
-    event = {
+def _call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
+    return {
         "request_id": call.request_id,
         "api_key_id": call.ctx.key_id,
         "model": call.model,
@@ -197,8 +203,22 @@ async def call_finish(call: RelayCall) -> None:
         "attempts": call.attempts,
         "run_id": call.run_id,
         "created_at": time.time(),
-        **summary,
     }
+
+
+def call_marker(call: RelayCall) -> bytes:
+    """The "started" marker stored at admission: the usage event the books get if the process dies
+    before this call finishes (status "lost", the prompt estimated from the body's size)."""
+    event = _call_event(call, Usage(prompt_tokens=call.body_size // 4), True)
+    event["status_code"], event["error_type"] = LOST_STATUS, LOST_ERROR_TYPE
+    return orjson.dumps(event)
+
+
+async def call_finish(call: RelayCall) -> None:
+    """Settle the limits lease and push the usage event; never raises."""
+    usage, estimated = call_usage(call)
+    event = _call_event(call, usage, estimated)
+    event.update(call.meter.summary())
     # Both round trips at once: the client of a non-streamed request is waiting on them.
     await asyncio.gather(_settle(call, usage), _record(call.request_id, event))
 
@@ -221,18 +241,49 @@ async def _record(request_id: str, event: dict) -> None:
 
 
 class UpstreamFailure(Exception):
-    """A deployment failed before the first byte; the next one may be tried."""
+    """A deployment failed before the first byte; the next one may be tried.
 
-    def __init__(self, status: int, reason: str) -> None:
+    `retry_after`: the upstream's Retry-After (seconds, as sent) when it refused with 429, for the
+    client's answer when every deployment did. `provider_fault` is False when the provider did nothing
+    wrong (the gateway's own connection pool to it is full): not a failure for its circuit breaker."""
+
+    def __init__(
+        self, status: int, reason: str, *, retry_after: str | None = None, provider_fault: bool = True
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after
+        self.provider_fault = provider_fault
 
 
 def _transport_reason(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, PoolExhausted):
+        return 503, str(exc)
+    if isinstance(exc, SSEEventTooLarge):
+        return 502, str(exc)
     if isinstance(exc, httpx.TimeoutException):
         return 504, f"upstream timed out ({type(exc).__name__})"
     return 502, f"upstream connection failed ({type(exc).__name__})"
+
+
+def _retry_after(response: httpx.Response) -> str | None:
+    """Seconds the upstream asks us to wait before retrying, as a Retry-After value (None: it said nothing usable)."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isdigit():
+        return value
+    if value:
+        try:
+            delay = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            delay = None
+        if delay is not None:
+            return str(max(math.ceil(delay), 0))
+    milliseconds = response.headers.get("retry-after-ms", "").strip()
+    try:
+        return str(max(math.ceil(float(milliseconds) / 1000), 0)) if milliseconds else None
+    except ValueError:
+        return None
 
 
 def _same_dialect(call: RelayCall, upstream: Dialect) -> bool:
@@ -285,7 +336,7 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     try:
         response = await client.send(request, stream=True)
     except httpx.TransportError as exc:
-        raise UpstreamFailure(*_transport_reason(exc)) from None
+        raise UpstreamFailure(*_transport_reason(exc), provider_fault=not isinstance(exc, PoolExhausted)) from None
     call.meter.upstream_byte()
     return response
 
@@ -330,6 +381,11 @@ async def relay_open(call: RelayCall):
         call.status, call.error_type = error.status, error.code
         await call_finish(call)
         raise
+    except Exception:
+        # A gateway defect, not the client: the books show a 500 (the edge logs it and answers 500).
+        call.status, call.error_type = 500, "internal_error"
+        spawn(call_finish(call))
+        raise
     except BaseException:
         if not call.finished:
             call.status, call.error_type = 499, "client_disconnected"
@@ -366,9 +422,21 @@ async def _open_with_failover(call: RelayCall):
         )
     if last is None or not deployments:
         raise GatewayError(503, "no_deployment", f"model '{first}' has no available deployment")
-    status = 503 if last.status == 429 else last.status
     tried = "', '".join((first, *call.fallbacks))
+    if call.failures and all(failure.status == 429 for failure in call.failures):
+        # Every deployment is rate-limited: the client may retry once the soonest of them allows it.
+        waits = [int(f.retry_after) for f in call.failures if f.retry_after is not None]
+        headers = {"retry-after": str(min(waits))} if waits else {}
+        raise GatewayError(
+            429, "upstream_rate_limited", f"every deployment of '{tried}' is rate-limited upstream", headers=headers
+        )
+    status = 503 if last.status == 429 else last.status
     raise GatewayError(status, "upstream_unavailable", f"all deployments of '{tried}' failed; last: {last.reason}")
+
+
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 async def _try_deployments(call: RelayCall, candidates: list[Route]):
@@ -384,11 +452,15 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
         payload = _upstream_body(call, route, upstream)
         try:
             response = await _open(call, route, payload, upstream)
+            if _cancel_requested():
+                # The HTTP client finished connecting despite a cancellation (the client left): honour it.
+                await response.aclose()
+                raise asyncio.CancelledError
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
-                raise UpstreamFailure(
-                    502 if response.status_code != 429 else 429, f"upstream returned HTTP {response.status_code}"
-                )
+                if response.status_code == 429:
+                    raise UpstreamFailure(429, "upstream rate limit (HTTP 429)", retry_after=_retry_after(response))
+                raise UpstreamFailure(502, f"upstream returned HTTP {response.status_code}")
             if response.status_code >= 400:
                 raise await _upstream_client_error(response, upstream)
             if call.stream:
@@ -397,21 +469,37 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
                 result = await _complete(call, response, upstream)
         except UpstreamFailure as failure:
             logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
-            await router.record_failure(route.provider, failure.reason)
+            if failure.provider_fault:
+                await router.record_failure(route, failure.reason)
+            call.failures.append(failure)
             last = failure
             continue
-        await router.record_success(route.provider)
+        await router.record_success(route)
+        call.answered = True
         return result
     raise last
 
 
 async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> bytes:
+    # Read up to the cap, never the whole of whatever the upstream sends.
+    limit = settings.GATEWAY_MAX_UPSTREAM_BODY_BYTES
+    too_large = UpstreamFailure(502, f"upstream response body is larger than the {limit}-byte limit")
+    parts: list[bytes] = []
+    size = 0
     try:
-        raw = await response.aread()
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        async for part in response.aiter_bytes():
+            size += len(part)
+            if size > limit:
+                raise too_large
+            parts.append(part)
     except httpx.TransportError as exc:
         raise UpstreamFailure(*_transport_reason(exc)) from None
     finally:
         await response.aclose()
+    raw = b"".join(parts)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -466,6 +554,7 @@ class StreamBridge:
         options = {"model": call.response_model, "include_usage": call.client_wants_usage}
         if _same_dialect(call, upstream):
             self.passthrough = call.dialect.stream_passthrough(**options)
+            self.passthrough.estimate = self.estimate
             self.renderer = None
         else:
             self.passthrough = None
@@ -492,8 +581,19 @@ class StreamBridge:
             rendered.extend(self.renderer.render(canonical_event))
         return rendered
 
+    def estimate(self) -> Usage:
+        return call_usage(self.call)[0]
+
     def close(self) -> list[bytes]:
-        return (self.passthrough or self.renderer).close()
+        if self.passthrough is not None:
+            return self.passthrough.close()
+        out = []
+        if self.call.usage is None:
+            # The provider reported no usage: the client's format gets the gateway's count, marked as such.
+            usage = self.estimate()
+            report = UsageReport(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, estimated=True)
+            out = self.renderer.render(report)
+        return out + self.renderer.close()
 
 
 async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dialect):
@@ -515,19 +615,93 @@ async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dia
         await response.aclose()
         raise
     bridge = StreamBridge(call, upstream)
-    return _stream_body(call, response, chunks, decoder, first, bridge)
+    body = _stream_body(call, response, _UpstreamChunks(chunks), decoder, first, bridge)
+    # The client may leave after this returns but before the body is ever iterated: then the body's own
+    # cleanup never runs, so the request's task does it when it ends.
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _task: call.body_started or spawn(_abandon(call, response)))
+    return body
 
 
-async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decoder, first: list, bridge: StreamBridge):
+async def _abandon(call: RelayCall, response: httpx.Response) -> None:
+    """A stream the client never started reading: close the upstream, free the lease, record the call."""
+    call.status, call.error_type = 499, "client_disconnected"
+    try:
+        await response.aclose()
+    finally:
+        await call_finish(call)
+
+
+_TIMED_OUT = object()
+_ENDED = object()
+
+
+async def _next_or_end(chunks):
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        return _ENDED
+
+
+class _UpstreamChunks:
+    """The upstream's body chunks, awaited with a timeout that does not lose the read in progress (the
+    stream keeps going after a keepalive or a shutdown check)."""
+
+    __slots__ = ("chunks", "pending")
+
+    def __init__(self, chunks) -> None:
+        self.chunks = chunks
+        self.pending: asyncio.Future | None = None
+
+    async def next(self, timeout: float | None):
+        """The next chunk, _ENDED at the end, or _TIMED_OUT after `timeout` seconds (None: no limit)."""
+        if timeout is None and self.pending is None:
+            return await _next_or_end(self.chunks)
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(_next_or_end(self.chunks))
+        done, _ = await asyncio.wait((self.pending,), timeout=timeout)
+        if not done:
+            return _TIMED_OUT
+        pending, self.pending = self.pending, None
+        return pending.result()
+
+    async def close(self) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+            await asyncio.gather(self.pending, return_exceptions=True)
+            self.pending = None
+
+
+def _stream_failure_message(call: RelayCall, exc: Exception) -> str:
+    """What the client is told when the provider fails mid-answer (the transport's detail goes to the log)."""
+    provider = call.route.provider.name if call.route else "the provider"
+    logger.warning("request %s: %s failed mid-stream: %s: %s", call.request_id, provider, type(exc).__name__, exc)
+    if isinstance(exc, SSEEventTooLarge):
+        return f"{exc}; the answer is incomplete"
+    if isinstance(exc, httpx.TimeoutException):
+        waited = call.route.provider.timeout_read if call.route else 0
+        return f"the provider sent nothing for {waited:g}s mid-stream; the answer is incomplete"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the provider closed the connection mid-stream; the answer is incomplete"
+    return "the connection to the provider failed mid-stream; the answer is incomplete"
+
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+async def _stream_body(
+    call: RelayCall, response: httpx.Response, chunks: _UpstreamChunks, decoder, first: list, bridge: StreamBridge
+):
+    call.body_started = True
     ended = False
-    lease_renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
-    lease_renew_at = time.monotonic() + lease_renew_every
+    renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
+    renew_at = time.monotonic() + renew_every
+    # Compare calls (run_id set) yield event dicts to their run, which keeps its own stream alive.
+    keepalive = None if call.run_id else settings.GATEWAY_SSE_KEEPALIVE_SECONDS or None
     try:
         pending = first
         while True:
-            if call.admission is not None and call.admission.lease_id and time.monotonic() > lease_renew_at:
-                lease_renew_at = time.monotonic() + lease_renew_every
-                await limits_lease_refresh(call.ctx, call.admission)
             for event in pending:
                 for out in bridge.feed(event):
                     call.meter.sent()
@@ -536,9 +710,23 @@ async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decode
                     break
             if bridge.complete or ended:
                 break
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
+            now = time.monotonic()
+            if now > renew_at:
+                renew_at = now + renew_every
+                await _keep_alive(call)
+            deadline = shutdown_deadline()
+            wait = keepalive
+            if deadline is not None:
+                if now >= deadline:
+                    raise _ShuttingDown
+                wait = min(wait or deadline - now, deadline - now)
+            chunk = await chunks.next(wait)
+            if chunk is _TIMED_OUT:
+                pending = ()
+                if keepalive and (deadline is None or time.monotonic() < deadline):
+                    yield KEEPALIVE
+                continue
+            if chunk is _ENDED:
                 pending, ended = decoder.flush(), True
                 continue
             pending = decoder.feed(chunk)
@@ -550,17 +738,46 @@ async def _stream_body(call: RelayCall, response: httpx.Response, chunks, decode
         call.finished = True
     except httpx.TransportError as exc:
         call.status, call.error_type = 502, "upstream_stream_error"
-        reason = _transport_reason(exc)[1] if not isinstance(exc, httpx.RemoteProtocolError) else str(exc)
-        error = GatewayError(502, "upstream_stream_error", f"upstream failed mid-stream: {reason}")
+        error = GatewayError(502, "upstream_stream_error", _stream_failure_message(call, exc))
         call.meter.sent()
         yield call.dialect.stream_error_event(error)
         call.finished = True
+    except _ShuttingDown:
+        call.status, call.error_type = 503, "gateway_shutdown"
+        error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; the answer was cut short, retry")
+        call.meter.sent()
+        yield call.dialect.stream_error_event(error)
+        call.finished = True
+    except Exception:
+        # A defect of ours: the client gets an error event and a clean end, the log the traceback.
+        logger.exception("request %s: the relay failed mid-stream", call.request_id)
+        call.status, call.error_type = 500, "internal_error"
+        call.finished = True
+        yield call.dialect.stream_error_event(
+            GatewayError(500, "internal_error", "the gateway failed while relaying this answer")
+        )
     finally:
         if not call.finished:
             call.status, call.error_type = 499, "client_disconnected"
         # Closing the upstream response drops its connection: the provider stops generating.
-        await asyncio.shield(response.aclose())
+        await asyncio.shield(_close_upstream(chunks, response))
         spawn(call_finish(call))
+
+
+class _ShuttingDown(Exception):
+    pass
+
+
+async def _close_upstream(chunks: _UpstreamChunks, response: httpx.Response) -> None:
+    await chunks.close()
+    await response.aclose()
+
+
+async def _keep_alive(call: RelayCall) -> None:
+    """A long stream is still alive: renew its concurrency lease and its usage marker."""
+    if call.admission is not None and call.admission.lease_id:
+        await limits_lease_refresh(call.ctx, call.admission)
+    await usage_started_refresh(call.request_id)
 
 
 async def relay_count_tokens(call: RelayCall) -> dict:

@@ -35,7 +35,7 @@ from streaming.edge import (
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import STREAM_HEADERS, RelayCall, call_finish, relay_chat, relay_count_tokens
+from streaming.relay import KEEPALIVE, STREAM_HEADERS, RelayCall, call_finish, relay_chat, relay_count_tokens
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
@@ -160,9 +160,9 @@ async def compare(request):
 
 
 async def _compare_sse(run: CompareRun):
-    async with aclosing(run.events()) as events:
+    async with aclosing(run.events(keepalive=settings.GATEWAY_SSE_KEEPALIVE_SECONDS)) as events:
         async for event in events:
-            yield sse_encode(orjson.dumps(event))
+            yield KEEPALIVE if event is None else sse_encode(orjson.dumps(event))
     yield sse_encode(b"[DONE]")
 
 

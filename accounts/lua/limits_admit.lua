@@ -6,8 +6,9 @@
 --
 -- KEYS[1] leases (sorted set: lease id -> expiry ms)   KEYS[2] requests bucket
 -- KEYS[3] tokens bucket                                KEYS[4] daily token counter (UTC day)
--- ARGV: lease_id, lease_ttl_ms, max_concurrent, rpm, tpm, daily_tokens, estimate, need_lease
---       (a limit of 0 means "not set")
+-- KEYS[5] usage markers (hash)                        KEYS[6] usage marker deadlines (sorted set)
+-- ARGV: lease_id, lease_ttl_ms, max_concurrent, rpm, tpm, daily_tokens, estimate, need_lease,
+--       request_id, marker, marker_deadline (epoch s)   (a limit of 0 means "not set"; no marker: '')
 -- Returns {code, retry_ms, requests_remaining, requests_reset_ms, tokens_remaining, tokens_reset_ms, daily_used}
 -- code: 0 admitted, 1 concurrency, 2 requests, 3 tokens, 4 daily_tokens, 5 tokens (request larger than tpm)
 
@@ -92,6 +93,11 @@ if code == 0 then
     if daily > 0 then
         daily_used = redis.call('INCRBY', KEYS[4], estimate)
         redis.call('EXPIRE', KEYS[4], 172800)
+    end
+    -- The usage "started" marker, in the same step: an admitted request is never without one.
+    if ARGV[10] ~= nil and ARGV[10] ~= '' then
+        redis.call('HSET', KEYS[5], ARGV[9], ARGV[10])
+        redis.call('ZADD', KEYS[6], ARGV[11], ARGV[9])
     end
 end
 

@@ -261,7 +261,8 @@ async def test_rpm_only_key_takes_no_lease():
     assert redis_sync().keys("gw:rl:*leases") == []
 
 
-async def test_redis_down_fails_open(settings, tmp_path):
+async def test_redis_down_fails_open_when_allowed(settings, tmp_path):
+    settings.GATEWAY_LIMITS_FAIL_OPEN = True
     settings.REDIS_URL = f"unix://{tmp_path / 'nothing.sock'}"
     started = time.monotonic()
     admission = await admit(key_context(key_id=13, rpm=1, max_concurrent=1), estimate=10)

@@ -34,6 +34,8 @@ from providers.dialects.canonical import (
     budget_for,
     id_in_style,
 )
+from providers.dialects.checks import array_field, object_items
+from providers.dialects.nesting import json_text_too_deep
 from providers.dialects.sse import sse_encode
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -75,7 +77,9 @@ def _stop_reason(finish: str | None, stop_sequence: str | None) -> str:
 
 
 def _json_object(arguments: str) -> dict:
-    """Tool-call arguments as the object Anthropic wants; a model's broken JSON becomes {}."""
+    """Tool-call arguments as the object Anthropic wants; a model's broken (or absurdly nested) JSON becomes {}."""
+    if json_text_too_deep(arguments):
+        return {}
     try:
         value = orjson.loads(arguments) if arguments else {}
     except orjson.JSONDecodeError:
@@ -159,7 +163,12 @@ def _blocks_in(content, where: str) -> list[Part]:
             arguments = orjson.dumps(block.get("input") or {}).decode()
             parts.append(ToolCall(str(block.get("id") or ""), block["name"], arguments))
         elif kind == "tool_result":
-            content_parts = [p for p in _blocks_in(block.get("content"), here) if isinstance(p, Text | Image)]
+            result = block.get("content")
+            if result is not None and not isinstance(result, str | list):
+                raise bad_request(
+                    f"'{here}.content' must be a string or an array of content blocks", param=f"{here}.content"
+                )
+            content_parts = [p for p in _blocks_in(result, here) if isinstance(p, Text | Image)]
             parts.append(ToolResult(str(block.get("tool_use_id") or ""), content_parts, bool(block.get("is_error"))))
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
             parts.append(Thinking(block["thinking"], block.get("signature")))
@@ -181,7 +190,7 @@ def _reasoning_in(body: dict, request: ChatRequest) -> None:
     elif kind == "adaptive":
         config = body.get("output_config")
         effort = config.get("effort") if isinstance(config, dict) else None
-        request.reasoning_effort = effort if effort in EFFORT_BUDGETS else "medium"
+        request.reasoning_effort = effort if isinstance(effort, str) and effort in EFFORT_BUDGETS else "medium"
 
 
 def _system_in(content, where: str) -> list[Text]:
@@ -198,7 +207,26 @@ def _tool_in(raw, where: str) -> Tool:
         raise bad_request(
             f"'{where}' is a {raw.get('type')!r} server tool, which this model's provider does not offer", param=where
         )
-    return Tool(name=raw["name"], description=raw.get("description"), parameters=raw["input_schema"] or {})
+    description, schema = raw.get("description"), raw["input_schema"]
+    if description is not None and not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
+    if schema is not None and not isinstance(schema, dict):
+        raise bad_request(f"'{where}.input_schema' must be a JSON schema object", param=f"{where}.input_schema")
+    return Tool(name=raw["name"], description=description, parameters=schema or {})
+
+
+def _tool_choice_in(choice) -> ToolChoice | None:
+    if choice is None:
+        return None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if not isinstance(kind, str) or kind not in _CHOICE_IN:
+        raise bad_request(
+            "'tool_choice' must be an object whose 'type' is auto, any, tool or none", param="tool_choice.type"
+        )
+    name = choice.get("name")
+    if kind == "tool" and not isinstance(name, str):
+        raise bad_request("'tool_choice.name' must name the tool to use", param="tool_choice.name")
+    return ToolChoice(_CHOICE_IN[kind], name if kind == "tool" else None)
 
 
 # Canonical -> upstream request ------------------------------------------------------------------
@@ -384,6 +412,8 @@ class AnthropicStreamRenderer(StreamRenderer):
             usage["input_tokens"] = self.usage.prompt_tokens - (self.usage.cached_tokens or 0)
         if self.usage.cached_tokens:
             usage["cache_read_input_tokens"] = self.usage.cached_tokens
+        if self.usage.estimated:
+            usage["estimated"] = True
         delta = {"stop_reason": _stop_reason(self.finish, self.stop_sequence), "stop_sequence": self.stop_sequence}
         return self._event({"type": "message_delta", "delta": delta, "usage": usage})
 
@@ -424,7 +454,7 @@ class AnthropicStreamRenderer(StreamRenderer):
                 self.finish, self.stop_sequence = reason, stop_sequence
                 return self._start() + self._close_block()
             case UsageReport():
-                for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "estimated"):
                     if getattr(event, name) is not None:
                         setattr(self.usage, name, getattr(event, name))
                 # The provider's final count after the finish: the stop reason and usage go out now.
@@ -455,9 +485,19 @@ class AnthropicPassthrough(StreamPassthrough):
         if payload is None:
             return None
         kind = payload.get("type")
+        # A provider that counts nothing: the client still gets usage, the gateway's count.
         if kind == "message_start" and isinstance(payload.get("message"), dict):
-            payload["message"]["model"] = self.model
+            message = payload["message"]
+            message["model"] = self.model
+            if not message.get("usage") and self.estimate is not None:
+                message["usage"] = self._estimated_usage()
+        elif kind == "message_delta" and not payload.get("usage") and self.estimate is not None:
+            payload["usage"] = self._estimated_usage()
         return sse_encode(orjson.dumps(payload), event=name or kind)
+
+    def _estimated_usage(self) -> dict:
+        usage = self.estimate()
+        return {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens, "estimated": True}
 
     def close(self) -> list[bytes]:
         return []  # message_stop came from the provider
@@ -472,7 +512,8 @@ class AnthropicDialect(Dialect):
         return headers
 
     def error_body(self, error: GatewayError) -> dict:
-        error_type = _ERROR_TYPES.get(error.status, "api_error")
+        # A client mistake without a type of its own (405, 409, 422, ...) is still a request error.
+        error_type = _ERROR_TYPES.get(error.status, "invalid_request_error" if error.status < 500 else "api_error")
         return {"type": "error", "error": {"type": error_type, "message": error.message}}
 
     def stream_error_event(self, error: GatewayError) -> bytes:
@@ -512,7 +553,7 @@ class AnthropicDialect(Dialect):
         if system is not None and not isinstance(system, str | list):
             raise bad_request("'system' must be a string or an array of text blocks", param="system")
         request.system = _system_in(system, "system") if system else []
-        for index, message in enumerate(body["messages"]):
+        for index, message in enumerate(object_items(body, "messages")):
             where = f"messages[{index}]"
             content = message.get("content")
             if not isinstance(content, str | list):
@@ -535,14 +576,15 @@ class AnthropicDialect(Dialect):
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(request, name, value)
-        request.stop = [s for s in body.get("stop_sequences") or () if isinstance(s, str)]
+        request.stop = array_field(body, "stop_sequences")
+        if not all(isinstance(sequence, str) for sequence in request.stop):
+            raise bad_request("'stop_sequences' must be an array of strings", param="stop_sequences")
         request.stream = bool(body.get("stream"))
-        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(body.get("tools") or ())]
+        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(array_field(body, "tools"))]
         choice = body.get("tool_choice")
-        if isinstance(choice, dict) and choice.get("type") in _CHOICE_IN:
-            request.tool_choice = ToolChoice(_CHOICE_IN[choice["type"]], choice.get("name"))
-            if choice.get("disable_parallel_tool_use") is True:
-                request.parallel_tool_calls = False
+        request.tool_choice = _tool_choice_in(choice)
+        if request.tool_choice is not None and choice.get("disable_parallel_tool_use") is True:
+            request.parallel_tool_calls = False
         metadata = body.get("metadata")
         if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
             request.user = metadata["user_id"]

@@ -6,6 +6,7 @@ replies, stream events and errors in its own shape. Same dialect on both sides =
 methods (`prepare_chat`, `stream_passthrough`); different dialects = through the canonical model.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aigateway.errors import GatewayError
@@ -37,6 +38,9 @@ class StreamRenderer:
 
 class StreamPassthrough:
     """Same dialect in and out: forward each upstream event with only the model rewritten."""
+
+    # The gateway's usage estimate so far, for a client that asked for usage when the provider sends none.
+    estimate: Callable[[], Usage] | None = None
 
     def forward(self, name: str | None, payload: dict | None) -> bytes | None:
         """The bytes for one parsed upstream event, None to swallow it."""

@@ -155,6 +155,8 @@ class UsageReport:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    # The gateway's own count, for a provider that reported none.
+    estimated: bool = False
 
 
 @dataclass(slots=True)

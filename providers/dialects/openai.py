@@ -35,6 +35,8 @@ from providers.dialects.canonical import (
     effort_for_budget,
     id_in_style,
 )
+from providers.dialects.checks import array_field, object_items
+from providers.dialects.nesting import JSON_DEPTH_MAX, json_text_too_deep
 from providers.dialects.sse import sse_encode
 
 DONE = b"data: [DONE]\n\n"
@@ -60,7 +62,7 @@ def _usage(raw) -> Usage | None:
     return Usage(raw.get("prompt_tokens") or 0, raw.get("completion_tokens") or 0, cached or 0)
 
 
-def _usage_body(usage: Usage) -> dict:
+def _usage_body(usage: Usage, *, estimated: bool = False) -> dict:
     body = {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -68,6 +70,8 @@ def _usage_body(usage: Usage) -> dict:
     }
     if usage.cached_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if estimated:
+        body["estimated"] = True
     return body
 
 
@@ -144,11 +148,41 @@ def _tool(raw, where: str) -> Tool:
     function = raw.get("function") if isinstance(raw, dict) and raw.get("type", "function") == "function" else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise bad_request(f"'{where}' must be a function tool with a name", param=where)
-    return Tool(
-        name=function["name"],
-        description=function.get("description"),
-        parameters=function.get("parameters") or dict(_EMPTY_SCHEMA),
-    )
+    return _function(function, f"{where}.function")
+
+
+def _function(function, where: str) -> Tool:
+    """A function definition: `tools[i].function`, or a bare one in the legacy `functions`."""
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise bad_request(f"'{where}' must be a function with a name", param=where)
+    description, parameters = function.get("description"), function.get("parameters")
+    if description is not None and not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad_request(f"'{where}.parameters' must be a JSON schema object", param=f"{where}.parameters")
+    return Tool(name=function["name"], description=description, parameters=parameters or dict(_EMPTY_SCHEMA))
+
+
+def tool_arguments(value, where: str) -> str:
+    """Tool-call arguments as the JSON text a client sent them as; a 400 naming them when they are not
+    text, or nest deeper than a translation could send on."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise bad_request(f"'{where}' must be a string of JSON, got {type(value).__name__}", param=where)
+    if json_text_too_deep(value):
+        raise bad_request(f"'{where}' nests JSON more than {JSON_DEPTH_MAX} levels deep", param=where)
+    return value
+
+
+def _stop(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise bad_request("'stop' must be a string or an array of strings", param="stop")
+    return value
 
 
 def _tool_choice(raw) -> ToolChoice | None:
@@ -321,7 +355,7 @@ class OpenAIStreamRenderer(StreamRenderer):
             case Finish(reason=reason):
                 return self._delta({}, reason)
             case UsageReport():
-                for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "estimated"):
                     if getattr(event, name) is not None:
                         setattr(self.usage, name, getattr(event, name))
                 return []
@@ -338,7 +372,7 @@ class OpenAIStreamRenderer(StreamRenderer):
         reported = self.usage
         if self.include_usage and (reported.prompt_tokens is not None or reported.completion_tokens is not None):
             usage = Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0, reported.cached_tokens or 0)
-            out.append(self._chunk([], usage=_usage_body(usage)))
+            out.append(self._chunk([], usage=_usage_body(usage, estimated=reported.estimated)))
         out.append(DONE)
         return out
 
@@ -347,19 +381,36 @@ class OpenAIPassthrough(StreamPassthrough):
     def __init__(self, *, model: str, include_usage: bool) -> None:
         self.model = model
         self.include_usage = include_usage
+        self.usage_seen = False
+        self.last: dict = {}
 
     def forward(self, name: str | None, payload: dict | None) -> bytes | None:
         if payload is None:
             return None  # [DONE] is ours to send, once, at the end
-        if not self.include_usage and "usage" in payload:
-            if payload["usage"] and not payload.get("choices") and not payload.get("error"):
-                return None  # the usage-only chunk we asked for on the client's behalf
-            del payload["usage"]
+        if "usage" in payload:
+            if not self.include_usage:
+                if payload["usage"] and not payload.get("choices") and not payload.get("error"):
+                    return None  # the usage-only chunk we asked for on the client's behalf
+                del payload["usage"]
+            elif payload["usage"]:
+                self.usage_seen = True
         if "model" in payload:
             payload["model"] = self.model
+        self.last = payload
         return sse_encode(orjson.dumps(payload))
 
     def close(self) -> list[bytes]:
+        if self.include_usage and not self.usage_seen and self.estimate is not None and self.last.get("id"):
+            # The provider ignored stream_options: the client still gets a usage chunk, the gateway's count.
+            chunk = {
+                "id": self.last["id"],
+                "object": "chat.completion.chunk",
+                "created": self.last.get("created", 0),
+                "model": self.model,
+                "choices": [],
+                "usage": _usage_body(self.estimate(), estimated=True),
+            }
+            return [sse_encode(orjson.dumps(chunk)), DONE]
         return [DONE]
 
 
@@ -428,23 +479,32 @@ class OpenAIDialect(Dialect):
         """A checked /v1/chat/completions body -> canonical; OpenAI-only fields (n, seed, logprobs,
         penalties, response_format, ...) have no counterpart and are left out."""
         request = ChatRequest(messages=[])
-        for index, message in enumerate(body["messages"]):
+        for index, message in enumerate(object_items(body, "messages")):
             where = f"messages[{index}]"
-            role, content = message["role"], message.get("content")
+            role, content = message.get("role"), message.get("content")
+            if content is not None and not isinstance(content, str | list):
+                raise bad_request(
+                    f"'{where}.content' must be a string or an array of content parts", param=f"{where}.content"
+                )
             if role in ("system", "developer"):
                 request.system.extend(p for p in _parts(content, where, images=False) if isinstance(p, Text))
             elif role == "user":
                 request.messages.append(Message("user", _parts(content, where, images=True)))
             elif role == "assistant":
                 parts = _parts(content, where, images=False)
-                for call in message.get("tool_calls") or ():
+                for number, call in enumerate(array_field(message, "tool_calls", f"{where}.tool_calls")):
+                    here = f"{where}.tool_calls[{number}]"
                     function = call.get("function") if isinstance(call, dict) else None
                     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                        raise bad_request(f"'{where}.tool_calls' must be function calls with a name", param=where)
-                    parts.append(ToolCall(str(call.get("id") or ""), function["name"], function.get("arguments") or ""))
+                        raise bad_request(f"'{here}' must be a function call with a name", param=here)
+                    arguments = tool_arguments(function.get("arguments"), f"{here}.function.arguments")
+                    parts.append(ToolCall(str(call.get("id") or ""), function["name"], arguments))
                 request.messages.append(Message("assistant", parts))
             elif role == "tool":
-                result = ToolResult(str(message.get("tool_call_id") or ""), _parts(content, where, images=False))
+                call_id = message.get("tool_call_id")
+                if call_id is not None and not isinstance(call_id, str):
+                    raise bad_request(f"'{where}.tool_call_id' must be a string", param=f"{where}.tool_call_id")
+                result = ToolResult(call_id or "", _parts(content, where, images=False))
                 request.messages.append(Message("user", [result]))
             else:
                 raise bad_request(
@@ -456,11 +516,15 @@ class OpenAIDialect(Dialect):
             value = body.get(name)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(request, name, value)
-        stop = body.get("stop")
-        request.stop = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str)]
+        request.stop = _stop(body.get("stop"))
         request.stream = bool(body.get("stream"))
-        raw_tools = body.get("tools") or [{"type": "function", "function": f} for f in body.get("functions") or ()]
-        request.tools = [_tool(raw, f"tools[{index}]") for index, raw in enumerate(raw_tools)]
+        tools = array_field(body, "tools")
+        if tools:
+            request.tools = [_tool(raw, f"tools[{index}]") for index, raw in enumerate(tools)]
+        else:  # the legacy form: bare function definitions
+            request.tools = [
+                _function(raw, f"functions[{index}]") for index, raw in enumerate(array_field(body, "functions"))
+            ]
         request.tool_choice = _tool_choice(body.get("tool_choice", body.get("function_call")))
         if isinstance(body.get("parallel_tool_calls"), bool):
             request.parallel_tool_calls = body["parallel_tool_calls"]

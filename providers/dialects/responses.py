@@ -40,7 +40,9 @@ from providers.dialects.canonical import (
     effort_for_budget,
     id_in_style,
 )
+from providers.dialects.checks import array_field, object_items
 from providers.dialects.openai import openai as chat_dialect
+from providers.dialects.openai import tool_arguments
 from providers.dialects.sse import sse_encode
 
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
@@ -213,7 +215,11 @@ def _input_in(raw, request: ChatRequest) -> None:
         elif kind == "function_call":
             if not isinstance(item.get("name"), str):
                 raise bad_request(f"'{where}' must be a function_call with a name", param=where)
-            call = ToolCall(str(item.get("call_id") or ""), item["name"], item.get("arguments") or "")
+            call = ToolCall(
+                str(item.get("call_id") or ""),
+                item["name"],
+                tool_arguments(item.get("arguments"), f"{where}.arguments"),
+            )
             _append(request.messages, "assistant", call)
         elif kind == "function_call_output":
             output = item.get("output")
@@ -237,7 +243,12 @@ def _tool_in(raw, where: str) -> Tool:
         )
     if not isinstance(raw.get("name"), str):
         raise bad_request(f"'{where}' must be a function tool with a name", param=where)
-    return Tool(name=raw["name"], description=raw.get("description"), parameters=raw.get("parameters") or {})
+    description, parameters = raw.get("description"), raw.get("parameters")
+    if description is not None and not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise bad_request(f"'{where}.parameters' must be a JSON schema object", param=f"{where}.parameters")
+    return Tool(name=raw["name"], description=description, parameters=parameters or {})
 
 
 def _tool_choice_in(raw) -> ToolChoice | None:
@@ -592,7 +603,8 @@ class ResponsesDialect(Dialect):
         instructions = body.get("instructions")
         if isinstance(instructions, str) and instructions:
             request.system.append(Text(instructions))
-        _input_in(body["input"], request)
+        raw = body.get("input")
+        _input_in(raw if isinstance(raw, str) and raw else object_items(body, "input"), request)
         max_tokens = body.get("max_output_tokens")
         request.max_tokens = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) else None
         for name in ("temperature", "top_p"):
@@ -600,7 +612,7 @@ class ResponsesDialect(Dialect):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(request, name, value)
         request.stream = bool(body.get("stream"))
-        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(body.get("tools") or ())]
+        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(array_field(body, "tools"))]
         request.tool_choice = _tool_choice_in(body.get("tool_choice"))
         if isinstance(body.get("parallel_tool_calls"), bool):
             request.parallel_tool_calls = body["parallel_tool_calls"]

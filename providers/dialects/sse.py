@@ -1,13 +1,28 @@
 """Server-sent events: an incremental decoder following the WHATWG parsing rules, and the encoder.
 
 The decoder is fed raw byte chunks as they arrive from the upstream and yields each complete
-event at once, so nothing waits for more data than the event itself needs.
+event at once, so nothing waits for more data than the event itself needs. It holds at most one
+line and one event in memory: a longer one (GATEWAY_MAX_SSE_LINE_BYTES) is SSEEventTooLarge.
 """
 
 import re
 from dataclasses import dataclass
 
+import httpx
+from django.conf import settings
+
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class SSEEventTooLarge(httpx.RemoteProtocolError):
+    """The upstream sent an SSE line or event above the size limit.
+
+    A broken upstream stream like any other (an httpx protocol error), so the relay ends the call the
+    same way: failover before the first event, an error event after it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"upstream sent an SSE line or event larger than {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(slots=True)
@@ -21,31 +36,41 @@ class SSEvent:
 
 
 class SSEDecoder:
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_line_bytes: int | None = None) -> None:
+        # A bytearray: appending a chunk to a long partial line must not copy the whole line.
+        self._buffer = bytearray()
+        # Where to resume looking for a line end: the buffer before it holds none.
+        self._scanned = 0
         self._event: str | None = None
         self._data: list[str] = []
+        self._data_size = 0
+        self._limit = max_line_bytes if max_line_bytes is not None else settings.GATEWAY_MAX_SSE_LINE_BYTES
 
     def feed(self, chunk: bytes) -> list[SSEvent]:
-        """Consume a chunk; return the events it completed (possibly none)."""
+        """Consume a chunk; return the events it completed (possibly none).
+
+        Raises SSEEventTooLarge once a line, or the data of one event, passes the limit."""
         self._buffer += chunk
         events: list[SSEvent] = []
         while True:
             line, sep, rest = self._next_line()
             if not sep:
                 break
-            self._buffer = rest
+            self._buffer, self._scanned = rest, 0
             event = self._line(line)
             if event is not None:
                 events.append(event)
+        if len(self._buffer) > self._limit:
+            raise SSEEventTooLarge(self._limit)
         return events
 
     def flush(self) -> list[SSEvent]:
         """End of stream: an unterminated final event is dispatched too (lenient, like most clients)."""
         events = []
         if self._buffer:
-            event = self._line(self._buffer)
-            self._buffer = b""
+            # A final lone "\r" ended its line: at the end of the stream it cannot be half of "\r\n".
+            event = self._line(self._buffer.removesuffix(b"\r"))
+            self._buffer = bytearray()
             if event is not None:
                 events.append(event)
         event = self._line(b"")
@@ -55,10 +80,12 @@ class SSEDecoder:
 
     def _next_line(self) -> tuple[bytes, bool, bytes]:
         buf = self._buffer
-        match = _LINE_END.search(buf)
+        match = _LINE_END.search(buf, self._scanned)
         if match is None:
+            self._scanned = len(buf)
             return b"", False, buf
         if match.group() == b"\r" and match.end() == len(buf):
+            self._scanned = match.start()
             return b"", False, buf  # could be the first half of \r\n: wait for more
         return buf[: match.start()], True, buf[match.end() :]
 
@@ -67,7 +94,7 @@ class SSEDecoder:
             if not self._data and self._event is None:
                 return None
             event = SSEvent(event=self._event, data="\n".join(self._data))
-            self._event, self._data = None, []
+            self._event, self._data, self._data_size = None, [], 0
             return event
         line = raw.decode("utf-8", errors="replace")
         if line.startswith(":"):
@@ -76,6 +103,9 @@ class SSEDecoder:
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
+            self._data_size += len(value) + 1
+            if self._data_size > self._limit:
+                raise SSEEventTooLarge(self._limit)
             self._data.append(value)
         elif name == "event":
             self._event = value

@@ -90,6 +90,25 @@ def test_connection_refused_marks_down_with_a_clear_error():
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("base_url", ["http://169.254.169.254/latest", "http://metadata.google.internal/v1"])
+def test_the_probe_never_sends_the_key_to_a_metadata_address(base_url):
+    """A row written past the admin's checks (ORM, SQL) is still not probed: the probe follows the
+    same address policy as the relay."""
+    provider = Provider(name="sneaky", dialect="openai", base_url=base_url)
+    provider.api_key = UPSTREAM_KEY
+    provider.save()
+
+    started = time.monotonic()
+    result = provider_health_check(provider_id=provider.pk)
+
+    assert time.monotonic() - started < 2  # refused up front, not a connect attempt timing out
+    provider.refresh_from_db()
+    assert provider.health_status == HealthStatus.DOWN and result.status_code is None
+    assert provider.health_last_error.startswith("upstream address refused")
+    assert "GATEWAY_ALLOW_PRIVATE_UPSTREAMS" in provider.health_last_error
+
+
+@pytest.mark.django_db
 def test_the_provider_key_is_sent_and_never_recorded(simulator_factory):
     sim = simulator_factory(api_key=UPSTREAM_KEY)
     wrong = provider_create("sim-wrong-key", sim.openai_base, api_key="sk-upstream-not-the-right-one")

@@ -150,7 +150,9 @@ def celery_worker(transactional_db, redis_server):
         env = dict(os.environ)
         env.update(
             {
-                "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE,
+                # None while a test overrides settings (pytest-django's `settings` fixture).
+                "DJANGO_SETTINGS_MODULE": settings.SETTINGS_MODULE
+                or os.environ.get("DJANGO_SETTINGS_MODULE", "aigateway.settings"),
                 "REDIS_URL": redis_server,
                 "CELERY_BROKER_URL": broker_url_for(redis_server),
                 "DATABASE_URL": database_url_for_subprocess(),

@@ -33,11 +33,12 @@ class GatewayHandle:
 
 
 def gateway_command(server: str, port: int) -> list[str]:
-    """The ASGI server command line: uvicorn (uvloop, httptools) or daphne, on loopback."""
+    """The ASGI server command line: uvicorn (uvloop, httptools with the production read timeouts of
+    aigateway.server) or daphne, on loopback."""
     if server == "uvicorn":
         return [sys.executable, "-m", "uvicorn", "aigateway.asgi:application", "--host", "127.0.0.1",
-                "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                "--log-level", "warning"]  # fmt: skip
+                "--port", str(port), "--loop", "uvloop", "--http", "aigateway.server:GatewayHttpProtocol",
+                "--no-access-log", "--log-level", "warning"]  # fmt: skip
     if server == "daphne":
         return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "-v", "0",
                 "aigateway.asgi:application"]  # fmt: skip
