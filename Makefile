@@ -2,6 +2,7 @@
 #             upstream simulator on :9100, a Celery worker with beat, and the embedded Redis
 #             (unless REDIS_URL is set).
 # make test - lint and the test suite.
+# make fuzz - the fuzz tests alone, with FUZZ_EXAMPLES (5,000) generated cases per endpoint instead of 200.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,6 +26,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
+
+FUZZ_EXAMPLES ?= 5000
+fuzz: $(STAMP)
+	GATEWAY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest --timeout=0 tests/test_fuzz_*.py providers/tests/test_dialect_validation.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_relay.py

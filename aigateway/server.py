@@ -8,12 +8,14 @@ that connection (and, for a body, a task) forever. Two timers fix that, each arm
   connection whose request headers are not complete GATEWAY_HEADER_TIMEOUT_SECONDS after the connection
   opened or the request's first byte arrived.
 - `BodyReadTimeout` (ASGI middleware; the protocol above applies it, and `aigateway.server:application` is
-  the ASGI app with it for other servers) answers 408 in the client's dialect when the request body is not
-  complete GATEWAY_BODY_TIMEOUT_SECONDS after the application started reading it.
+  the ASGI app with it for other servers that hand an incomplete body to the application) answers 408 in
+  the client's dialect when the request body is not complete GATEWAY_BODY_TIMEOUT_SECONDS after the
+  application started reading it.
 
 `run_gateway` (manage.py) starts uvicorn with these and with a graceful-shutdown wait longer than
-GATEWAY_SHUTDOWN_GRACE_SECONDS. Under daphne use `--http-timeout` only with care: it bounds the whole
-request, long streams included.
+GATEWAY_SHUTDOWN_GRACE_SECONDS. daphne calls the application only once a body is complete, and closes a
+connection only after Twisted's 60 s without a byte; its `--http-timeout` bounds the whole request, long
+streams included (docs/infrastructure.md).
 """
 
 import asyncio

@@ -9,16 +9,22 @@ lifespan startup, puts a handler in front of the server's that starts the grace 
 the server's handler, so both happen on the same signal.
 """
 
+import asyncio
 import logging
 import signal
 import threading
 import time
+import weakref
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _deadline: float | None = None
+# Requests still waiting for a provider's first byte: at the deadline they are cancelled with this
+# message, and the relay answers them with a clean 503 instead of leaving them to the server's kill.
+_waiting: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
+SHUTDOWN_CANCEL_MESSAGE = "gateway_shutdown"
 
 
 def shutdown_begin(grace_seconds: float) -> None:
@@ -26,6 +32,37 @@ def shutdown_begin(grace_seconds: float) -> None:
     global _deadline
     if _deadline is None:
         _deadline = time.monotonic() + max(0.0, grace_seconds)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        # Called from a signal handler: reach the loop the thread-safe way.
+        loop.call_soon_threadsafe(_arm, loop, _deadline)
+
+
+def _arm(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    loop.call_later(max(0.0, deadline - time.monotonic()), _cancel_waiting)
+
+
+def _cancel_waiting() -> None:
+    for task in list(_waiting):
+        if not task.done():
+            task.cancel(SHUTDOWN_CANCEL_MESSAGE)
+
+
+def shutdown_waiting_add(task: asyncio.Task) -> None:
+    """`task` waits for a provider's first byte; past the deadline it is cancelled."""
+    if _deadline is not None and time.monotonic() >= _deadline:
+        task.get_loop().call_soon(task.cancel, SHUTDOWN_CANCEL_MESSAGE)
+    _waiting.add(task)
+
+
+def shutdown_waiting_done(task: asyncio.Task) -> None:
+    _waiting.discard(task)
+
+
+def shutdown_passed() -> bool:
+    return _deadline is not None and time.monotonic() >= _deadline
 
 
 def shutdown_deadline() -> float | None:
@@ -36,6 +73,7 @@ def shutdown_deadline() -> float | None:
 def shutdown_reset() -> None:
     global _deadline
     _deadline = None
+    _waiting.clear()
 
 
 class _GracefulStop:

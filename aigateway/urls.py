@@ -1,6 +1,7 @@
 """URL map: OpenAI/Anthropic-compatible API under /v1, management API under /api, admin, static files."""
 
 import re
+from urllib.parse import urlparse
 
 from django.conf import settings
 from django.contrib import admin
@@ -23,10 +24,12 @@ def static_file(request, path: str):
 
 
 urlpatterns = [
-    re_path(rf"^{re.escape(settings.STATIC_URL.strip('/'))}/(?P<path>.*)$", static_file, name="static"),
     path("admin/dashboard/", dashboard, name="admin-dashboard"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("accounts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("", include("streaming.urls")),
 ]
+
+if not urlparse(settings.STATIC_URL).netloc:  # assets on another host (a CDN) are not ours to serve
+    urlpatterns.insert(0, re_path(rf"^{re.escape(settings.STATIC_URL.strip('/'))}/(?P<path>.*)$", static_file))

@@ -101,7 +101,8 @@ async def authenticate(request) -> KeyContext:
 
 
 async def call_admit(call, body_size: int) -> None:
-    """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429."""
+    """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429, and a
+    limits store that cannot be reached a 503 `limits_unavailable` (unless GATEWAY_LIMITS_FAIL_OPEN)."""
     body = call.body
     call.body_size = body_size
     max_output = (

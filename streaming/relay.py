@@ -27,7 +27,7 @@ from accounts.context import KeyContext
 from accounts.limits import Admission, limits_lease_refresh, limits_settle
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record, usage_started_refresh
 from aigateway.errors import GatewayError
-from aigateway.shutdown import shutdown_deadline
+from aigateway.shutdown import shutdown_deadline, shutdown_passed, shutdown_waiting_add, shutdown_waiting_done
 from providers.dialects import DIALECTS
 from providers.dialects.base import Dialect
 from providers.dialects.canonical import (
@@ -375,12 +375,25 @@ async def relay_open(call: RelayCall):
     usage however it ends. Not streamed: the response body (the caller records the call once the
     client has it). Raises GatewayError when no deployment answered; a call that ends here, failed or
     cancelled (client gone), is recorded here."""
+    task = asyncio.current_task()
+    shutdown_waiting_add(task)
     try:
         return await _open_with_failover(call)
     except GatewayError as error:
         call.status, call.error_type = error.status, error.code
         await call_finish(call)
         raise
+    except asyncio.CancelledError:
+        if not shutdown_passed() or task.uncancel() > 0:
+            if not call.finished:
+                call.status, call.error_type = 499, "client_disconnected"
+            spawn(call_finish(call))
+            raise
+        # The grace period of a stopping gateway ended before any provider answered: a clean 503.
+        error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; retry the request")
+        call.status, call.error_type = error.status, error.code
+        await call_finish(call)
+        raise error from None
     except Exception:
         # A gateway defect, not the client: the books show a 500 (the edge logs it and answers 500).
         call.status, call.error_type = 500, "internal_error"
@@ -391,6 +404,8 @@ async def relay_open(call: RelayCall):
             call.status, call.error_type = 499, "client_disconnected"
         spawn(call_finish(call))
         raise
+    finally:
+        shutdown_waiting_done(task)
 
 
 async def _open_with_failover(call: RelayCall):

@@ -15,6 +15,7 @@ import schemathesis
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import given
 from hypothesis import strategies as st
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from aigateway.asgi import application
 from aigateway.config_watch import config_watch
@@ -69,16 +70,23 @@ def test_operations_from_the_schema(case, usage_key, gateway):
         if response.status_code == 400:
             assert error["param"] in ("start", "end"), error
     else:
-        case.validate_response(response)
+        # Unknown query parameters are ignored (as by most HTTP APIs) and the test sends the key itself, so
+        # a 2xx to a request the schema calls invalid is no failure here; every other check applies.
+        case.validate_response(
+            response, excluded_checks=[negative_data_rejection], transport_kwargs={"base_url": gateway.url}
+        )
     assert_clean_log(tail.new())
 
 
 # What an HTTP server lets through in a request line: visible ASCII (uvicorn refuses any other byte).
 VISIBLE_ASCII = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=24).map(str.encode)
+EDGE_DATES = st.sampled_from([b"0001-01-01", b"0001-01-29", b"0001-01-30", b"9999-12-31", b"9999-12-30",
+                              b"1969-12-31", b"1970-01-01", b"2024-02-29", b"2023-02-29", b"2024-13-01"])  # fmt: skip
+ODD_VALUES = [b"-2024-01-01", b"+2024-01-01", b"2024-1-1", b"20240101", b"2024-01-01T00:00:00", b"%00", b"%ff",
+              b"%C3%A9", b"%ED%A0%80", b"", b"null", b"[]", b"1e400"]  # fmt: skip
 QUERY_VALUES = st.one_of(
-    st.sampled_from([b"0001-01-01", b"9999-12-31", b"9999-12-30", b"1969-12-31", b"2024-02-30", b"2024-13-01",
-                     b"-2024-01-01", b"+2024-01-01", b"2024-1-1", b"20240101", b"2024-01-01T00:00:00",
-                     b"%00", b"%ff", b"%C3%A9", b"%ED%A0%80", b"", b"null", b"[]", b"1e400"]),  # fmt: skip
+    EDGE_DATES,
+    st.sampled_from(ODD_VALUES),
     st.dates().map(lambda day: day.isoformat().encode()),
     VISIBLE_ASCII,
 )
@@ -87,7 +95,9 @@ QUERY_NAMES = st.sampled_from([b"start", b"end", b"start[]", b"", b"format", b"%
 
 @st.composite
 def queries(draw) -> bytes:
-    pairs = draw(st.lists(st.tuples(QUERY_NAMES, QUERY_VALUES), max_size=4))
+    """`start` and `end` (each perhaps missing) and perhaps some other parameters, in any order."""
+    pairs = [(name, draw(QUERY_VALUES)) for name in (b"start", b"end") if draw(st.booleans())]
+    pairs = draw(st.permutations(pairs + draw(st.lists(st.tuples(QUERY_NAMES, QUERY_VALUES), max_size=2))))
     if draw(st.booleans()):  # percent-encoded, as a client library would send them
         pairs = [(name, quote_from_bytes(value).encode()) for name, value in pairs]
     return b"&".join(name + b"=" + value for name, value in pairs)
@@ -100,8 +110,9 @@ def test_query_strings_and_headers_in_process(usage_key):
         with asyncio.Runner() as runner:
 
             @fuzz_settings()
-            @given(query=queries(), extra=headers, keep_key=st.booleans())
+            @given(query=queries(), extra=st.one_of(st.just([]), headers), keep_key=st.sampled_from([True, False]))
             def check(query, extra, keep_key):
+                log.clear()
                 sent = [(b"authorization", f"Bearer {usage_key}".encode())] if keep_key else []
                 answer = runner.run(
                     asgi_request(application, "GET", "/api/v1/usage", query=query, headers=[*sent, *extra])

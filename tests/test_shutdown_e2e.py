@@ -93,10 +93,12 @@ def _assert_cut_with_error_event(read: StreamRead) -> None:
 
 def test_sigterm_lets_streams_finish_within_grace_then_ends_the_rest(fresh_simulator, celery_worker, tmp_path):
     sim = provider_create("sim", fresh_simulator.openai_base)
-    # ~1.5 s of tokens: started just before SIGTERM, it ends inside the 2 s grace.
-    model_create("sim-short", [(sim, "sim-echo?tokens=15&interval_ms=100", 0)])
+    # ~1.2 s of tokens: started just before SIGTERM, it ends inside the 2 s grace.
+    model_create("sim-short", [(sim, "sim-echo?tokens=12&interval_ms=100", 0)])
     # ~10 s of tokens: still running at the deadline.
     model_create("sim-long", [(sim, "sim-echo?tokens=100&interval_ms=100", 0)])
+    # Still waiting for the provider's first byte at the deadline: a clean 503, not the server's kill.
+    model_create("sim-waiting", [(sim, "sim-echo?tokens=5&ttft_ms=20000", 0)])
     key = key_create("shutdown", max_concurrent=50, tpm=10_000_000)
     key_id = ApiKey.objects.get(name="shutdown-key").pk
     celery_worker(flush_seconds=0.3)
@@ -116,11 +118,17 @@ def test_sigterm_lets_streams_finish_within_grace_then_ends_the_rest(fresh_simul
         stop_process(process)
 
     reads, signalled, refused_after, exited_after = result
+    waiting = [read for read in reads if read.model == "sim-waiting"]
+    for read in waiting:
+        assert read.status == 503, read
+        assert orjson.loads(read.body)["error"]["code"] == "gateway_shutdown", read.body
+        assert GRACE - 0.2 <= read.ended_at - signalled <= GRACE + 1.5, read.ended_at - signalled
     short = [read for read in reads if read.model == "sim-short"]
     long = [read for read in reads if read.model == "sim-long"]
     for read in short:
         _assert_completed(read)
-        assert read.ended_at - signalled < GRACE, read.ended_at - signalled
+        # Still running when the signal came, done before the deadline.
+        assert 0.2 < read.ended_at - signalled < GRACE, read.ended_at - signalled
     for read in long:
         _assert_cut_with_error_event(read)
         # Cut at the deadline, not before it and not long after.
@@ -146,6 +154,9 @@ def test_sigterm_lets_streams_finish_within_grace_then_ends_the_rest(fresh_simul
         record = records[read.request_id]
         assert (record.status_code, record.error_type) == (503, "gateway_shutdown")
         assert 5 < record.completion_tokens < 100
+    for read in waiting:
+        record = records[read.request_id]
+        assert (record.status_code, record.error_type, record.completion_tokens) == (503, "gateway_shutdown", 0)
     assert redis_sync().zcard(f"gw:rl:{{{key_id}}}:leases") == 0
     print(
         f"SIGTERM: new connections refused after {refused_after:.2f}s; {len(short)} streams completed, "
@@ -176,6 +187,8 @@ async def _scenario(process: subprocess.Popen, base: str, key: str):
             for (dialect, model), event in zip(plan, started, strict=True)
         ]
         await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started)), timeout=10)
+        tasks.append(asyncio.create_task(_stream(client, base, key, "openai", "sim-waiting", asyncio.Event())))
+        await asyncio.sleep(0.5)  # admitted and waiting on the provider
         process.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
 

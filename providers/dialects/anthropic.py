@@ -41,6 +41,7 @@ from providers.dialects.sse import sse_encode
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a client of another dialect may leave it out.
 DEFAULT_MAX_TOKENS = 4096
+BUDGET_MAX = 2**31 - 1
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -185,8 +186,14 @@ def _blocks_in(content, where: str) -> list[Part]:
 def _reasoning_in(body: dict, request: ChatRequest) -> None:
     thinking = body.get("thinking")
     kind = thinking.get("type") if isinstance(thinking, dict) else None
-    if kind == "enabled" and isinstance(thinking.get("budget_tokens"), int):
-        request.thinking_budget = thinking["budget_tokens"]
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        # Bounded so that the token sizes built from it stay integers every encoder can write.
+        if isinstance(budget, bool) or not isinstance(budget, int) or not 0 < budget <= BUDGET_MAX:
+            raise bad_request(
+                f"'thinking.budget_tokens' must be an integer from 1 to {BUDGET_MAX}", param="thinking.budget_tokens"
+            )
+        request.thinking_budget = budget
     elif kind == "adaptive":
         config = body.get("output_config")
         effort = config.get("effort") if isinstance(config, dict) else None

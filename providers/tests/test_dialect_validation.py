@@ -92,7 +92,10 @@ def _refused(dialect, body: dict) -> GatewayError:
         ({"tools": {"type": "function"}}, "tools"),
         ({"functions": 5}, "functions"),
         ({"functions": [{"name": "f", "parameters": 5}]}, "functions[0].parameters"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]}, "tools[0].function.description"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+            "tools[0].function.description",
+        ),
         ({"messages": [*USER, {"role": "assistant", "tool_calls": 5}]}, "messages[1].tool_calls"),
         ({"messages": [*USER, {"role": "assistant", "tool_calls": [5]}]}, "messages[1].tool_calls[0]"),
         (
@@ -127,6 +130,10 @@ def test_openai_wrong_types_name_the_field(fields, param):
             "messages[0].content[0].content",
         ),
         ({"messages": {"role": "user"}}, "messages"),
+        # The budget raised max_tokens past what a 64-bit integer holds: the built request could not be encoded.
+        ({"thinking": {"type": "enabled", "budget_tokens": 2**64 - 1}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": "1024"}}, "thinking.budget_tokens"),
+        ({"thinking": {"type": "enabled", "budget_tokens": True}}, "thinking.budget_tokens"),
     ],
 )
 def test_anthropic_wrong_types_name_the_field(fields, param):

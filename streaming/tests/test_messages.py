@@ -449,7 +449,7 @@ def test_bad_json_and_wrong_method(gateway, key):
     response = httpx.post(gateway.url + "/v1/messages", content=b"{nope", headers={"x-api-key": key})
     assert_error(response, 400, "invalid_request_error", "not valid JSON")
     response = httpx.get(gateway.url + "/v1/messages", headers={"x-api-key": key})
-    assert_error(response, 405, "api_error", "use POST for /v1/messages")
+    assert_error(response, 405, "invalid_request_error", "use POST for /v1/messages")
 
 
 def test_auth_errors(gateway, key):

@@ -529,6 +529,10 @@ class ErrorLog(logging.Handler):
         if record.levelno >= logging.ERROR or record.exc_info:
             self.records.append(record)
 
+    def clear(self) -> None:
+        """Forget what an earlier (failed) example left, before the next one runs."""
+        self.records = []
+
     def check(self) -> None:
         records, self.records = self.records, []
         assert not records, [self.format(record) for record in records]
