@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import orjson
 from django.conf import settings
-from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Q
 from redis.exceptions import RedisError
 
@@ -542,8 +542,10 @@ def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> 
                 break
     except DatabaseError as exc:
         logger.warning("usage flush: database unavailable, events stay queued: %s", type(exc).__name__)
-        # A connection broken by the failure must not poison the next run of this worker.
-        close_old_connections()
+        # A connection broken by the failure must not poison the next run of this worker (inside an
+        # outer transaction, the caller owns the connection).
+        if not connection.in_atomic_block:
+            close_old_connections()
     except RedisError as exc:
         logger.warning("usage flush: redis unavailable mid-flush, the next run re-reads: %s", type(exc).__name__)
     finally:

@@ -122,8 +122,17 @@ class HttpDispatch:
         self.site_app = site_app
 
     async def __call__(self, scope, receive, send):
+        query = scope.get("query_string", b"")
+        if query and not query.isascii():
+            # Raw non-ASCII bytes (some servers pass them on): Django would answer an HTML 400 with a
+            # logged traceback; percent-encoded, they reach the views as the bad values they are.
+            scope = {**scope, "query_string": _percent_encode_high(query)}
         app = self.api_app if scope["path"].startswith(API_PATH_PREFIXES) else self.site_app
         return await app(scope, receive, send)
+
+
+def _percent_encode_high(raw: bytes) -> bytes:
+    return b"".join(b"%%%02X" % byte if byte >= 0x80 else bytes((byte,)) for byte in raw)
 
 
 application = ProtocolTypeRouter(

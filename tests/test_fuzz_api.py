@@ -361,3 +361,27 @@ def test_a_compare_of_a_million_models_is_refused_at_once(api_key, gateway):
     error = _error(response, 400, "openai")
     assert error["code"] == "too_many_models"
     assert response.elapsed.total_seconds() < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "fields", "param"),
+    [
+        ("/v1/chat/completions", {"max_output_tokens": "64"}, "max_output_tokens"),
+        ("/v1/messages", {"max_tokens": 5, "max_completion_tokens": [64]}, "max_completion_tokens"),
+        ("/v1/responses", {"max_tokens": {"n": 64}}, "max_tokens"),
+        ("/v1/compare", {"max_output_tokens": "64"}, "max_output_tokens"),
+    ],
+)
+def test_every_size_admission_reads_is_checked(api_key, gateway, path, fields, param):
+    """Admission reads max_completion_tokens, max_tokens and max_output_tokens from any body and caps
+    them by the key's tier: a size of the wrong type used to fail there (a 500, or a compare model's
+    internal error)."""
+    body = {"messages": [{"role": "user", "content": "hi"}], **fields}
+    if path == "/v1/compare":
+        body["models"] = ["fz-oa"]
+    elif path == "/v1/responses":
+        body = {"model": "fz-oa", "input": "hi", **fields}
+    else:
+        body["model"] = "fz-oa"
+    error = _error(_post(gateway, api_key, path, body), 400, "anthropic" if path == "/v1/messages" else "openai")
+    assert f"'{param}' must be a positive integer" in error["message"]

@@ -157,8 +157,7 @@ def test_garbage_frames_over_a_gateway(api_key, gateway):
 @pytest.mark.parametrize("depth", [254, 600, 1023])
 async def test_a_frame_nested_past_the_encoder_limit_is_refused(alice, depth):
     """The frame is read (orjson reads 1,024 levels) but could never be sent upstream (254)."""
-    cookie = alice
-    communicator = WebsocketCommunicator(application, "/ws/playground/", headers=[(b"cookie", cookie), ORIGIN])
+    communicator = WebsocketCommunicator(application, "/ws/playground/", headers=[(b"cookie", alice), ORIGIN])
     assert (await communicator.connect(timeout=5))[0]
     try:
         await communicator.receive_json_from(timeout=5)

@@ -177,8 +177,8 @@ def test_crash_after_commit_before_trim_does_not_double_count(api_key, priced_mo
     crashing_trim = "return redis.error_reply('worker died before LTRIM')"
     with monkeypatch.context() as patch:
         patch.setattr(usage, "_TRIM_SCRIPT", crashing_trim)
-        with pytest.raises(Exception, match="worker died"):
-            usage_flush()
+        usage_flush()  # logs the failed trim and returns; the lock is released
+    assert not redis_sync().exists(USAGE_LOCK_KEY)
     assert UsageRecord.objects.count() == 5
     assert queue_length() == 5  # committed but not trimmed
 

@@ -147,6 +147,7 @@ def chat_bodies(models):
                 "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
                 "max_tokens": SIZES,
                 "max_completion_tokens": SIZES,
+                "max_output_tokens": SIZES,
                 "n": st.integers(min_value=1, max_value=3),
                 "temperature": numbers,
                 "top_p": numbers,
@@ -224,6 +225,8 @@ def messages_bodies(models):
                 "metadata": st.fixed_dictionaries({"user_id": texts}),
                 "temperature": numbers,
                 "top_k": SIZES,
+                "max_completion_tokens": SIZES,
+                "max_output_tokens": SIZES,
             },
         )
     )
@@ -255,6 +258,7 @@ def responses_bodies(models):
                 "instructions": texts,
                 "stream": st.booleans(),
                 "max_output_tokens": SIZES,
+                "max_tokens": SIZES,
                 "tools": st.lists(
                     fields({"type": st.just("function"), "name": texts}, {"parameters": SCHEMA}), max_size=2
                 ),
