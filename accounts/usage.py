@@ -9,6 +9,7 @@ already committed.
 
 import asyncio
 import collections
+import hashlib
 import logging
 import secrets
 import time
@@ -20,7 +21,7 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import F, Q
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from aigateway.redis import redis_async, redis_sync
 
@@ -102,6 +103,25 @@ def _request_id_of(payload: bytes) -> str | None:
         return None
 
 
+# The hot path's push: queue one event and clear its marker, one command. KEYS: queue, markers, deadlines.
+_PUSH_ONE_SCRIPT = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+_PUSH_ONE_SHA = hashlib.sha1(_PUSH_ONE_SCRIPT.encode()).hexdigest()
+
+
+async def _push_one(payload: bytes, request_id: str) -> None:
+    client = redis_async()
+    keys = (USAGE_QUEUE_KEY, USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY)
+    try:
+        await client.evalsha(_PUSH_ONE_SHA, 3, *keys, payload, request_id)
+    except NoScriptError:
+        await client.eval(_PUSH_ONE_SCRIPT, 3, *keys, payload, request_id)
+
+
 async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
     """RPUSH the held events plus `payload` and clear their started markers, in one transaction. An event
     leaves the buffer only after Redis has it; a push interrupted halfway may queue an event twice, which
@@ -110,15 +130,18 @@ async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
     batch = held if payload is None else [*held, payload]
     if not batch:
         return True
-    ids = [request_id] if payload is not None and request_id else []
-    ids.extend(filter(None, map(_request_id_of, held)))
     try:
-        pipe = redis_async().pipeline(transaction=True)
-        pipe.rpush(USAGE_QUEUE_KEY, *batch)
-        if ids:
-            pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
-            pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
-        await pipe.execute()
+        if not held and request_id:
+            await _push_one(payload, request_id)
+        else:
+            ids = [request_id] if payload is not None and request_id else []
+            ids.extend(filter(None, map(_request_id_of, held)))
+            pipe = redis_async().pipeline(transaction=True)
+            pipe.rpush(USAGE_QUEUE_KEY, *batch)
+            if ids:
+                pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
+                pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
+            await pipe.execute()
     except asyncio.CancelledError:
         if payload is not None:
             _hold(payload)
