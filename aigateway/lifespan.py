@@ -4,6 +4,7 @@ spawned usage pushes and lease settles finish, give usage events held through a 
 chance to reach the queue, then close the upstream connection pools."""
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -35,6 +36,9 @@ async def lifespan_app(scope, receive, send) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             shutdown_signals_install(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS)
+            # Whatever the server built up to here lives as long as the process too (see asgi.py).
+            gc.collect()
+            gc.freeze()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:

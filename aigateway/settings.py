@@ -157,6 +157,9 @@ GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))
 # Tier of the key a staff user without keys of their own gets in the browser playground.
 GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 
+# Connections one gateway process may open to Redis (Redis itself allows 10,000 clients by default).
+GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=2000)
+
 # Reliability. On SIGTERM, streams in flight may run this long before they are ended with an error event.
 GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
 # While Redis (the rate-limit store) is unreachable, requests of keys with limits get a 503 unless this
