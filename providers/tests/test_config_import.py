@@ -638,8 +638,12 @@ def test_imported_routing_is_what_the_route_table_decides_with():
     facts = RequestFacts(model="claude-sonnet-4-5", headers={"x-gateway-route": "background"})
     decision = route_decide(table.routing, table.models, facts)
     assert (decision.model, decision.route) == ("small", "rule:background")
-    alias = route_decide(table.routing, table.models, RequestFacts(model="claude-x", prompt_tokens=10))
+    # The draw decides the canary's 10% share: outside it, the alias serves; inside, the canary takes over.
+    facts = RequestFacts(model="claude-x", prompt_tokens=10)
+    alias = route_decide(table.routing, table.models, facts, draw=lambda: 0.5)
     assert (alias.model, alias.route, alias.fallbacks) == ("main", "alias:claude-*", ("backup",))
+    canary = route_decide(table.routing, table.models, facts, draw=lambda: 0.05)
+    assert (canary.model, canary.route) == ("main-next", "rule:canary")
 
 
 def test_second_routing_import_changes_nothing(routed):
