@@ -41,13 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from accounts.usage import USAGE_DEAD_KEY, USAGE_INFLIGHT_KEY, USAGE_QUEUE_KEY  # noqa: E402
 from aigateway.embedded_redis import redis_server_start  # noqa: E402
 from tests.support.ports import free_port, stop_process, wait_http  # noqa: E402
 
 MAX_CONCURRENCY = 2000
 MAX_DURATION = 3600
-USAGE_QUEUE_KEY = "gw:usage:queue"
-USAGE_DEAD_KEY = "gw:usage:dead"
 LEASES_PATTERN = "gw:rl:*:leases"
 
 KINDS = ("normal", "disconnect", "fail_before", "fail_mid")
@@ -380,6 +379,10 @@ class Soak:
         print(f"concurrency leases left: {leases}")
         if leases:
             failures.append(f"{leases} concurrency leases not released")
+        markers = self.redis.hlen(USAGE_INFLIGHT_KEY)
+        print(f"started markers left (requests admitted but never recorded): {markers}")
+        if markers:
+            failures.append(f"{markers} started markers left behind")
         for index, gateway in enumerate(self.gateways):
             if gateway.poll() is not None:
                 failures.append(f"gateway {index} exited with {gateway.returncode}")

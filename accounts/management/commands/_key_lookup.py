@@ -1,4 +1,7 @@
-"""Finding one API key from a command-line argument: its id or its display prefix."""
+"""What the key commands share: finding one API key from a command-line argument (its id or its display
+prefix), and the `--expires-days` argument type."""
+
+import argparse
 
 from django.core.management.base import CommandError
 
@@ -29,3 +32,14 @@ def api_key_find(reference: str) -> ApiKey:
         listed = ", ".join(f"id {k.pk} ({k.name}, {k.prefix}...)" for k in matches)
         raise CommandError(f"prefix {reference[:DISPLAY_PREFIX_LENGTH]} matches several keys: {listed}; give an id")
     return matches[0]
+
+
+def expires_days(text: str) -> int:
+    """argparse type of `--expires-days`: a whole number of days, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 day")
+    return value

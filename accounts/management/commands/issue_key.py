@@ -1,24 +1,14 @@
 """`manage.py issue_key --tier NAME --name LABEL`: issue an API key and print its plaintext once."""
 
-import argparse
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from accounts.management.commands._key_lookup import expires_days
 from accounts.models import ApiKey, Tier
 from accounts.services import api_key_issue, service_user_get_or_create
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1 day")
-    return value
 
 
 class Command(BaseCommand):
@@ -31,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--tier", required=True, help="tier name, e.g. free")
         parser.add_argument("--name", required=True, help="label for the key, e.g. the consumer's name")
         parser.add_argument("--user", help="owner's username (default: the built-in service user)")
-        parser.add_argument("--expires-days", type=_positive_int, help="key expires after this many days")
+        parser.add_argument("--expires-days", type=expires_days, help="key expires after this many days")
 
     def handle(self, *args, **options):
         tier = Tier.objects.filter(name=options["tier"]).first()

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from accounts.management.commands._key_lookup import api_key_find
+from accounts.management.commands._key_lookup import api_key_find, expires_days
 from accounts.services import KeyRotationError, api_key_rotate
 
 HELP = """Rotate an API key: a new key with the same owner, tier, name and limits is issued and its
@@ -27,23 +27,13 @@ def _hours(text: str) -> float:
     return value
 
 
-def _days(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1 day")
-    return value
-
-
 class Command(BaseCommand):
     help = HELP
 
     def add_arguments(self, parser):
         parser.add_argument("key", help="the key's id or display prefix (sk-gw-...)")
         parser.add_argument("--grace-hours", type=_hours, help="how long the old key keeps working (0 = revoke now)")
-        parser.add_argument("--expires-days", type=_days, help="the new key expires after this many days")
+        parser.add_argument("--expires-days", type=expires_days, help="the new key expires after this many days")
 
     def handle(self, *args, **options):
         api_key = api_key_find(options["key"])
