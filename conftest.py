@@ -8,3 +8,17 @@ pytest_plugins = [
     "tests.support.secrets_audit",
     "pytester",
 ]
+
+
+def pytest_unconfigure(config) -> None:
+    """SQLite's WAL files of the session's test database outlive the database file pytest-django drops."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    if not settings.configured or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        return
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if name:
+        for suffix in ("-wal", "-shm"):
+            Path(name + suffix).unlink(missing_ok=True)
