@@ -126,18 +126,28 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if plaintext is None:
             return super().response_add(request, obj, post_url_continue)
         opts = self.opts
+        return self._plaintext_page(
+            request,
+            "issued",
+            "API key issued",
+            api_key=obj,
+            plaintext=plaintext,
+            change_url=reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
+            add_url=reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+        )
+
+    def _plaintext_page(self, request, template: str, title: str, **extra) -> TemplateResponse:
+        """A page showing new plaintext keys, once: never cached."""
+        opts = self.opts
         context = {
             **self.admin_site.each_context(request),
-            "title": "API key issued",
+            "title": title,
             "subtitle": None,
             "opts": opts,
-            "api_key": obj,
-            "plaintext": plaintext,
-            "change_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
             "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
-            "add_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+            **extra,
         }
-        response = TemplateResponse(request, "admin/accounts/apikey/issued.html", context)
+        response = TemplateResponse(request, f"admin/accounts/apikey/{template}.html", context)
         add_never_cache_headers(response)
         return response
 
@@ -158,19 +168,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 rotations.append(api_key_rotate(api_key=api_key, grace=grace))
             except KeyRotationError as exc:
                 refused.append(str(exc))
-        opts = self.opts
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "API keys rotated",
-            "subtitle": None,
-            "opts": opts,
-            "rotations": rotations,
-            "refused": refused,
-            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
-        }
-        response = TemplateResponse(request, "admin/accounts/apikey/rotated.html", context)
-        add_never_cache_headers(response)
-        return response
+        return self._plaintext_page(request, "rotated", "API keys rotated", rotations=rotations, refused=refused)
 
     @admin.action(description="Revoke selected API keys (for good)")
     def revoke_keys(self, request, queryset):

@@ -172,6 +172,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             if isinstance(exc, aiohttp.ClientError):
                 raise httpx.ReadError(str(exc) or type(exc).__name__) from exc
             raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # aiohttp finishes a connect already under way and swallows a cancellation that came meanwhile
+            # (the client left): honour it, or the request would run on for nobody.
+            response.close()
+            slot.release()
+            raise asyncio.CancelledError
         return httpx.Response(
             status_code=response.status,
             headers=[(k, v) for k, v in response.raw_headers],

@@ -102,21 +102,28 @@ class _ProbeTarget:
 
 def _probe(target: _ProbeTarget) -> HealthResult:
     url, headers = target.request()
-    status_code = latency_ms = None
     refused = url_connect_problem(url)
     if refused is not None:
         # The relay would refuse this address; the probe must not send the provider's key there either.
         logger.warning("health probe of %s refused: %s", target.provider_name, refused)
-        return HealthResult(
-            provider_id=target.provider_id,
-            provider_name=target.provider_name,
-            ok=False,
-            status_code=None,
-            latency_ms=None,
-            error=target.redact(f"upstream address refused: {refused}"),
-        )
+        ok, status_code, latency_ms, error = False, None, None, f"upstream address refused: {refused}"
+    else:
+        ok, status_code, latency_ms, error = _get(url, headers, target.timeout())
+    return HealthResult(
+        provider_id=target.provider_id,
+        provider_name=target.provider_name,
+        ok=ok,
+        status_code=status_code,
+        latency_ms=latency_ms,
+        error=target.redact(error),
+    )
+
+
+def _get(url: str, headers: dict, timeout: httpx.Timeout) -> tuple[bool, int | None, float | None, str]:
+    """One probe request: (ok, status code, latency in ms, error)."""
+    status_code = latency_ms = None
     try:
-        with httpx.Client(timeout=target.timeout(), follow_redirects=False) as client:
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
             started = time.perf_counter()
             response = client.get(url, headers=headers)
             latency_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -130,14 +137,7 @@ def _probe(target: _ProbeTarget) -> HealthResult:
     except Exception as exc:  # a malformed base URL or header must mark the provider down, not kill the sweep
         ok = False
         error = type(exc).__name__
-    return HealthResult(
-        provider_id=target.provider_id,
-        provider_name=target.provider_name,
-        ok=ok,
-        status_code=status_code,
-        latency_ms=latency_ms,
-        error=target.redact(error),
-    )
+    return ok, status_code, latency_ms, error
 
 
 def _record(result: HealthResult) -> None:

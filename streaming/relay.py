@@ -449,11 +449,6 @@ async def _open_with_failover(call: RelayCall):
     raise GatewayError(status, "upstream_unavailable", f"all deployments of '{tried}' failed; last: {last.reason}")
 
 
-def _cancel_requested() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 async def _try_deployments(call: RelayCall, candidates: list[Route]):
     """Open the first deployment that answers; UpstreamFailure (the last one's) when none does."""
     last: UpstreamFailure | None = None
@@ -467,10 +462,6 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
         payload = _upstream_body(call, route, upstream)
         try:
             response = await _open(call, route, payload, upstream)
-            if _cancel_requested():
-                # The HTTP client finished connecting despite a cancellation (the client left): honour it.
-                await response.aclose()
-                raise asyncio.CancelledError
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
                 if response.status_code == 429:

@@ -24,7 +24,7 @@ from aigateway.config_watch import config_watch
 from providers.upstream import upstream_clients_close
 from streaming.relay import background_drain
 from tests.support.fuzz import (
-    FUZZ_MODELS,
+    MODEL_NAMES,
     Answer,
     ErrorLog,
     LogTail,
@@ -44,14 +44,13 @@ from tests.support.fuzz import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MODELS = st.sampled_from([*FUZZ_MODELS, *FUZZ_MODELS, "fz-unknown"])
 
 # path -> (dialect of its errors, body strategy)
 ENDPOINTS = {
-    "/v1/chat/completions": ("openai", chat_bodies(MODELS)),
-    "/v1/messages": ("anthropic", messages_bodies(MODELS)),
-    "/v1/responses": ("openai", responses_bodies(MODELS)),
-    "/v1/compare": ("openai", compare_bodies(MODELS)),
+    "/v1/chat/completions": ("openai", chat_bodies(MODEL_NAMES)),
+    "/v1/messages": ("anthropic", messages_bodies(MODEL_NAMES)),
+    "/v1/responses": ("openai", responses_bodies(MODEL_NAMES)),
+    "/v1/compare": ("openai", compare_bodies(MODEL_NAMES)),
 }
 
 

@@ -26,7 +26,7 @@ from aigateway.config_watch import config_watch
 from providers.upstream import upstream_clients_close
 from streaming.relay import background_drain
 from tests.support.fuzz import (
-    FUZZ_MODELS,
+    MODEL_NAMES,
     ErrorLog,
     LogTail,
     assert_clean_log,
@@ -40,7 +40,6 @@ from tests.support.fuzz import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MODELS = st.sampled_from([*FUZZ_MODELS, *FUZZ_MODELS, "fz-unknown"])
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
 FRAME_TIMEOUT = 20.0
 
@@ -55,7 +54,7 @@ def frames(draw) -> str | bytes:
         return orjson.dumps(draw(st.sampled_from([{"type": "cancel"}, {"type": None}, {"type": ["chat"]}]))).decode()
     if kind == "binary":
         return draw(st.binary(max_size=64))
-    raw = raw_body(draw(compare_bodies(MODELS, frame=True)), draw(raw_mutations))
+    raw = raw_body(draw(compare_bodies(MODEL_NAMES, frame=True)), draw(raw_mutations))
     return raw.decode("utf-8", errors="replace")
 
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts.models import ApiKey, Tier, UsageRecord
 from accounts.services import api_key_issue
 from providers.models import Model, Provider
-from tests.support.data import key_create, model_create, provider_create
+from tests.support.data import key_create, model_create, provider_admin_form, provider_create
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,21 +106,7 @@ def test_no_secret_in_logs_pages_responses_or_database(
 
     admin_client = Client()
     admin_client.force_login(staff)
-    provider_form = {
-        "name": "via-admin",
-        "dialect": "openai",
-        "base_url": "https://admin.example.com/v1",
-        "enabled": "on",
-        "extra_headers": "{}",
-        "timeout_connect": "5",
-        "timeout_read": "120",
-        "max_connections": "200",
-        "request_transforms": "[]",
-        "api_key": UPSTREAM_ADMIN,
-        "deployments-TOTAL_FORMS": "0",
-        "deployments-INITIAL_FORMS": "0",
-        "_save": "Save",
-    }
+    provider_form = provider_admin_form(UPSTREAM_ADMIN)
     bounced = admin_client.post(
         reverse("admin:providers_provider_add"), {**provider_form, "base_url": "http://169.254.169.254/"}
     )

@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from accounts.models import ApiKey, Tier
 from providers.models import Provider
+from tests.support.data import provider_admin_form
 
 pytestmark = pytest.mark.django_db
 
@@ -82,20 +83,7 @@ def created(admin_client, admin_user, monkeypatch, caplog, settings, tmp_path, s
     call_command("issue_key", "--tier", "free", "--name", "cli", stdout=out)
     cli_key = out.getvalue().splitlines()[-1]
 
-    provider_form = {
-        "name": "via-admin",
-        "dialect": "openai",
-        "base_url": "https://admin.example.com/v1",
-        "enabled": "on",
-        "extra_headers": "{}",
-        "timeout_connect": "5",
-        "timeout_read": "120",
-        "max_connections": "200",
-        "api_key": UPSTREAM_ADMIN,
-        "deployments-TOTAL_FORMS": "0",
-        "deployments-INITIAL_FORMS": "0",
-        "_save": "Save",
-    }
+    provider_form = provider_admin_form(UPSTREAM_ADMIN)
     rejected = admin_client.post(reverse("admin:providers_provider_add"), {**provider_form, "base_url": "nope"})
     assert rejected.status_code == 200
     assert admin_client.post(reverse("admin:providers_provider_add"), provider_form).status_code == 302

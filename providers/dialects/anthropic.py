@@ -34,7 +34,7 @@ from providers.dialects.canonical import (
     budget_for,
     id_in_style,
 )
-from providers.dialects.checks import array_field, object_items
+from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import json_text_too_deep
 from providers.dialects.sse import sse_encode
 
@@ -214,12 +214,7 @@ def _tool_in(raw, where: str) -> Tool:
         raise bad_request(
             f"'{where}' is a {raw.get('type')!r} server tool, which this model's provider does not offer", param=where
         )
-    description, schema = raw.get("description"), raw["input_schema"]
-    if description is not None and not isinstance(description, str):
-        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
-    if schema is not None and not isinstance(schema, dict):
-        raise bad_request(f"'{where}.input_schema' must be a JSON schema object", param=f"{where}.input_schema")
-    return Tool(name=raw["name"], description=description, parameters=schema or {})
+    return tool_checked(raw, where, "input_schema")
 
 
 def _tool_choice_in(choice) -> ToolChoice | None:

@@ -2,6 +2,7 @@
 400 naming the field, so no wrong type ever reaches the translation as a TypeError."""
 
 from aigateway.errors import bad_request
+from providers.dialects.canonical import Tool
 
 
 def array_field(body: dict, name: str, where: str | None = None) -> list:
@@ -24,3 +25,14 @@ def object_items(body: dict, name: str) -> list[dict]:
         if not isinstance(item, dict):
             raise bad_request(f"'{name}[{index}]' must be an object", param=f"{name}[{index}]")
     return items
+
+
+def tool_checked(raw: dict, where: str, schema_key: str, default_schema: dict | None = None) -> Tool:
+    """A tool definition whose name was checked: its description must be a string and its schema (under
+    `schema_key`) a JSON object, each when present."""
+    description, schema = raw.get("description"), raw.get(schema_key)
+    if description is not None and not isinstance(description, str):
+        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
+    if schema is not None and not isinstance(schema, dict):
+        raise bad_request(f"'{where}.{schema_key}' must be a JSON schema object", param=f"{where}.{schema_key}")
+    return Tool(name=raw["name"], description=description, parameters=schema or dict(default_schema or {}))

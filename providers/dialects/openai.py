@@ -35,7 +35,7 @@ from providers.dialects.canonical import (
     effort_for_budget,
     id_in_style,
 )
-from providers.dialects.checks import array_field, object_items
+from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import JSON_DEPTH_MAX, json_text_too_deep
 from providers.dialects.sse import sse_encode
 
@@ -155,12 +155,7 @@ def _function(function, where: str) -> Tool:
     """A function definition: `tools[i].function`, or a bare one in the legacy `functions`."""
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise bad_request(f"'{where}' must be a function with a name", param=where)
-    description, parameters = function.get("description"), function.get("parameters")
-    if description is not None and not isinstance(description, str):
-        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise bad_request(f"'{where}.parameters' must be a JSON schema object", param=f"{where}.parameters")
-    return Tool(name=function["name"], description=description, parameters=parameters or dict(_EMPTY_SCHEMA))
+    return tool_checked(function, where, "parameters", _EMPTY_SCHEMA)
 
 
 def tool_arguments(value, where: str) -> str:

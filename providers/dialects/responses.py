@@ -40,7 +40,7 @@ from providers.dialects.canonical import (
     effort_for_budget,
     id_in_style,
 )
-from providers.dialects.checks import array_field, object_items
+from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.openai import openai as chat_dialect
 from providers.dialects.openai import tool_arguments
 from providers.dialects.sse import sse_encode
@@ -243,12 +243,7 @@ def _tool_in(raw, where: str) -> Tool:
         )
     if not isinstance(raw.get("name"), str):
         raise bad_request(f"'{where}' must be a function tool with a name", param=where)
-    description, parameters = raw.get("description"), raw.get("parameters")
-    if description is not None and not isinstance(description, str):
-        raise bad_request(f"'{where}.description' must be a string", param=f"{where}.description")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise bad_request(f"'{where}.parameters' must be a JSON schema object", param=f"{where}.parameters")
-    return Tool(name=raw["name"], description=description, parameters=parameters or {})
+    return tool_checked(raw, where, "parameters")
 
 
 def _tool_choice_in(raw) -> ToolChoice | None:

@@ -29,3 +29,23 @@ def key_create(tier_name: str = "test", *, models: list[Model] | None = None, us
         tier.allowed_models.set(models)
     issued = api_key_issue(owner=user or service_user_get_or_create(), tier=tier, name=f"{tier_name}-key")
     return issued.plaintext
+
+
+def provider_admin_form(api_key: str, **fields) -> dict:
+    """The POST body of admin's add-provider page: a valid provider with no deployments."""
+    return {
+        "name": "via-admin",
+        "dialect": "openai",
+        "base_url": "https://admin.example.com/v1",
+        "enabled": "on",
+        "extra_headers": "{}",
+        "timeout_connect": "5",
+        "timeout_read": "120",
+        "max_connections": "200",
+        "request_transforms": "[]",
+        "api_key": api_key,
+        "deployments-TOTAL_FORMS": "0",
+        "deployments-INITIAL_FORMS": "0",
+        "_save": "Save",
+        **fields,
+    }

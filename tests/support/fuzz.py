@@ -458,6 +458,8 @@ async def asgi_request(
 # Routing data ---------------------------------------------------------------------------------------
 
 FUZZ_MODELS = ["fz-oa", "fz-an", "fz-rs"]
+# The model a generated body names: one of ours (twice as likely) or one nobody has.
+MODEL_NAMES = st.sampled_from([*FUZZ_MODELS, *FUZZ_MODELS, "fz-unknown"])
 
 
 def fuzz_routes_create(simulator, *, user=None) -> str:
