@@ -9,6 +9,7 @@ admin, management API, playground - runs the full middleware stack. Websockets g
 import asyncio
 import gc
 import os
+from urllib.parse import quote_from_bytes
 
 from django.core.asgi import get_asgi_application
 
@@ -127,13 +128,12 @@ class HttpDispatch:
         if query and not query.isascii():
             # Raw non-ASCII bytes (some servers pass them on): Django would answer an HTML 400 with a
             # logged traceback; percent-encoded, they reach the views as the bad values they are.
-            scope = {**scope, "query_string": _percent_encode_high(query)}
+            scope = {**scope, "query_string": quote_from_bytes(query, safe=_ASCII).encode()}
         app = self.api_app if scope["path"].startswith(API_PATH_PREFIXES) else self.site_app
         return await app(scope, receive, send)
 
 
-def _percent_encode_high(raw: bytes) -> bytes:
-    return b"".join(b"%%%02X" % byte if byte >= 0x80 else bytes((byte,)) for byte in raw)
+_ASCII = bytes(range(0x80))
 
 
 application = ProtocolTypeRouter(
