@@ -2,13 +2,14 @@
 #             upstream simulator on :9100, a Celery worker with beat, and the embedded Redis
 #             (unless REDIS_URL is set).
 # make test - lint and the test suite.
+# make test-postgres - the test suite against a private PostgreSQL server started (and deleted) for the run.
 # make fuzz - the fuzz tests alone, with FUZZ_EXAMPLES (5,000) generated cases per endpoint instead of 200.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-compare soak clean
+.PHONY: run test test-postgres lint bench bench-workers bench-metrics bench-compare soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +28,23 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(VENV)/bin/pytest
 
+test-postgres: $(STAMP)
+	$(PY) -m tests.support.postgres -- $(VENV)/bin/pytest
+
 FUZZ_EXAMPLES ?= 5000
 fuzz: $(STAMP)
 	GATEWAY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest --timeout=0 tests/test_fuzz_*.py providers/tests/test_dialect_validation.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_relay.py
+
+# Requests/s and added time to first byte with 1 and with 2 gateway worker processes, one run.
+bench-workers: $(STAMP)
+	$(PY) bench/bench_workers.py
+
+# What counting a call (metrics tallies, the request log line) costs the hot path, in microseconds.
+bench-metrics: $(STAMP)
+	$(PY) bench/bench_metrics.py
 
 bench-compare: $(STAMP)
 	$(PY) bench/bench_compare.py

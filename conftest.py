@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.support.redis",
     "tests.support.simulator",
+    "tests.support.database",
     "tests.support.gateway",
     "tests.support.celery",
     "tests.support.secrets_audit",

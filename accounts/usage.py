@@ -20,7 +20,7 @@ from decimal import Decimal
 import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from redis.exceptions import NoScriptError, RedisError
 
 from aigateway.redis import redis_async, redis_sync
@@ -470,25 +470,43 @@ def _write_events(events: list[dict]) -> int:
                 last_used[key_id] = event["created_at"]
 
         UsageRecord.objects.bulk_create(records)
-        for (day, key_id, model), totals in daily.items():
-            _daily_add(UsageDaily, day=day, api_key_id=key_id, model=model, totals=totals)
-        for key_id, used_at in last_used.items():
+        _daily_add(UsageDaily, daily)
+        # Keys updated in id order by every flusher, for the same reason as the daily rows' order.
+        for key_id, used_at in sorted(last_used.items()):
             ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at), pk=key_id).update(
                 last_used_at=used_at
             )
     return len(new)
 
 
-def _daily_add(UsageDaily, *, day: date, api_key_id: int, model: str, totals: dict) -> None:
-    rows = UsageDaily.objects.filter(date=day, api_key_id=api_key_id, model=model)
-    increments = {name: F(name) + value for name, value in totals.items()}
-    if rows.update(**increments):
+_DAILY_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost")
+
+
+def _daily_add(UsageDaily, daily: dict[tuple[date, int, str], dict]) -> None:
+    """Add one batch's totals to the daily aggregates with INSERT ... ON CONFLICT DO UPDATE (PostgreSQL, and
+    SQLite >= 3.24): the database adds to an existing row atomically, so flushes running at the same time
+    never lose an increment. One statement carries every row of the batch (up to SQLite's parameter limit)."""
+    if not daily:
         return
-    try:
-        with transaction.atomic():
-            UsageDaily.objects.create(date=day, api_key_id=api_key_id, model=model, **totals)
-    except IntegrityError:
-        rows.update(**increments)
+    quote = connection.ops.quote_name
+    fields = [UsageDaily._meta.get_field(name) for name in ("date", "api_key", "model", *_DAILY_TOTALS)]
+    columns = [quote(field.column) for field in fields]
+    table = quote(UsageDaily._meta.db_table)
+    increments = ", ".join(f"{column} = {table}.{column} + EXCLUDED.{column}" for column in columns[3:])
+    row_sql = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    # Every flusher writes the rows in the unique key's order: two that upsert the same rows cannot deadlock.
+    rows = []
+    for (day, api_key_id, model), totals in sorted(daily.items()):
+        values = (day, api_key_id, model, *(totals[name] for name in _DAILY_TOTALS))
+        rows.append([field.get_db_prep_save(value, connection) for field, value in zip(fields, values, strict=True)])
+    rows_per_statement = (connection.features.max_query_params or 2**16) // len(fields)
+    with connection.cursor() as cursor:
+        for chunk in _chunks(rows, rows_per_statement):
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))}"
+                f" ON CONFLICT ({', '.join(columns[:3])}) DO UPDATE SET {increments}",
+                [value for row in chunk for value in row],
+            )
 
 
 def _write_one_by_one(batch: _Batch) -> int:
@@ -577,6 +595,15 @@ def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> 
         except RedisError:
             pass  # The lock expires by itself.
     return written
+
+
+async def usage_queue_depths() -> tuple[int, int]:
+    """Events waiting in the usage queue, and events dead-lettered (for metrics)."""
+    pipe = redis_async().pipeline(transaction=False)
+    pipe.llen(USAGE_QUEUE_KEY)
+    pipe.llen(USAGE_DEAD_KEY)
+    queued, dead = await pipe.execute()
+    return queued, dead
 
 
 def usage_pending_totals(*, api_key_id: int, start: date, end: date) -> dict[tuple[date, str], dict[str, int]]:

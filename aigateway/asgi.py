@@ -1,6 +1,6 @@
 """ASGI entry point.
 
-The API paths (/v1/..., /health) go to a Django handler with no middleware: Django's
+The API paths (/v1/..., /health, /ready, /metrics) go to a Django handler with no middleware: Django's
 MiddlewareMixin runs process_request/process_response in a worker thread on every request, and
 nothing the API needs comes from middleware (keys are checked by the views). Everything else -
 admin, management API, playground - runs the full middleware stack. Websockets go to Channels.
@@ -30,7 +30,9 @@ from aigateway.lifespan import lifespan_app  # noqa: E402
 from aigateway.security_headers import SecurityHeaders  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
-API_PATH_PREFIXES = ("/v1/", "/health")
+API_PATH_PREFIX = "/v1/"
+# Probes and metrics: plain answers for machines, no session or CSRF, no middleware.
+API_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 class ApiHandler(ASGIHandler):
@@ -129,7 +131,8 @@ class HttpDispatch:
             # Raw non-ASCII bytes (some servers pass them on): Django would answer an HTML 400 with a
             # logged traceback; percent-encoded, they reach the views as the bad values they are.
             scope = {**scope, "query_string": quote_from_bytes(query, safe=_ASCII).encode()}
-        app = self.api_app if scope["path"].startswith(API_PATH_PREFIXES) else self.site_app
+        path = scope["path"]
+        app = self.api_app if path.startswith(API_PATH_PREFIX) or path in API_PATHS else self.site_app
         return await app(scope, receive, send)
 
 

@@ -28,6 +28,7 @@ async def _held_usage_wait(timeout: float) -> None:
 
 
 async def lifespan_app(scope, receive, send) -> None:
+    from aigateway.metrics import metrics_process_exit
     from aigateway.shutdown import shutdown_signals_install
     from providers.upstream import upstream_clients_close
     from streaming.relay import background_drain
@@ -47,5 +48,9 @@ async def lifespan_app(scope, receive, send) -> None:
                 await upstream_clients_close()
             except Exception as exc:
                 logger.warning("closing upstream clients failed: %s", type(exc).__name__)
+            try:
+                metrics_process_exit()
+            except Exception as exc:
+                logger.warning("writing metrics at exit failed: %s", type(exc).__name__)
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from aigateway.metrics_dir import metrics_dir_ensure
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
@@ -15,6 +18,9 @@ VAR_DIR.mkdir(exist_ok=True)
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Before anything imports prometheus-client: the folder all processes of this gateway write metrics to.
+METRICS_DIR = metrics_dir_ensure(VAR_DIR)
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 if DEBUG:
@@ -84,6 +90,21 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not :memory:, so gateway processes started by end-to-end tests share the test data.
     DATABASES["default"]["TEST"] = {
         "NAME": env("DJANGO_TEST_DB", default=str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3"))
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3 with Django's connection pool: a closed connection goes back to the pool, so the
+    # per-request close of CONN_MAX_AGE=0 costs no new connection. Each process holds at most MAX_SIZE;
+    # a caller waits up to TIMEOUT seconds for a free one, then gets an error instead of hanging.
+    DATABASES["default"].setdefault("OPTIONS", {})
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": env.int("GATEWAY_DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("GATEWAY_DB_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("GATEWAY_DB_POOL_TIMEOUT_SECONDS", default=10.0),
+    }
+    # One test database per test run (pytest-django adds its own suffix per xdist worker), so runs
+    # sharing a server do not drop each other's database.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env("DJANGO_TEST_DB", default=f"test_{DATABASES['default']['NAME']}_{os.getpid()}")
     }
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -160,6 +181,17 @@ GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 # Connections one gateway process may open to Redis (Redis itself allows 10,000 clients by default).
 GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=2000)
 
+
+def _usable_cpus() -> int:
+    # The cores this process may run on (a CPU set or affinity mask), not every core of the machine.
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+# Processes `manage.py run_gateway` starts (uvicorn workers sharing one port); `--workers` overrides.
+GATEWAY_WORKERS = env.int("GATEWAY_WORKERS", default=_usable_cpus())
+
 # Reliability. On SIGTERM, streams in flight may run this long before they are ended with an error event.
 GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
 # While Redis (the rate-limit store) is unreachable, requests of keys with limits get a 503 unless this
@@ -195,14 +227,35 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+# Logs: readable lines, or one JSON object per line (GATEWAY_LOG_FORMAT=json) for log shippers. Each relay
+# call logs one line on `aigateway.requests` (GATEWAY_REQUEST_LOG); a prompt's content only with
+# GATEWAY_LOG_BODIES. See aigateway/logs.py.
+GATEWAY_LOG_FORMAT = env.str("GATEWAY_LOG_FORMAT", default="text").strip().lower()
+if GATEWAY_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"GATEWAY_LOG_FORMAT must be 'text' or 'json', not {GATEWAY_LOG_FORMAT!r}")
+GATEWAY_REQUEST_LOG = env.bool("GATEWAY_REQUEST_LOG", default=True)
+GATEWAY_LOG_BODIES = env.bool("GATEWAY_LOG_BODIES", default=False)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "aigateway.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": GATEWAY_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+    "loggers": {
+        # Django's default config gives its loggers a handler of their own (plain text, DEBUG only); here
+        # they go through the root's like every other line.
+        "django": {"handlers": [], "propagate": True},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "aigateway.requests": {"level": "INFO" if GATEWAY_REQUEST_LOG else "WARNING"},
+    },
 }
+
+# Prometheus metrics at /metrics (aigateway/metrics.py); a bearer token guards them when set.
+GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
 
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _deadline: float | None = None
+# Set when the deadline's timer has fired: an event loop may run a timer slightly before the clock reaches
+# its time (uvloop's timers have millisecond resolution), so "past the deadline" cannot be read off the
+# clock alone by the requests that timer cancels.
+_expired = False
 # Requests still waiting for a provider's first byte: at the deadline they are cancelled with this
 # message, and the relay answers them with a clean 503 instead of leaving them to the server's kill.
 _waiting: "weakref.WeakSet[asyncio.Task]" = weakref.WeakSet()
@@ -45,6 +49,8 @@ def _arm(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
 
 
 def _cancel_waiting() -> None:
+    global _expired
+    _expired = True
     for task in list(_waiting):
         if not task.done():
             task.cancel(SHUTDOWN_CANCEL_MESSAGE)
@@ -62,7 +68,7 @@ def shutdown_waiting_done(task: asyncio.Task) -> None:
 
 
 def shutdown_passed() -> bool:
-    return _deadline is not None and time.monotonic() >= _deadline
+    return _expired or (_deadline is not None and time.monotonic() >= _deadline)
 
 
 def shutdown_deadline() -> float | None:
@@ -71,8 +77,9 @@ def shutdown_deadline() -> float | None:
 
 
 def shutdown_reset() -> None:
-    global _deadline
+    global _deadline, _expired
     _deadline = None
+    _expired = False
     _waiting.clear()
 
 

@@ -1,4 +1,5 @@
-"""URL map: OpenAI/Anthropic-compatible API under /v1, management API under /api, admin, static files."""
+"""URL map: OpenAI/Anthropic-compatible API under /v1, management API under /api, admin, Prometheus metrics,
+static files."""
 
 import re
 from urllib.parse import urlparse
@@ -12,6 +13,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts.dashboard import dashboard
+from aigateway.metrics import metrics_view
 
 
 def static_file(request, path: str):
@@ -28,6 +30,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("accounts.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("streaming.urls")),
 ]
 

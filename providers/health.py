@@ -33,6 +33,10 @@ def provider_down_keys(provider_ids: Iterable[int]) -> list[str]:
     return [HEALTH_DOWN_KEY.format(provider_id=provider_id) for provider_id in provider_ids]
 
 
+def providers_enabled_ids() -> list[int]:
+    return list(Provider.objects.filter(enabled=True).values_list("pk", flat=True))
+
+
 def health_down_cooldown_seconds() -> int:
     return max(1, int(settings.GATEWAY_HEALTH_CHECK_SECONDS * 2))
 

@@ -217,6 +217,22 @@ class Router:
                 self._availability[route.deployment_id] = (now + _AVAILABILITY_CACHE_SECONDS, up)
         return result
 
+    async def availability_snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """For metrics: provider name -> 1 unless marked down, and (provider, upstream model) -> 1 while
+        that deployment's breaker is open, for every enabled deployment; read fresh (one MGET)."""
+        table = await self.table()
+        deployments = {route.deployment_id: route for routes in table.routes.values() for route in routes}
+        providers = {route.provider.id: route.provider.name for route in deployments.values()}
+        keys = [BREAKER_OPEN_KEY.format(deployment_id=d) for d in deployments]
+        keys += [HEALTH_DOWN_KEY.format(provider_id=p) for p in providers]
+        values = await redis_async().mget(keys) if keys else []
+        breakers: dict[tuple[str, str], int] = {}
+        for route, value in zip(deployments.values(), values, strict=False):
+            key = (route.provider.name, route.upstream_model)
+            breakers[key] = max(breakers.get(key, 0), int(value is not None))
+        down = values[len(deployments) :]
+        return {name: int(value is None) for name, value in zip(providers.values(), down, strict=True)}, breakers
+
     async def record_failure(self, route: Route, reason: str) -> None:
         """Count a failure of one deployment; N in a row (within the cool-down window) opens its breaker
         in every gateway process. The provider's other deployments are not affected."""

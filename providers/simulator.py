@@ -328,6 +328,9 @@ def _json_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_YIELD_EVERY_EVENTS = 64
+
+
 class Exchange:
     """One HTTP request/response: writes the response and keeps its request-log record up to date."""
 
@@ -353,6 +356,10 @@ class Exchange:
         if token:
             record["tokens_sent"] += 1
         await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        if not record["events_sent"] % _YIELD_EVERY_EVENTS:
+            # Once the client is gone the server's send returns at once: an unpaced stream must still let
+            # the disconnect watcher run, or it "sends" the rest of a huge answer into nothing.
+            await asyncio.sleep(0)
 
     async def end(self) -> None:
         self.completing = True

@@ -15,6 +15,7 @@ from accounts.context import KeyContext
 from accounts.limits import limits_admit
 from accounts.usage import usage_started
 from aigateway.errors import GatewayError, bad_request
+from aigateway.metrics import metrics_response
 from providers.dialects.anthropic import anthropic
 from providers.dialects.base import Dialect
 from providers.dialects.nesting import JSON_DEPTH_MAX, may_nest_deeper, too_deep_field
@@ -46,6 +47,8 @@ def speaks(dialect):
     request, for paths both families of clients call."""
 
     def decorator(view):
+        view_name = view.__name__
+
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
             request.gateway_request_id = request_id = new_request_id()
@@ -61,6 +64,7 @@ def speaks(dialect):
             response["x-request-id"] = request_id
             if speaking is anthropic:
                 response["request-id"] = request_id
+            metrics_response(view_name, response.status_code)
             return response
 
         wrapper.csrf_exempt = True

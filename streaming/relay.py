@@ -27,6 +27,8 @@ from accounts.context import KeyContext
 from accounts.limits import Admission, limits_lease_refresh, limits_settle
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record, usage_started_refresh
 from aigateway.errors import GatewayError
+from aigateway.logs import request_log
+from aigateway.metrics import metrics_record, metrics_stream_closed, metrics_stream_opened
 from aigateway.shutdown import shutdown_deadline, shutdown_passed, shutdown_waiting_add, shutdown_waiting_done
 from providers.dialects import DIALECTS
 from providers.dialects.base import Dialect
@@ -215,12 +217,26 @@ def call_marker(call: RelayCall) -> bytes:
 
 
 async def call_finish(call: RelayCall) -> None:
-    """Settle the limits lease and push the usage event; never raises."""
+    """Settle the limits lease, push the usage event, count it in metrics and log it; never raises."""
     usage, estimated = call_usage(call)
     event = _call_event(call, usage, estimated)
     event.update(call.meter.summary())
+    try:
+        metrics_record(event, _upstream_errors(call))
+        request_log(event, key_prefix=call.ctx.key_prefix, body=call.body if settings.GATEWAY_LOG_BODIES else None)
+    except Exception as exc:
+        logger.warning("metrics or request log failed for %s: %s", call.request_id, type(exc).__name__)
     # Both round trips at once: the client of a non-streamed request is waiting on them.
     await asyncio.gather(_settle(call, usage), _record(call.request_id, event))
+
+
+def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
+    """(provider, kind) of each upstream failure the call met: every deployment that failed before the
+    first byte, and the one that failed mid-stream."""
+    errors = [(failure.provider, failure.kind) for failure in call.failures]
+    if call.error_type == "upstream_stream_error" and call.route is not None:
+        errors.append((call.route.provider.name, "mid_stream"))
+    return errors
 
 
 async def _settle(call: RelayCall, usage: Usage) -> None:
@@ -245,26 +261,35 @@ class UpstreamFailure(Exception):
 
     `retry_after`: the upstream's Retry-After (seconds, as sent) when it refused with 429, for the
     client's answer when every deployment did. `provider_fault` is False when the provider did nothing
-    wrong (the gateway's own connection pool to it is full): not a failure for its circuit breaker."""
+    wrong (the gateway's own connection pool to it is full): not a failure for its circuit breaker.
+    `kind` names the failure in metrics (gateway_upstream_errors_total)."""
 
     def __init__(
-        self, status: int, reason: str, *, retry_after: str | None = None, provider_fault: bool = True
+        self,
+        status: int,
+        reason: str,
+        kind: str,
+        *,
+        retry_after: str | None = None,
+        provider_fault: bool = True,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.kind = kind
         self.retry_after = retry_after
         self.provider_fault = provider_fault
+        self.provider = ""
 
 
-def _transport_reason(exc: Exception) -> tuple[int, str]:
+def _transport_failure(exc: Exception) -> UpstreamFailure:
     if isinstance(exc, PoolExhausted):
-        return 503, str(exc)
+        return UpstreamFailure(503, str(exc), "pool_exhausted", provider_fault=False)
     if isinstance(exc, SSEEventTooLarge):
-        return 502, str(exc)
+        return UpstreamFailure(502, str(exc), "too_large")
     if isinstance(exc, httpx.TimeoutException):
-        return 504, f"upstream timed out ({type(exc).__name__})"
-    return 502, f"upstream connection failed ({type(exc).__name__})"
+        return UpstreamFailure(504, f"upstream timed out ({type(exc).__name__})", "timeout")
+    return UpstreamFailure(502, f"upstream connection failed ({type(exc).__name__})", "connection")
 
 
 def _retry_after(response: httpx.Response) -> str | None:
@@ -336,7 +361,7 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     try:
         response = await client.send(request, stream=True)
     except httpx.TransportError as exc:
-        raise UpstreamFailure(*_transport_reason(exc), provider_fault=not isinstance(exc, PoolExhausted)) from None
+        raise _transport_failure(exc) from None
     call.meter.upstream_byte()
     return response
 
@@ -455,7 +480,9 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
     for route in candidates:
         upstream = DIALECTS.get(route.provider.dialect)
         if upstream is None:
-            last = UpstreamFailure(502, f"deployment {route.provider.name} speaks unknown {route.provider.dialect}")
+            last = UpstreamFailure(
+                502, f"deployment {route.provider.name} speaks unknown {route.provider.dialect}", "configuration"
+            )
             continue
         call.attempts += 1
         call.route = route
@@ -465,8 +492,10 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
                 if response.status_code == 429:
-                    raise UpstreamFailure(429, "upstream rate limit (HTTP 429)", retry_after=_retry_after(response))
-                raise UpstreamFailure(502, f"upstream returned HTTP {response.status_code}")
+                    raise UpstreamFailure(
+                        429, "upstream rate limit (HTTP 429)", "rate_limited", retry_after=_retry_after(response)
+                    )
+                raise UpstreamFailure(502, f"upstream returned HTTP {response.status_code}", "http_status")
             if response.status_code >= 400:
                 raise await _upstream_client_error(response, upstream)
             if call.stream:
@@ -477,6 +506,7 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
             logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
             if failure.provider_fault:
                 await router.record_failure(route, failure.reason)
+            failure.provider = route.provider.name
             call.failures.append(failure)
             last = failure
             continue
@@ -489,7 +519,7 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
 async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> bytes:
     # Read up to the cap, never the whole of whatever the upstream sends.
     limit = settings.GATEWAY_MAX_UPSTREAM_BODY_BYTES
-    too_large = UpstreamFailure(502, f"upstream response body is larger than the {limit}-byte limit")
+    too_large = UpstreamFailure(502, f"upstream response body is larger than the {limit}-byte limit", "too_large")
     parts: list[bytes] = []
     size = 0
     try:
@@ -502,16 +532,16 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
                 raise too_large
             parts.append(part)
     except httpx.TransportError as exc:
-        raise UpstreamFailure(*_transport_reason(exc)) from None
+        raise _transport_failure(exc) from None
     finally:
         await response.aclose()
     raw = b"".join(parts)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise UpstreamFailure(502, "upstream returned a body that is not JSON") from None
+        raise UpstreamFailure(502, "upstream returned a body that is not JSON", "bad_response") from None
     if not isinstance(data, dict):
-        raise UpstreamFailure(502, "upstream returned an unexpected JSON body")
+        raise UpstreamFailure(502, "upstream returned an unexpected JSON body", "bad_response")
     if _same_dialect(call, upstream):
         data["model"] = call.response_model
         call.usage = upstream.response_usage(data)
@@ -613,10 +643,10 @@ async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dia
             first = decoder.feed(chunk)
     except StopAsyncIteration:
         await response.aclose()
-        raise UpstreamFailure(502, "upstream closed the stream before the first event") from None
+        raise UpstreamFailure(502, "upstream closed the stream before the first event", "connection") from None
     except httpx.TransportError as exc:
         await response.aclose()
-        raise UpstreamFailure(*_transport_reason(exc)) from None
+        raise _transport_failure(exc) from None
     except BaseException:
         await response.aclose()
         raise
@@ -700,6 +730,7 @@ async def _stream_body(
     call: RelayCall, response: httpx.Response, chunks: _UpstreamChunks, decoder, first: list, bridge: StreamBridge
 ):
     call.body_started = True
+    metrics_stream_opened()
     ended = False
     renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
     renew_at = time.monotonic() + renew_every
@@ -765,6 +796,7 @@ async def _stream_body(
     finally:
         if not call.finished:
             call.status, call.error_type = 499, "client_disconnected"
+        metrics_stream_closed()
         # Closing the upstream response drops its connection: the provider stops generating.
         await asyncio.shield(_close_upstream(chunks, response))
         spawn(call_finish(call))

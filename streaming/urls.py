@@ -7,6 +7,7 @@ from streaming import playground, views
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="playground", permanent=False)),
     path("health", views.health, name="health"),
+    path("ready", views.ready, name="ready"),
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/responses", views.create_response, name="responses"),
     path("v1/messages", views.messages, name="messages"),

@@ -1,23 +1,26 @@
 """Async HTTP views of the gateway: the OpenAI- and Anthropic-compatible APIs (chat, Responses,
-Messages, ...) and health."""
+Messages, ...), health and readiness."""
 
+import asyncio
 import time
 from contextlib import aclosing
 from datetime import UTC, datetime
 
 import orjson
 from django.conf import settings
+from django.db import connection
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
 from aigateway.db import db_read
 from aigateway.errors import GatewayError
+from aigateway.redis import redis_async
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
 from providers.dialects.responses import responses
 from providers.dialects.sse import sse_encode
-from providers.health import providers_health_overview
+from providers.health import provider_down_keys, providers_enabled_ids, providers_health_overview
 from providers.routing import router
 from streaming.compare import CompareRun, compare_prepare
 from streaming.edge import (
@@ -249,3 +252,77 @@ async def _provider_health() -> list[dict]:
         }
         for row in rows
     ]
+
+
+# Each readiness check must answer within this, so a hung database or Redis cannot hang the probe.
+READY_CHECK_TIMEOUT_SECONDS = 2.0
+# A check still running (hung) is shared by the probes that come meanwhile instead of started again, so a
+# hung dependency holds one thread or connection per process, not one per probe.
+_ready_running: dict[str, asyncio.Task] = {}
+
+
+@speaks(openai)
+async def ready(request):
+    """Readiness, for a load balancer or orchestrator (`/health` is liveness): 200 when this process can
+    serve - the database answers, Redis answers, an enabled provider is not marked down - else 503 with
+    what is missing. Names no provider, address or secret: anyone may call it."""
+    only("GET", "HEAD")(request)
+    database, redis, providers = await asyncio.gather(
+        _ready_check("database", _ready_database),
+        _ready_check("redis", _ready_redis),
+        _ready_check("providers", _ready_providers),
+    )
+    checks = {"database": database[1], "redis": redis[1], "providers": providers[1]}
+    if not providers[0] and not (database[0] and redis[0]):
+        # Its answer comes from both stores: say which one it waits for rather than repeat their error.
+        missing = " and ".join(name for name, (ok, _) in (("database", database), ("redis", redis)) if not ok)
+        checks["providers"] = f"unknown: {missing} unreachable"
+    is_ready = database[0] and redis[0] and providers[0]
+    return JsonResponse(
+        {"status": "ready" if is_ready else "not_ready", "checks": checks},
+        status=200 if is_ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _ready_check(name: str, check) -> tuple[bool, str]:
+    """(passed, what to show) of one check, bounded by READY_CHECK_TIMEOUT_SECONDS."""
+    task = _ready_running.get(name)
+    if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
+        task = _ready_running[name] = asyncio.ensure_future(check())
+    try:
+        # Shielded: a probe that gives up leaves the check to finish (or time out) for the next probe.
+        problem = await asyncio.wait_for(asyncio.shield(task), READY_CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return False, f"no answer within {READY_CHECK_TIMEOUT_SECONDS:g}s"
+    except Exception as exc:
+        # The exception's type only: its message may hold an address or a credential.
+        return False, f"unreachable: {type(exc).__name__}"
+    return (False, problem) if problem else (True, "ok")
+
+
+def _database_answers() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def _ready_database() -> str:
+    await db_read(_database_answers)
+    return ""
+
+
+async def _ready_redis() -> str:
+    await redis_async().ping()
+    return ""
+
+
+async def _ready_providers() -> str:
+    """Empty when some enabled provider is not marked down by the health check (the key routing reads)."""
+    provider_ids = await db_read(providers_enabled_ids)
+    if not provider_ids:
+        return "no provider is enabled"
+    down = await redis_async().mget(provider_down_keys(provider_ids))
+    if all(mark is not None for mark in down):
+        return "no enabled provider is healthy"
+    return ""

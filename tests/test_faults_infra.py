@@ -4,7 +4,6 @@ loopback; every admitted request ends up as exactly one usage record."""
 
 import asyncio
 import signal
-import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -14,14 +13,13 @@ import httpx
 import orjson
 import pytest
 import redis
-from django.conf import settings
-from django.db import connection
 
 from accounts.models import UsageRecord
 from accounts.usage import USAGE_DEAD_KEY, USAGE_QUEUE_KEY, usage_flush, usage_record
 from aigateway.embedded_redis import redis_binary
 from aigateway.redis import redis_sync
 from tests.support.data import key_create, model_create, provider_create
+from tests.support.database import database_lock_wait, database_lock_writes, database_locker
 from tests.support.gateway import gateway_start
 from tests.support.ports import free_port, stop_process
 
@@ -301,24 +299,22 @@ def test_worker_down_queue_grows_then_flushed_exactly_once(gateway_factory, fres
 
 
 def test_database_locked_during_flushes(gateway_factory, fresh_simulator, celery_worker):
-    """Another connection holds SQLite's write lock for 8 s (longer than the flush lock) while two workers
-    flush: they wait, lose their Redis lock, run again; afterwards every request is recorded exactly once
-    and nothing went to the dead-letter list."""
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
-        pytest.skip("the lock is SQLite's BEGIN EXCLUSIVE")
+    """Another connection keeps the usage table from being written for 8 s (longer than the flush lock:
+    SQLite's write lock, PostgreSQL's EXCLUSIVE table lock) while two workers flush: they wait, lose their
+    Redis lock, run again; afterwards every request is recorded exactly once and nothing went to the
+    dead-letter list."""
     key = _routing_data(fresh_simulator)
     gateway = gateway_factory()
     celery_worker(flush_seconds=0.3)
     celery_worker(beat=False)
     traffic = Traffic(gateway.url, key, "sim-fast", concurrency=4)
-    db_path = settings.DATABASES["default"]["NAME"]
     held = {}
 
     async def scenario():
         run = asyncio.create_task(traffic.run())
         await asyncio.sleep(2.0)
-        locker = sqlite3.connect(db_path, isolation_level=None, timeout=30)
-        locker.execute("BEGIN EXCLUSIVE")
+        locker = database_locker()
+        database_lock_writes(locker, "accounts_usagerecord")
         held["before"] = locker.execute("SELECT COUNT(*) FROM accounts_usagerecord").fetchone()[0]
         await asyncio.sleep(8.0)
         held["during"] = locker.execute("SELECT COUNT(*) FROM accounts_usagerecord").fetchone()[0]
@@ -354,33 +350,27 @@ def _usage_event(request_id: str) -> dict:
 
 
 def test_flush_while_the_database_refuses_keeps_the_batch_for_the_next_run():
-    """A flush that gets "database is locked" (busy timeout exceeded) writes nothing, keeps every event
-    queued and releases its lock; the next run writes each event once."""
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
-        pytest.skip("the lock is SQLite's BEGIN EXCLUSIVE")
+    """A flush that gives up waiting for the database's lock ("database is locked" on SQLite, a lock
+    timeout on PostgreSQL) writes nothing, keeps every event queued and releases its lock; the next run
+    writes each event once."""
 
     async def push():
         for index in range(30):
             await usage_record(_usage_event(f"locked-{index}"))
 
     asyncio.run(push())
-    options = connection.settings_dict["OPTIONS"]
-    previous_timeout = options.get("timeout")
-    connection.close()
-    options["timeout"] = 0.5
-    locker = sqlite3.connect(settings.DATABASES["default"]["NAME"], isolation_level=None, timeout=5)
+    locker = database_locker()
     try:
-        locker.execute("BEGIN EXCLUSIVE")
-        assert usage_flush(batch_size=10) == 0
-        assert redis_sync().llen(USAGE_QUEUE_KEY) == 30
-        assert redis_sync().get("gw:usage:flush-lock") is None
-        locker.execute("COMMIT")
-        assert usage_flush(batch_size=10) == 30
-        assert usage_flush(batch_size=10) == 0
+        with database_lock_wait(0.5):
+            database_lock_writes(locker, "accounts_usagerecord")
+            assert usage_flush(batch_size=10) == 0
+            assert redis_sync().llen(USAGE_QUEUE_KEY) == 30
+            assert redis_sync().get("gw:usage:flush-lock") is None
+            locker.execute("COMMIT")
+            assert usage_flush(batch_size=10) == 30
+            assert usage_flush(batch_size=10) == 0
     finally:
         locker.close()
-        connection.close()
-        options["timeout"] = previous_timeout
     assert UsageRecord.objects.filter(request_id__startswith="locked-").count() == 30
     assert redis_sync().llen(USAGE_QUEUE_KEY) == 0 and redis_sync().llen(USAGE_DEAD_KEY) == 0
 

@@ -197,6 +197,11 @@ async def _scenario(process: subprocess.Popen, base: str, key: str):
             try:
                 async with httpx.AsyncClient(timeout=1.0) as fresh:
                     await fresh.get(base + "/health")
+            except httpx.RemoteProtocolError:
+                # Connected in the instant the listening socket closed: reset before any byte was read,
+                # as safe to retry elsewhere as a refusal; the next attempt must be refused.
+                await asyncio.sleep(0.05)
+                continue
             except httpx.ConnectError:
                 refused_after = time.monotonic() - signalled
                 break

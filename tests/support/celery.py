@@ -12,29 +12,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from celery import Celery
 from django.conf import settings
-from django.db import connections
+
+from tests.support.database import database_url_for_subprocess
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
-
-
-def database_url_for_subprocess() -> str:
-    """DATABASE_URL pointing a child process at the database this test is using (the test database)."""
-    db = connections["default"].settings_dict
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        return f"sqlite:///{Path(db['NAME']).resolve()}"
-    if "postgresql" in db["ENGINE"]:
-        credentials = quote(db.get("USER") or "", safe="")
-        if db.get("PASSWORD"):
-            credentials += ":" + quote(db["PASSWORD"], safe="")
-        host = db.get("HOST") or "localhost"
-        port = f":{db['PORT']}" if db.get("PORT") else ""
-        return f"postgres://{credentials}@{host}{port}/{db['NAME']}"
-    raise RuntimeError(f"no DATABASE_URL form for {db['ENGINE']}")
 
 
 def broker_url_for(redis_url: str) -> str:

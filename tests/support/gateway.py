@@ -1,5 +1,5 @@
 """Gateway processes for end-to-end tests: a real ASGI server over loopback, sharing the test
-database file and the test Redis with the test process."""
+database and the test Redis with the test process."""
 
 import os
 import subprocess
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
+from tests.support.database import database_url_for_subprocess
 from tests.support.ports import free_port, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,12 +46,13 @@ def gateway_command(server: str, port: int) -> list[str]:
 
 
 def gateway_env(redis_url: str, **extra: str) -> dict[str, str]:
-    db_name = settings.DATABASES["default"]["NAME"]
     env = dict(os.environ)
+    # Each gateway of a test adds up only its own workers' metrics, not those of the test process.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "aigateway.settings",
-            "DATABASE_URL": f"sqlite:///{db_name}",
+            "DATABASE_URL": database_url_for_subprocess(),
             "REDIS_URL": redis_url,
             "GATEWAY_CONFIG_CHECK_SECONDS": "0",
             "PYTHONUNBUFFERED": "1",

@@ -1,0 +1,291 @@
+"""Prometheus metrics: what the relay counts per call, and the `/metrics` page that adds up every worker.
+
+Counts come from the same finished-call event the usage books get (`metrics_record`), so the counters
+equal the usage records. The hot path only adds numbers to in-process tallies (about a microsecond a
+call); a timer writes them to prometheus-client's multi-process files once per FLUSH_SECONDS, and a
+scrape writes its own process's tallies first. Gauges that describe shared state (usage queue, provider
+health, breakers) are read from Redis when scraped, so every worker reports the same, exact value.
+"""
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from bisect import bisect_left
+from pathlib import Path
+
+from django.conf import settings
+from django.http import HttpResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+logger = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+# Seconds: a relay's added latency is milliseconds, a long answer minutes.
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+TOKEN_KINDS = ("prompt", "completion", "cached")
+
+REQUESTS = Counter(
+    "gateway_requests",
+    "Relay calls by the model that served them (or was asked for), provider, endpoint and HTTP status.",
+    ["model", "provider", "endpoint", "status"],
+)
+DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "From the request reaching the gateway to its last byte.",
+    ["model", "provider"],
+    buckets=TIME_BUCKETS,
+)
+TTFB = Histogram(
+    "gateway_time_to_first_byte_seconds",
+    "From the request reaching the gateway to the first byte of the answer sent to the client.",
+    ["model", "provider"],
+    buckets=TIME_BUCKETS,
+)
+TOKENS = Counter(
+    "gateway_tokens", "Tokens billed, by model and kind (cached = prompt tokens read from cache).", ["model", "kind"]
+)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors",
+    "Provider failures: before the first byte (each deployment tried) and mid-stream.",
+    ["provider", "kind"],
+)
+HTTP_RESPONSES = Counter(
+    "gateway_http_responses",
+    "Every API answer by view and HTTP status, refusals before a relay call (401, 404, 429...) included.",
+    ["view", "status"],
+)
+STREAMS_IN_FLIGHT = Gauge(
+    "gateway_streams_in_flight", "Streamed answers being relayed now.", multiprocess_mode="livesum"
+)
+
+
+class _Tally:
+    """This process's counts since the last write to the shared files. Plain dicts and ints: the hot path
+    touches nothing else (no locks, no memory-mapped writes)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self.streams = 0
+        self.flush_handle: asyncio.TimerHandle | None = None
+
+    def reset(self) -> None:
+        self.requests: dict[tuple, int] = {}
+        self.tokens: dict[tuple, int] = {}
+        self.errors: dict[tuple, int] = {}
+        self.responses: dict[tuple, int] = {}
+        # (model, provider) -> [bucket counts..., sum]
+        self.duration: dict[tuple, list] = {}
+        self.ttfb: dict[tuple, list] = {}
+        self.streams_changed = False
+
+
+_tally = _Tally()
+_BUCKETS = len(TIME_BUCKETS)
+
+
+def _observe(table: dict, key: tuple, seconds: float) -> None:
+    row = table.get(key)
+    if row is None:
+        row = table[key] = [0] * (_BUCKETS + 2)
+    row[bisect_left(TIME_BUCKETS, seconds)] += 1  # index _BUCKETS is +Inf
+    row[-1] += seconds
+
+
+def _add(table: dict, key: tuple, amount: int) -> None:
+    table[key] = table.get(key, 0) + amount
+
+
+def metrics_record(event: dict, failures=()) -> None:
+    """Count one finished relay call from its usage event; `failures`: (provider, kind) of each upstream
+    error it met."""
+    model, provider = event["model"], event["provider"]
+    _add(_tally.requests, (model, provider, event["endpoint"], event["status_code"]), 1)
+    for kind in TOKEN_KINDS:
+        amount = event[kind + "_tokens"]
+        if amount:
+            _add(_tally.tokens, (model, kind), amount)
+    for failure in failures:
+        _add(_tally.errors, failure, 1)
+    key = (model, provider)
+    duration = event.get("duration_ms")
+    if duration is not None:
+        _observe(_tally.duration, key, duration / 1000.0)
+    ttfb = event.get("ttfb_ms")
+    if ttfb is not None:
+        _observe(_tally.ttfb, key, ttfb / 1000.0)
+    _flush_soon()
+
+
+def metrics_response(view: str, status: int) -> None:
+    """Count one API answer (every one, relay call or refusal)."""
+    _add(_tally.responses, (view, status), 1)
+    _flush_soon()
+
+
+def metrics_stream_opened() -> None:
+    _tally.streams += 1
+    _tally.streams_changed = True
+    _flush_soon()
+
+
+def metrics_stream_closed() -> None:
+    _tally.streams -= 1
+    _tally.streams_changed = True
+    _flush_soon()
+
+
+def _flush_soon() -> None:
+    handle = _tally.flush_handle
+    if handle is not None and not handle.cancelled():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        metrics_flush()
+        return
+    _tally.flush_handle = loop.call_later(FLUSH_SECONDS, _timer_flush)
+
+
+def _timer_flush() -> None:
+    _tally.flush_handle = None
+    try:
+        metrics_flush()
+    except Exception as exc:  # a full disk must not break the event loop's timer
+        logger.warning("writing metrics failed: %s", type(exc).__name__)
+
+
+def _histogram_add(histogram: Histogram, table: dict) -> None:
+    for key, row in table.items():
+        child = histogram.labels(*key)
+        # prometheus-client's Histogram keeps one value per bucket (non-cumulative) and the sum.
+        for index, count in enumerate(row[:-1]):
+            if count:
+                child._buckets[index].inc(count)
+        child._sum.inc(row[-1])
+
+
+def metrics_flush() -> None:
+    """Write this process's tallies to the shared multi-process files (and start a new tally)."""
+    tally = _tally
+    requests, tokens, errors, responses = tally.requests, tally.tokens, tally.errors, tally.responses
+    duration, ttfb, streams_changed = tally.duration, tally.ttfb, tally.streams_changed
+    handle = tally.flush_handle
+    if handle is not None:
+        handle.cancel()
+        tally.flush_handle = None
+    tally.reset()
+    for (model, provider, endpoint, status), count in requests.items():
+        REQUESTS.labels(model, provider, endpoint, str(status)).inc(count)
+    for (model, kind), count in tokens.items():
+        TOKENS.labels(model, kind).inc(count)
+    for (provider, kind), count in errors.items():
+        UPSTREAM_ERRORS.labels(provider, kind).inc(count)
+    for (view, status), count in responses.items():
+        HTTP_RESPONSES.labels(view, str(status)).inc(count)
+    _histogram_add(DURATION, duration)
+    _histogram_add(TTFB, ttfb)
+    if streams_changed:
+        STREAMS_IN_FLIGHT.set(tally.streams)
+
+
+def metrics_process_exit() -> None:
+    """A worker stopping: write what it counted, and drop its share of the live gauges."""
+    metrics_flush()
+    multiprocess.mark_process_dead(os.getpid())
+
+
+def _dead_workers_forget(path: Path) -> None:
+    """A worker that died without stopping (SIGKILL) leaves its live gauge behind: not in the sum."""
+    for file in path.glob("gauge_livesum_*.db"):
+        pid = file.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            multiprocess.mark_process_dead(int(pid), str(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SharedStateCollector:
+    """Gauges read from Redis at scrape time: the same value whichever worker is scraped."""
+
+    def __init__(self, snapshot: dict) -> None:
+        self.snapshot = snapshot
+
+    def collect(self):
+        queue = GaugeMetricFamily("gateway_usage_queue_depth", "Usage events waiting to be written to the database.")
+        queue.add_metric([], self.snapshot["queue_depth"])
+        yield queue
+        dead = GaugeMetricFamily(
+            "gateway_usage_dead_letters", "Usage events the database refused, kept aside for inspection."
+        )
+        dead.add_metric([], self.snapshot["dead_letters"])
+        yield dead
+        up = GaugeMetricFamily(
+            "gateway_provider_up", "1 unless the health check marked the provider down.", labels=["provider"]
+        )
+        for provider, value in self.snapshot["providers"].items():
+            up.add_metric([provider], value)
+        yield up
+        breaker = GaugeMetricFamily(
+            "gateway_breaker_open",
+            "1 while the circuit breaker of a deployment (provider + upstream model) is open.",
+            labels=["provider", "model"],
+        )
+        for (provider, model), value in self.snapshot["breakers"].items():
+            breaker.add_metric([provider, model], value)
+        yield breaker
+
+
+async def _shared_state() -> dict:
+    from accounts.usage import usage_queue_depths
+    from providers.routing import router
+
+    queue_depth, dead_letters = await usage_queue_depths()
+    providers, breakers = await router.availability_snapshot()
+    return {"queue_depth": queue_depth, "dead_letters": dead_letters, "providers": providers, "breakers": breakers}
+
+
+def _authorized(request) -> bool:
+    token = settings.GATEWAY_METRICS_TOKEN
+    if not token:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _plain_error(status: int, message: str, **headers) -> HttpResponse:
+    return HttpResponse(message + "\n", status=status, content_type="text/plain; charset=utf-8", headers=headers)
+
+
+async def metrics_view(request):
+    """GET /metrics: every worker's counts plus the shared gauges, in Prometheus' text format."""
+    if request.method not in ("GET", "HEAD"):
+        return _plain_error(405, "use GET for /metrics", Allow="GET, HEAD")
+    if not _authorized(request):
+        return _plain_error(401, "a valid metrics token is required: Authorization: Bearer <GATEWAY_METRICS_TOKEN>")
+    metrics_flush()
+    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    _dead_workers_forget(path)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(path))
+    started = time.perf_counter()
+    try:
+        registry.register(SharedStateCollector(await _shared_state()))
+    except Exception as exc:
+        # The counters still answer; the shared gauges are missing and the log says why.
+        logger.warning("metrics: shared state unavailable: %s", type(exc).__name__)
+    output = generate_latest(registry)
+    logger.debug("metrics page built in %.1f ms", (time.perf_counter() - started) * 1000)
+    return HttpResponse(output, content_type=CONTENT_TYPE_LATEST)
