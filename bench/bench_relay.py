@@ -66,7 +66,8 @@ class Bench:
             DATABASE_URL=f"sqlite:///{self.tmp / 'db.sqlite3'}",
             REDIS_URL=f"unix://{socket_path}",
             DJANGO_SETTINGS_MODULE="aigateway.settings",
-            DJANGO_LOG_LEVEL="WARNING",
+            # INFO: every feature on, the per-request log line included (to the gateway's log file).
+            DJANGO_LOG_LEVEL="INFO",
         )
         os.environ.update({k: self.env[k] for k in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")})
         import django

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
+
 from bench.bench_relay import Bench, pct, rps, ttfb  # noqa: E402
 from tests.support.ports import free_port, stop_process, wait_http  # noqa: E402
 
@@ -44,13 +46,34 @@ def start_gateway(bench: Bench, workers: int) -> tuple[str, object]:
     return url, process
 
 
-def measure(name: str, base: str, key: str, model: str, args) -> dict:
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time used so far by a process and its children (a gateway's workers)."""
+    if pid is None:
+        return 0.0
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measure(name: str, base: str, key: str, model: str, args, pid: int | None = None) -> dict:
     row = {"target": name}
     one = asyncio.run(ttfb(base, key, model, concurrency=1, total=args.ttfb_samples))
     row["c1_p50"], row["c1_p99"] = pct(one, 50), pct(one, 99)
     many = asyncio.run(ttfb(base, key, model, concurrency=args.concurrency, total=args.ttfb_samples * 5))
     row["c50_p50"], row["c50_p99"] = pct(many, 50), pct(many, 99)
+    cpu_before, started = _cpu_seconds(pid), time.monotonic()
     row["rps"] = asyncio.run(rps(base, key, model, concurrency=args.concurrency, seconds=args.seconds))
+    if pid is not None:
+        # The gateway's own CPU during the load: requests per CPU-second tells whether a second worker
+        # scales the work linearly, whatever share of the cores the other programs took.
+        row["cores"] = (_cpu_seconds(pid) - cpu_before) / (time.monotonic() - started)
+        row["rps_per_core"] = row["rps"] / row["cores"]
     print(f"  {name}: " + ", ".join(f"{k}={v:.2f}" for k, v in row.items() if k != "target"), flush=True)
     return row
 
@@ -79,7 +102,7 @@ def main() -> None:
         rows.append(measure("direct", bench.sim_url + "/v1", "x", "sim-echo", args))
         for workers in counts:
             url, process = start_gateway(bench, workers)
-            rows.append(measure(f"gateway x{workers}", url + "/v1", bench.key, "sim-fast", args))
+            rows.append(measure(f"gateway x{workers}", url + "/v1", bench.key, "sim-fast", args, process.pid))
             stop_process(process, timeout=30)
     finally:
         bench.close()
@@ -88,7 +111,7 @@ def main() -> None:
     print()
     print(
         f"{'target':<14}{'req/s':>8}{'ttfb c1 p50':>13}{'p99':>8}{'+p50':>8}{'+p99':>8}"
-        f"{'c' + str(args.concurrency) + ' p50':>10}{'p99':>8}{'+p50':>8}{'+p99':>8}"
+        f"{'c' + str(args.concurrency) + ' p50':>10}{'p99':>8}{'+p50':>8}{'+p99':>8}{'cores':>7}{'req/s/core':>12}"
     )
     for row in rows:
         print(
@@ -96,12 +119,16 @@ def main() -> None:
             f"{row['c1_p50'] - direct['c1_p50']:>6.2f}ms{row['c1_p99'] - direct['c1_p99']:>6.2f}ms"
             f"{row['c50_p50']:>8.1f}ms{row['c50_p99']:>6.1f}ms"
             f"{row['c50_p50'] - direct['c50_p50']:>6.1f}ms{row['c50_p99'] - direct['c50_p99']:>6.1f}ms"
+            + (f"{row['cores']:>7.2f}{row['rps_per_core']:>12.0f}" if "cores" in row else "")
         )
     gateways = rows[1:]
     if len(gateways) > 1:
         base = gateways[0]
         for row in gateways[1:]:
-            print(f"\nscaling {base['target']} -> {row['target']}: {row['rps'] / base['rps']:.2f}x requests/s")
+            print(
+                f"\nscaling {base['target']} -> {row['target']}: {row['rps'] / base['rps']:.2f}x requests/s, "
+                f"{row['rps_per_core'] / base['rps_per_core']:.2f}x requests per gateway CPU-second"
+            )
     print(
         f"\n(loopback, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} "
         f"usable cores shared by the load generator ({'wrk' if shutil.which('wrk') else 'Python'}), the gateway, "
