@@ -24,6 +24,14 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.goals import (  # noqa: E402
+    FanoutUpstream,
+    baseline_check,
+    baseline_write,
+    fanout_latencies,
+    latencies_at_rate,
+    ttfb_httpx,
+)
 from tests.support.gateway import gateway_command  # noqa: E402
 from tests.support.ports import free_port, stop_process, wait_http  # noqa: E402
 
@@ -88,6 +96,12 @@ class Bench:
         provider = Provider(name="sim", dialect="openai", base_url=self.sim_url + "/v1", max_connections=1000)
         provider.api_key = "sk-upstream"
         provider.save()
+        # The fan-out upstream (bench/goals.py) runs inside this process while it is measured.
+        self.fanout_port = free_port()
+        fanout = Provider(name="fanout", dialect="openai", base_url=f"http://127.0.0.1:{self.fanout_port}/v1")
+        fanout.api_key = "sk-upstream"
+        fanout.save()
+        Deployment.objects.create(model=Model.objects.create(name="fanout"), provider=fanout, upstream_model="fanout")
         for name, upstream in (
             ("sim-fast", "sim-echo"),
             ("sim-hold", "sim-echo?tokens=150&interval_ms=1000"),
@@ -350,7 +364,41 @@ async def memory_with_open_streams(base: str, key: str, pid: int, *, streams: in
     return idle, loaded
 
 
-def run_target(name, base, key, pid, args) -> dict:
+async def fanout(port: int, base: str | None, key: str, streams: int) -> list[float]:
+    upstream = FanoutUpstream()
+    await upstream.start(port)
+    try:
+        return await fanout_latencies(upstream, base or f"http://127.0.0.1:{port}/v1", key, "fanout", streams)
+    finally:
+        await upstream.close()
+
+
+async def p99_at_rate(base: str, key: str, model: str, *, rate: float, seconds: float) -> tuple[float, float]:
+    body = {"model": model, "messages": MESSAGES}
+    latencies = await latencies_at_rate(lambda: RawClient(base, key), body, rate=rate, seconds=seconds)
+    return pct(latencies, 50), pct(latencies, 99)
+
+
+def run_goals(row: dict, name: str, base: str, key: str, bench, args) -> None:
+    """The hot-path goal figures: ordinary-client TTFB, fan-out latency, p99 at half of saturation (with
+    the direct upstream's p99 at the same rate, measured right after, to subtract)."""
+    direct = name == "direct"
+    model = "sim-echo" if direct else "sim-fast"
+    httpx_ttfb = asyncio.run(ttfb_httpx(base, key, model, total=100 if args.quick else 300))
+    row["ttfb_httpx_p50"] = pct(httpx_ttfb, 50)
+    latencies = asyncio.run(fanout(bench.fanout_port, None if direct else base, key, 3 if args.quick else 8))
+    row["fanout_p50"], row["fanout_p99"] = pct(latencies, 50), pct(latencies, 99)
+    if not direct:
+        rate = row["rps"] / 2
+        seconds = 3 if args.quick else 6
+        row["half_rate"] = rate
+        row["half_p50"], row["half_p99"] = asyncio.run(p99_at_rate(base, key, model, rate=rate, seconds=seconds))
+        row["half_direct_p50"], row["half_direct_p99"] = asyncio.run(
+            p99_at_rate(bench.sim_url + "/v1", "x", "sim-echo", rate=rate, seconds=seconds)
+        )
+
+
+def run_target(name, base, key, pid, args, bench=None) -> dict:
     total1 = 100 if args.quick else 300
     total50 = 500 if args.quick else 2000
     row = {"target": name}
@@ -361,6 +409,8 @@ def run_target(name, base, key, pid, args) -> dict:
     row["rps"] = asyncio.run(
         rps(base, key, "sim-fast" if name != "direct" else "sim-echo", concurrency=50, seconds=5 if args.quick else 10)
     )
+    if bench is not None:
+        run_goals(row, name, base, key, bench, args)
     if name != "litellm-proxy":
         row["emb_p50"], row["emb_p99"], row["emb_rps"] = asyncio.run(
             embeddings_bench(
@@ -383,6 +433,9 @@ def main() -> None:
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--servers", default="uvicorn,daphne")
+    parser.add_argument(
+        "--write-baseline", action="store_true", help="store this run's goal figures as bench/baseline.json"
+    )
     args = parser.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the `finally` below stops every process the bench started.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -390,10 +443,10 @@ def main() -> None:
     rows = []
     try:
         bench.setup()
-        rows.append(run_target("direct", bench.sim_url + "/v1", "x", None, args))
+        rows.append(run_target("direct", bench.sim_url + "/v1", "x", None, args, bench))
         for server in filter(None, args.servers.split(",")):
             url, process = bench.start_gateway(server)
-            rows.append(run_target(f"gateway/{server}", url + "/v1", bench.key, process.pid, args))
+            rows.append(run_target(f"gateway/{server}", url + "/v1", bench.key, process.pid, args, bench))
             stop_process(process)
         if not args.no_litellm:
             started = bench.start_litellm()
@@ -427,6 +480,58 @@ def main() -> None:
         f"\n(loopback, {os.cpu_count()} cores; client, relay and simulator share the machine; "
         f"median of c1 added TTFB is the gateway's own cost)"
     )
+    figures = goals_report(rows)
+    if args.write_baseline:
+        baseline_write(figures, f"bench_relay.py {'--quick ' if args.quick else ''}run of {time.strftime('%Y-%m-%d')}")
+        print(f"\nbaseline written: {len(figures)} figures")
+        return
+    problems = baseline_check(figures)
+    if problems:
+        print("\nREGRESSION against bench/baseline.json (more than 20% worse):", *problems, sep="\n  ")
+        sys.exit(1)
+    print("\nno figure regressed by more than 20% against bench/baseline.json")
+
+
+GOALS = (
+    # (figure, label, goal, unit; higher is better for req/s)
+    ("added_ttfb_httpx_p50", "added TTFB p50, httpx client", 1.0, "ms"),
+    ("added_ttfb_raw_p50", "added TTFB p50, raw socket client", 0.5, "ms"),
+    ("rps", "non-streamed req/s, one worker", 3000, "req/s"),
+    ("added_p99_half", "added p99 at half of saturation", 10.0, "ms"),
+    ("fanout_added_p50", "stream fan-out, added p50 per event", None, "ms"),
+    ("fanout_added_p99", "stream fan-out, added p99 per event", None, "ms"),
+)
+
+
+def goals_report(rows: list[dict]) -> dict[str, float]:
+    """Print each server's goal figures against the goals; return them flat, for the baseline."""
+    direct = rows[0]
+    figures: dict[str, float] = {}
+    print(f"\n{'hot-path goals':<40}" + "".join(f"{row['target']:>18}" for row in rows[1:]) + f"{'goal':>10}")
+    per_server = {}
+    for row in rows[1:]:
+        if "half_p99" not in row:
+            continue
+        server = row["target"].split("/")[-1]
+        per_server[server] = {
+            "added_ttfb_httpx_p50": row["ttfb_httpx_p50"] - direct["ttfb_httpx_p50"],
+            "added_ttfb_raw_p50": row["ttfb_c1_p50"] - direct["ttfb_c1_p50"],
+            "rps": row["rps"],
+            "added_p99_half": row["half_p99"] - row["half_direct_p99"],
+            "fanout_added_p50": row["fanout_p50"] - direct["fanout_p50"],
+            "fanout_added_p99": row["fanout_p99"] - direct["fanout_p99"],
+        }
+    for key, label, goal, unit in GOALS:
+        cells = ""
+        for values in per_server.values():
+            value = values[key]
+            met = "" if goal is None else (" ok" if (value >= goal if unit == "req/s" else value <= goal) else " --")
+            cells += f"{value:>13.{0 if unit == 'req/s' else 2}f}{unit if unit != 'req/s' else '':<2}{met:<3}"
+        print(f"{label:<40}{cells}{'' if goal is None else goal:>10}")
+    for server, values in per_server.items():
+        for key, value in values.items():
+            figures[f"{server}_{key}" if key != "rps" else f"{server}_rps"] = round(value, 3)
+    return figures
 
 
 if __name__ == "__main__":
