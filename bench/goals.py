@@ -4,8 +4,8 @@
   server in the bench process stamps each event as it writes it; a client in the same process stamps its
   arrival (one clock). Measured direct (the loopback's own cost) and through the gateway.
 - Added time to first byte with an ordinary client (httpx), besides the raw-socket client's figure.
-- Added p99 latency at half of saturation: an open-loop load at a fixed rate (half of the measured
-  requests per second), so a slow answer does not slow the arrivals down.
+- Added p99 latency at half of saturation: wrk pacing its connections to half of the measured requests
+  per second (bench_relay.latency_at_rate), the direct upstream at the same rate subtracted.
 - The baseline (bench/baseline.json): each figure may regress by at most 20%.
 """
 
@@ -53,6 +53,13 @@ class FanoutUpstream:
                     if line.lower().startswith(b"content-length:"):
                         length = int(line.split(b":", 1)[1])
                 await reader.readexactly(length)
+                if not head.startswith(b"POST ") or b"/chat/completions" not in head.split(b"\r\n", 1)[0]:
+                    # Anything else (the gateway's health probe) must not reset the stream being measured.
+                    writer.write(
+                        b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+                    )
+                    await writer.drain()
+                    continue
                 await self._stream(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -145,36 +152,6 @@ async def ttfb_httpx(base: str, key: str, model: str, *, total: int) -> list[flo
             if index >= 5:  # the first few open the connection and warm caches
                 results.append((first - started) * 1000)
     return results
-
-
-async def latencies_at_rate(client_factory, body: dict, *, rate: float, seconds: float) -> list[float]:
-    """Latency (ms) of non-streamed requests sent open-loop at `rate` per second for `seconds`: each
-    request starts on schedule on an idle keep-alive connection (a new one when all are busy)."""
-    idle: list = []
-    latencies: list[float] = []
-    tasks = []
-
-    async def one(scheduled: float) -> None:
-        client = idle.pop() if idle else client_factory()
-        try:
-            await client.call(body)
-            # From when it was due: a late start (the generator's own lag) counts too, as for a real client.
-            latencies.append((time.perf_counter() - scheduled) * 1000)
-        finally:
-            idle.append(client)
-
-    started = time.perf_counter()
-    count = int(rate * seconds)
-    for index in range(count):
-        due = started + index / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(due)))
-    await asyncio.gather(*tasks)
-    for client in idle:
-        await client.close()
-    return latencies
 
 
 def baseline_check(figures: dict[str, float], *, path: Path = BASELINE_PATH) -> list[str]:

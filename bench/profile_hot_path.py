@@ -25,20 +25,20 @@ from tests.support.ports import stop_process  # noqa: E402
 
 # (stage, pattern on "function (path:line)"), tried from the innermost frame outwards; first match wins.
 STAGES = (
-    ("metrics and request log", r"aigateway/(metrics|logs)\.py|/logging/"),
+    ("metrics and request log", r"aigateway/(metrics|logs)\.py|\(logging/"),
     ("usage push (Redis)", r"accounts/usage\.py"),
     ("limits admit/settle (Redis)", r"accounts/limits\.py"),
     ("auth (key cache)", r"accounts/auth\.py"),
     ("route lookup", r"providers/(routing|route_rules)\.py|route_choose"),
-    ("Redis client", r"/redis/"),
-    ("upstream client: httpx", r"/httpx/|providers/upstream(_policy)?\.py"),
-    ("upstream client: aiohttp", r"/aiohttp/|/yarl/|/multidict/|providers/aiohttp_transport\.py"),
-    ("relay: body, dialect, usage event", r"streaming/(relay|meter|tokens)\.py|providers/dialects/"),
+    ("Redis client", r"\((redis|hiredis)/"),
+    ("upstream client: httpx", r"\((httpx|httpcore)/|providers/upstream(_policy)?\.py|\((ipaddress|urllib)"),
+    ("upstream client: aiohttp", r"\((aiohttp|yarl|multidict|propcache)/|providers/aiohttp_transport\.py"),
+    ("relay: body, dialect, usage event", r"streaming/(relay|meter|tokens)\.py|providers/dialects/|\(orjson"),
     ("edge: checks, body parse, views", r"streaming/(edge|views)\.py"),
-    ("Django: request, handler, response", r"/django/"),
-    ("ASGI wrappers (ours)", r"aigateway/(asgi|server|cors|security_headers|shutdown)\.py|/channels/|/asgiref/"),
-    ("ASGI server (uvicorn/daphne/twisted)", r"/uvicorn/|/daphne/|/twisted/|/autobahn/|httptools"),
-    ("event loop", r"/asyncio/|uvloop"),
+    ("Django: request, URL resolve, response", r"\(django/"),
+    ("ASGI wrappers (ours)", r"aigateway/(asgi|server|cors|security_headers|shutdown)\.py|\((channels|asgiref)/"),
+    ("ASGI server (uvicorn/daphne/twisted)", r"\((uvicorn|daphne|twisted|autobahn|httptools)/"),
+    ("event loop (asyncio, uvloop)", r"\((asyncio|uvloop)/"),
 )
 COMPILED = [(name, re.compile(pattern)) for name, pattern in STAGES]
 

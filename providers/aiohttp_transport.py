@@ -136,24 +136,31 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return _Slot(self)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeouts = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=timeouts.get("connect"),
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
-        )
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in request.headers.raw
             if name.lower().decode("latin-1") not in _SKIP_HEADERS
         ]
         body = await request.aread()
+        return await self.send(request.method, str(request.url), headers, body, request.extensions.get("timeout", {}))
+
+    async def send(
+        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes, timeouts: dict
+    ) -> httpx.Response:
+        """One request from plain values (the relay's path, without building an httpx.Request): the
+        response with its body unread, as an httpx.Response streaming from this pool. `timeouts`: httpx's
+        timeout extension (connect, read, pool)."""
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=timeouts.get("connect"),
+            sock_connect=timeouts.get("connect"),
+            sock_read=timeouts.get("read"),
+        )
         slot = await self._slot_acquire(timeouts.get("pool"))
         try:
             response = await self._session_get().request(
-                request.method,
-                str(request.url),
+                method,
+                url,
                 headers=headers,
                 data=body or None,
                 timeout=timeout,

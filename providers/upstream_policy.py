@@ -140,7 +140,21 @@ def _host_problem(host: str, loopback: bool, private: bool) -> str | None:
 
 async def upstream_request_check(request: httpx.Request) -> None:
     """httpx request hook: refuse a literal upstream address the policy forbids, as a connect error."""
-    problem = _host_problem(request.url.host, _loopback_allowed(), settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
+    _host_check(request.url.host, request)
+
+
+def upstream_url_check(url: str) -> None:
+    """The same check for a request sent without an httpx.Request (providers.upstream.upstream_open)."""
+    _host_check(_url_host(url), None)
+
+
+@lru_cache(maxsize=1024)
+def _url_host(url: str) -> str:
+    return urlsplit(url).hostname or ""
+
+
+def _host_check(host: str, request: httpx.Request | None) -> None:
+    problem = _host_problem(host, _loopback_allowed(), settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
     if problem is not None:
         logger.warning("upstream address refused: %s", problem)
         raise httpx.ConnectError(f"upstream address refused: {problem}", request=request)

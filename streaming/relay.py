@@ -49,7 +49,7 @@ from providers.dialects.openai import openai as openai_dialect
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
-from providers.upstream import PoolExhausted, upstream_client
+from providers.upstream import PoolExhausted, upstream_client, upstream_open
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
 
@@ -347,7 +347,6 @@ def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
 
 async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect) -> httpx.Response:
     provider = route.provider
-    client = upstream_client(provider)
     extra = dict(provider.extra_headers)
     url = provider.base_url + upstream.paths[call.operation]
     if _same_dialect(call, upstream):
@@ -357,9 +356,8 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     headers = upstream.upstream_headers(provider.api_key, extra)
     if provider.request_transforms:
         headers = transforms_apply_headers(provider.request_transforms, headers)
-    request = client.build_request("POST", url, content=payload, headers=headers)
     try:
-        response = await client.send(request, stream=True)
+        response = await upstream_open(provider, url, payload, headers)
     except httpx.TransportError as exc:
         raise _transport_failure(exc) from None
     call.meter.upstream_byte()
