@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aigateway.metrics_dir import pid_alive
+
 logger = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 1.0
@@ -202,18 +204,8 @@ def _dead_workers_forget(path: Path) -> None:
     """A worker that died without stopping (SIGKILL) leaves its live gauge behind: not in the sum."""
     for file in path.glob("gauge_livesum_*.db"):
         pid = file.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             multiprocess.mark_process_dead(int(pid), str(path))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class SharedStateCollector:

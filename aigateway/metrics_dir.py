@@ -15,7 +15,8 @@ from pathlib import Path
 ENV_NAME = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -39,7 +40,7 @@ def metrics_dir_ensure(var_dir: Path) -> Path:
     root = var_dir / "metrics"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.iterdir():
-        if stale.name.isdigit() and int(stale.name) != os.getpid() and not _alive(int(stale.name)):
+        if stale.name.isdigit() and int(stale.name) != os.getpid() and not pid_alive(int(stale.name)):
             shutil.rmtree(stale, ignore_errors=True)
     path = root / str(os.getpid())
     shutil.rmtree(path, ignore_errors=True)

@@ -294,17 +294,26 @@ async def rps_raw(
     return done / (time.perf_counter() - started)
 
 
-def rps_wrk(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
+def wrk_script(key: str, model: str, lua: str) -> Path:
+    """A wrk script posting a non-streamed completion of `model` with `key`, plus `lua`."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     body = orjson.dumps({"model": model, "messages": MESSAGES}).decode()
     script.write_text(
         'wrk.method = "POST"\n'
         f"wrk.body = '{body}'\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n' + lua
+    )
+    return script
+
+
+def rps_wrk(base: str, key: str, model: str, *, concurrency: int, seconds: float) -> float:
+    script = wrk_script(
+        key,
+        model,
         "done = function(summary, latency, requests)\n"
         '  io.write(string.format("non2xx=%d\\n", summary.errors.status))\n'
-        "end\n"
+        "end\n",
     )
     out = subprocess.run(
         ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", str(script), base + "/chat/completions"],
@@ -384,15 +393,7 @@ def latency_at_rate(base: str, key: str, model: str, *, rate: float, seconds: fl
     `connections / rate` between requests (its Lua `delay`), far below saturation a near-constant rate.
     wrk measures each request from send to answer, in C, so the load generator's own CPU stays small."""
     connections = 16
-    script = Path(tempfile.mkstemp(suffix=".lua")[1])
-    body = orjson.dumps({"model": model, "messages": MESSAGES}).decode()
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f"wrk.body = '{body}'\n"
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        f"function delay() return {connections * 1000 / rate:.3f} end\n"
-    )
+    script = wrk_script(key, model, f"function delay() return {connections * 1000 / rate:.3f} end\n")
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
          base + "/chat/completions"],
@@ -414,7 +415,9 @@ def run_goals(row: dict, name: str, base: str, key: str, bench, args) -> None:
     row["ttfb_httpx_p50"] = pct(httpx_ttfb, 50)
     latencies = asyncio.run(fanout(bench.fanout_port, None if direct else base, key, 3 if args.quick else 8))
     row["fanout_p50"], row["fanout_p99"] = pct(latencies, 50), pct(latencies, 99)
-    if not direct:
+    if not direct and not shutil.which("wrk"):
+        print("  (p99 at half of saturation needs wrk: apt-get install wrk)", flush=True)
+    elif not direct:
         rate = row["rps"] / 2
         seconds = 3 if args.quick else 6
         row["half_rate"] = rate
