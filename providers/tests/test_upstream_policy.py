@@ -13,7 +13,7 @@ from django.urls import reverse
 from providers.config_import import ConfigImportError, gateway_config_import
 from providers.models import Provider
 from providers.upstream_policy import UpstreamAddressRefused, UpstreamResolver, base_url_problem
-from tests.support.data import key_create, model_create, provider_create
+from tests.support.data import key_create, model_create, provider_admin_form, provider_create
 
 REFUSED = [
     ("http://169.254.169.254/latest/meta-data", "cloud metadata"),
@@ -78,20 +78,7 @@ def test_model_clean_refuses_a_metadata_base_url():
 @pytest.mark.django_db
 def test_admin_form_refuses_a_link_local_base_url_with_a_message(admin_client, settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    form = {
-        "name": "linklocal",
-        "dialect": "openai",
-        "base_url": "http://[fe80::1]:8080/v1",
-        "enabled": "on",
-        "extra_headers": "{}",
-        "timeout_connect": "5",
-        "timeout_read": "120",
-        "max_connections": "200",
-        "request_transforms": "[]",
-        "deployments-TOTAL_FORMS": "0",
-        "deployments-INITIAL_FORMS": "0",
-        "_save": "Save",
-    }
+    form = provider_admin_form("", name="linklocal", base_url="http://[fe80::1]:8080/v1")
     response = admin_client.post(reverse("admin:providers_provider_add"), form)
     assert response.status_code == 200
     assert "fe80::1 is a link-local address" in response.content.decode()
