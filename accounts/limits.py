@@ -20,7 +20,7 @@ from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
 from accounts.context import KeyContext
-from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_lost_after
+from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_batched_script, usage_lost_after
 from aigateway.errors import GatewayError
 from aigateway.redis import redis_async
 
@@ -51,6 +51,14 @@ class _LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+    async def batched(self, keys: list[str], args: list, *, orphaned=None) -> object:
+        """The same call riding in the hot path's Redis batch (accounts.usage): one round trip shared with
+        the other requests' admissions, settlements and usage events."""
+        try:
+            return await usage_batched_script(self.sha, keys, args, orphaned=orphaned)
+        except NoScriptError:
+            return await redis_async().eval(self.source, len(keys), *keys, *args)
 
 
 _ADMIT = _LuaScript("limits_admit.lua")
@@ -93,6 +101,20 @@ class Admission:
         if "retry-after" in self.headers:
             out["retry-after"] = self.headers["retry-after"]
         return out
+
+
+def _lease_release_later(keys: list[str], lease_id: str | None):
+    """What to do when an admission's caller is cancelled after its script was sent: the script may have
+    taken a lease, so free it (a marker left behind is reconciled)."""
+    if lease_id is None:
+        return None
+
+    def release() -> None:
+        task = asyncio.ensure_future(_SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0]))
+        _cleanups.add(task)
+        task.add_done_callback(_cleanups.discard)
+
+    return release
 
 
 def _keys(key_id: int, day: int) -> list[str]:
@@ -225,18 +247,9 @@ async def limits_admit(
         marker or "",
         time.time() + usage_lost_after(),
     ]
+    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
     try:
-        result = await _ADMIT(
-            redis_async(), [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY], args
-        )
-    except asyncio.CancelledError:
-        # The script may have run: free a lease it may have taken (a marker left behind is reconciled).
-        if lease_id is not None:
-            keys = _keys(ctx.key_id, day)
-            release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
-            _cleanups.add(task := asyncio.ensure_future(release))
-            task.add_done_callback(_cleanups.discard)
-        raise
+        result = await _ADMIT.batched(keys, args, orphaned=_lease_release_later(keys, lease_id))
     except (RedisError, OSError) as exc:
         if settings.GATEWAY_LIMITS_FAIL_OPEN:
             _warn_redis_down("admit", exc, "failing open")
@@ -288,7 +301,7 @@ async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens:
     keys = _keys(ctx.key_id, day)
     args = [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0]
     try:
-        await _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], args)
+        await _SETTLE.batched([keys[0], keys[2], keys[3]], args)
     except (RedisError, OSError) as exc:
         # The lease expires on its own after the lease TTL.
         _warn_redis_down("settle", exc, "lease left to expire")

@@ -21,7 +21,7 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Q
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from aigateway.redis import redis_async, redis_sync
 
@@ -103,34 +103,62 @@ def _request_id_of(payload: bytes) -> str | None:
         return None
 
 
-class _UsageWriter:
-    """The hot path's usage commands of one event loop, sent to Redis together: started markers (HSET +
-    ZADD) and finished calls' events (RPUSH, clearing their markers), in one MULTI/EXEC whatever their
-    number. While one batch is on its way the next gathers; an idle process sends at once (no timer).
-    Under load that is one round trip for many requests instead of one or two per request.
+class BatchedScript:
+    """One Lua script call riding in the hot path's batch; `future` gets its reply (or its error)."""
 
-    Markers go before events in a batch, so a call that starts and ends within one batch leaves none."""
+    __slots__ = ("sha", "keys", "args", "future", "orphaned")
+
+    def __init__(self, sha: str, keys: list, args: list, orphaned) -> None:
+        self.sha = sha
+        self.keys = keys
+        self.args = args
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        # Called (no arguments) when the script was sent but its caller had gone meanwhile: it may have run.
+        self.orphaned = orphaned
+
+
+class _UsageWriter:
+    """The hot path's Redis commands of one event loop, sent together: Lua script calls (limits admission
+    and settlement), started markers (HSET + ZADD) and finished calls' events (RPUSH, clearing their
+    markers), in one MULTI/EXEC whatever their number. While one batch is on its way the next gathers; an
+    idle process sends at once (no timer). Under load that is one round trip for many requests instead of
+    two or three per request.
+
+    Scripts go first, markers before events, so a call that starts and ends within one batch leaves no
+    marker. A script whose caller is cancelled before the batch leaves is not sent."""
 
     def __init__(self) -> None:
+        self.scripts: list[BatchedScript] = []
         self.markers: dict[str, bytes] = {}
         self.events: list[tuple[bytes, str]] = []
         self.waiters: list[asyncio.Future] = []
         self.sending: asyncio.Task | None = None
 
+    def _start(self) -> None:
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.ensure_future(self._send_batches())
+
     async def send(self) -> None:
         """Wait until what was added before this call is in Redis (raises what the batch raised)."""
         waiter = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        if self.sending is None or self.sending.done():
-            self.sending = asyncio.ensure_future(self._send_batches())
+        self._start()
         await waiter
 
+    def script(self, call: BatchedScript) -> asyncio.Future:
+        self.scripts.append(call)
+        self._start()
+        return call.future
+
     async def _send_batches(self) -> None:
-        while self.waiters:
+        while self.waiters or self.scripts:
             markers, events, waiters = self.markers, self.events, self.waiters
-            self.markers, self.events, self.waiters = {}, [], []
+            scripts = [call for call in self.scripts if not call.future.cancelled()]
+            self.markers, self.events, self.waiters, self.scripts = {}, [], [], []
             try:
                 pipe = redis_async().pipeline(transaction=True)
+                for call in scripts:
+                    pipe.evalsha(call.sha, len(call.keys), *call.keys, *call.args)
                 if markers:
                     deadline = time.time() + usage_lost_after()
                     pipe.hset(USAGE_INFLIGHT_KEY, mapping=markers)
@@ -140,18 +168,44 @@ class _UsageWriter:
                     pipe.rpush(USAGE_QUEUE_KEY, *(payload for payload, _ in events))
                     pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
                     pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
-                await pipe.execute()
+                # Per-command errors come back as values: one script's NOSCRIPT must not fail the others.
+                results = await pipe.execute(raise_on_error=False) if len(pipe) else []
             except BaseException as exc:
                 failure = exc if isinstance(exc, Exception) else RedisError(type(exc).__name__)
+                for call in scripts:
+                    _script_answer(call, failure)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(failure)
                 if not isinstance(exc, Exception):
                     raise
             else:
+                for call, result in zip(scripts, results, strict=False):
+                    _script_answer(call, result)
+                failure = next((r for r in results[len(scripts) :] if isinstance(r, Exception)), None)
                 for waiter in waiters:
                     if not waiter.done():
-                        waiter.set_result(None)
+                        if failure is None:
+                            waiter.set_result(None)
+                        else:
+                            waiter.set_exception(failure)
+
+
+def _script_answer(call: BatchedScript, result) -> None:
+    if call.future.cancelled():
+        if call.orphaned is not None and not isinstance(result, NoScriptError):
+            call.orphaned()
+    elif isinstance(result, Exception):
+        call.future.set_exception(result)
+    else:
+        call.future.set_result(result)
+
+
+def usage_batched_script(sha: str, keys: list, args: list, *, orphaned=None) -> asyncio.Future:
+    """Run a cached Lua script (EVALSHA) in this event loop's next hot-path batch; the future gets its reply,
+    or NoScriptError when the server does not have it (the caller then sends it with EVAL).
+    `orphaned()` is called if the caller is cancelled after the batch left (the script may have run)."""
+    return _writer().script(BatchedScript(sha, keys, args, orphaned))
 
 
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _UsageWriter]" = weakref.WeakKeyDictionary()

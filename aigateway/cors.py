@@ -7,6 +7,8 @@ pass through untouched.
 
 from django.conf import settings
 
+from aigateway.security_headers import NOSNIFF
+
 # Headers a browser script may read: request ids and the limits, as the SDKs expose them.
 EXPOSED = b"x-request-id, request-id, retry-after, x-gateway-provider, x-gateway-run-id, " + b", ".join(
     f"x-ratelimit-{kind}-{unit}".encode() for kind in ("limit", "remaining", "reset") for unit in ("requests", "tokens")
@@ -53,6 +55,7 @@ class ApiCors:
             (b"access-control-max-age", MAX_AGE),
             (b"vary", b"Origin"),
             (b"content-length", b"0"),
+            NOSNIFF,
         ]
         requested = headers.get(b"access-control-request-headers")
         if requested:

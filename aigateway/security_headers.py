@@ -1,12 +1,13 @@
 """`X-Content-Type-Options: nosniff` on every HTTP response, the API paths and static files included.
 
-The API paths (/v1/..., /health) and static files skip Django's middleware (see aigateway.asgi), so
-the header is added here, to the response's start message: a streamed body passes through
-untouched. Site pages also get it, and the rest of their headers, from the middleware in settings
+Static files skip Django's middleware, so the header is added here, to the response's start message: a
+streamed body passes through untouched. The API paths get it from their own handler
+(aigateway.api_handler). Site pages also get it, and the rest of their headers, from the middleware in settings
 ("Security"); a header already present is left alone.
 """
 
-HEADERS = ((b"x-content-type-options", b"nosniff"),)
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+HEADERS = (NOSNIFF,)
 
 
 class SecurityHeaders:

@@ -108,7 +108,10 @@ class Bench:
         ):
             model = Model.objects.create(name=name)
             Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
-        tier = Tier.objects.create(name="bench")
+        # Every limit set (so each request is admitted, leased and settled in Redis), none ever reached.
+        tier = Tier.objects.create(
+            name="bench", rpm=100_000_000, tpm=10**12, max_concurrent=100_000, daily_tokens=10**15
+        )
         self.key = api_key_issue(owner=service_user_get_or_create(), tier=tier, name="bench").plaintext
         # The usage pipeline runs as in production: a worker drains the queue while we measure.
         self.spawn(

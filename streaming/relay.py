@@ -608,7 +608,7 @@ class StreamBridge:
         if any(isinstance(e, End | StreamError) for e in events):
             self.complete = True
         if self.passthrough is not None:
-            out = self.passthrough.forward(event.event, payload)
+            out = self.passthrough.forward(event.event, payload, event.data)
             return [] if out is None else [out]
         rendered: list[bytes] = []
         for canonical_event in events:

@@ -280,3 +280,50 @@ async def test_scripts_reload_after_the_server_forgets_them(script):
     else:
         await limits_settle(ctx, admission, actual_tokens=0)
         assert (await limits_remaining(ctx))["tokens"]["remaining"] == 1000
+
+
+def _transactions() -> int:
+    stats = redis_sync().info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+async def test_concurrent_admissions_and_settlements_share_round_trips():
+    ctx = key_context(key_id=40, max_concurrent=1000, rpm=100_000)
+    before = _transactions()
+    admissions = await asyncio.gather(*(admit(ctx, request_id=f"b{i}") for i in range(200)))
+    after_admit = _transactions()
+    assert all(a.allowed for a in admissions)
+    assert len({a.lease_id for a in admissions}) == 200
+    # 200 admissions in a handful of MULTI/EXEC batches, not 200 round trips of their own.
+    assert 1 <= after_admit - before <= 10
+    assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 200
+    await asyncio.gather(*(limits_settle(ctx, a, actual_tokens=None) for a in admissions))
+    assert 1 <= _transactions() - after_admit <= 10
+    assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 0
+
+
+async def test_admission_works_after_the_server_forgot_its_scripts():
+    redis_sync().script_flush()
+    ctx = key_context(key_id=41, max_concurrent=2)
+    first, second, third = [await admit(ctx, request_id=f"f{i}") for i in range(3)]
+    assert first.allowed and second.allowed and not third.allowed
+    redis_sync().script_flush()
+    await limits_settle(ctx, first, actual_tokens=None)
+    assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 1
+
+
+async def test_an_admission_cancelled_at_any_point_leaves_no_lease():
+    ctx = key_context(key_id=42, max_concurrent=5)
+    for steps in range(8):
+        # Another request's batch in flight, so the cancelled one is caught queued or sent alike.
+        other = asyncio.ensure_future(admit(ctx, request_id="other"))
+        task = asyncio.ensure_future(admit(ctx, request_id=f"cancelled-{steps}"))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()
+        settled = await other
+        await limits_settle(ctx, settled, actual_tokens=None)
+        deadline = time.monotonic() + 2
+        while (await limits_remaining(ctx))["concurrent"]["in_flight"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 0, f"lease left after {steps} steps"

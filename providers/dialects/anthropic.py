@@ -36,7 +36,7 @@ from providers.dialects.canonical import (
 )
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import json_text_too_deep
-from providers.dialects.sse import sse_encode
+from providers.dialects.sse import data_verbatim, sse_encode
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a client of another dialect may leave it out.
@@ -483,19 +483,22 @@ class AnthropicPassthrough(StreamPassthrough):
     def __init__(self, *, model: str) -> None:
         self.model = model
 
-    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
+    def forward(self, name: str | None, payload: dict | None, data: str | None = None) -> bytes | None:
         if payload is None:
             return None
         kind = payload.get("type")
+        verbatim = data_verbatim(data)
         # A provider that counts nothing: the client still gets usage, the gateway's count.
         if kind == "message_start" and isinstance(payload.get("message"), dict):
             message = payload["message"]
             message["model"] = self.model
             if not message.get("usage") and self.estimate is not None:
                 message["usage"] = self._estimated_usage()
+            verbatim = False  # once per stream: re-encoded
         elif kind == "message_delta" and not payload.get("usage") and self.estimate is not None:
             payload["usage"] = self._estimated_usage()
-        return sse_encode(orjson.dumps(payload), event=name or kind)
+            verbatim = False
+        return sse_encode(data.encode() if verbatim else orjson.dumps(payload), event=name or kind)
 
     def _estimated_usage(self) -> dict:
         usage = self.estimate()

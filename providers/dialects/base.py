@@ -42,8 +42,10 @@ class StreamPassthrough:
     # The gateway's usage estimate so far, for a client that asked for usage when the provider sends none.
     estimate: Callable[[], Usage] | None = None
 
-    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
-        """The bytes for one parsed upstream event, None to swallow it."""
+    def forward(self, name: str | None, payload: dict | None, data: str | None = None) -> bytes | None:
+        """The bytes for one parsed upstream event, None to swallow it. `data`, the event's data as it came,
+        is sent on as is (its model member rewritten in place) when nothing else in the event changes:
+        byte for byte what the provider sent, and no re-encoding."""
         raise NotImplementedError
 
     def close(self) -> list[bytes]:

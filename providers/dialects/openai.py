@@ -37,7 +37,13 @@ from providers.dialects.canonical import (
 )
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import JSON_DEPTH_MAX, json_text_too_deep
-from providers.dialects.sse import sse_encode
+from providers.dialects.sse import (
+    data_model_replaced,
+    data_null_member_removed,
+    data_verbatim,
+    model_member,
+    sse_encode,
+)
 
 DONE = b"data: [DONE]\n\n"
 
@@ -375,24 +381,34 @@ class OpenAIStreamRenderer(StreamRenderer):
 class OpenAIPassthrough(StreamPassthrough):
     def __init__(self, *, model: str, include_usage: bool) -> None:
         self.model = model
+        self.model_member = model_member(model)
         self.include_usage = include_usage
         self.usage_seen = False
         self.last: dict = {}
 
-    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
+    def forward(self, name: str | None, payload: dict | None, data: str | None = None) -> bytes | None:
         if payload is None:
             return None  # [DONE] is ours to send, once, at the end
+        verbatim = data_verbatim(data)
         if "usage" in payload:
             if not self.include_usage:
                 if payload["usage"] and not payload.get("choices") and not payload.get("error"):
                     return None  # the usage-only chunk we asked for on the client's behalf
+                if verbatim and payload["usage"] is None:
+                    data = data_null_member_removed(data, "usage")
+                    verbatim = data is not None
+                else:
+                    verbatim = False
                 del payload["usage"]
             elif payload["usage"]:
                 self.usage_seen = True
         if "model" in payload:
+            if verbatim:
+                data = data_model_replaced(data, self.model_member) if isinstance(payload["model"], str) else None
+                verbatim = data is not None
             payload["model"] = self.model
         self.last = payload
-        return sse_encode(orjson.dumps(payload))
+        return sse_encode(data.encode() if verbatim else orjson.dumps(payload))
 
     def close(self) -> list[bytes]:
         if self.include_usage and not self.usage_seen and self.estimate is not None and self.last.get("id"):

@@ -43,7 +43,7 @@ from providers.dialects.canonical import (
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.openai import openai as chat_dialect
 from providers.dialects.openai import tool_arguments
-from providers.dialects.sse import sse_encode
+from providers.dialects.sse import data_verbatim, sse_encode
 
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -540,13 +540,15 @@ class ResponsesPassthrough(StreamPassthrough):
     def __init__(self, *, model: str) -> None:
         self.model = model
 
-    def forward(self, name: str | None, payload: dict | None) -> bytes | None:
+    def forward(self, name: str | None, payload: dict | None, data: str | None = None) -> bytes | None:
         if payload is None:
             return None
+        verbatim = data_verbatim(data)
         response = payload.get("response")
         if isinstance(response, dict) and "model" in response:
             response["model"] = self.model
-        return sse_encode(orjson.dumps(payload), event=name or payload.get("type"))
+            verbatim = False  # the lifecycle events (created, completed): a few per stream, re-encoded
+        return sse_encode(data.encode() if verbatim else orjson.dumps(payload), event=name or payload.get("type"))
 
     def close(self) -> list[bytes]:
         return []  # response.completed came from the provider

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 import httpx
+import orjson
 from django.conf import settings
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -110,6 +111,44 @@ class SSEDecoder:
         elif name == "event":
             self._event = value
         return None
+
+
+# A "model" member whose value is a JSON string (escapes included). Inside another string every quote is
+# escaped, so this cannot match text that merely mentions "model".
+_MODEL_MEMBER = re.compile(r'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+
+def data_verbatim(data: str | None) -> bool:
+    """Whether an upstream event's data can be sent on as it came: one line (a multi-line data field
+    would need re-framing; the encoder's compact JSON never spans lines)."""
+    return data is not None and "\n" not in data and "\r" not in data
+
+
+def data_model_replaced(data: str, model_member: str) -> str | None:
+    """`data` (one JSON object, as the upstream sent it) with its one string "model" member replaced by
+    `model_member` (`"model":"<name>"`, JSON-encoded); None when such a member is not there exactly once,
+    and the caller re-encodes the parsed event instead."""
+    found = _MODEL_MEMBER.findall(data, 0)
+    if len(found) != 1:
+        return None
+    return data.replace(found[0], model_member, 1)
+
+
+def data_null_member_removed(data: str, name: str) -> str | None:
+    """`data` without its member `name` whose value is null (OpenAI's `"usage":null` on every chunk of a
+    stream that asked for usage); None unless `"name"` occurs exactly once in `data` (then it is that
+    member: quotes inside strings are escaped)."""
+    quoted = f'"{name}"'
+    if data.count(quoted) != 1:
+        return None
+    found = re.search(rf",\s*{quoted}\s*:\s*null|{quoted}\s*:\s*null\s*,?", data)
+    if found is None:
+        return None
+    return data[: found.start()] + data[found.end() :]
+
+
+def model_member(model: str) -> str:
+    return '"model":' + orjson.dumps(model).decode()
 
 
 def sse_encode(data: bytes, event: str | None = None) -> bytes:
