@@ -52,13 +52,20 @@ class _LuaScript:
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
-    async def batched(self, keys: list[str], args: list, *, orphaned=None) -> object:
-        """The same call riding in the hot path's Redis batch (accounts.usage): one round trip shared with
-        the other requests' admissions, settlements and usage events."""
+    def send(self, keys: list[str], args: list, *, orphaned=None) -> tuple[asyncio.Future, list, list]:
+        """Queue the call in the hot path's Redis batch (accounts.usage): one round trip shared with the other
+        requests' admissions, settlements and usage events. Await its reply with `answer`."""
+        return usage_batched_script(self.sha, keys, args, orphaned=orphaned), keys, args
+
+    async def answer(self, sent: tuple[asyncio.Future, list, list]) -> object:
+        future, keys, args = sent
         try:
-            return await usage_batched_script(self.sha, keys, args, orphaned=orphaned)
+            return await future
         except NoScriptError:
             return await redis_async().eval(self.source, len(keys), *keys, *args)
+
+    async def batched(self, keys: list[str], args: list, *, orphaned=None) -> object:
+        return await self.answer(self.send(keys, args, orphaned=orphaned))
 
 
 _ADMIT = _LuaScript("limits_admit.lua")
@@ -294,14 +301,26 @@ async def limits_admit(
 
 async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> None:
     """Release the lease and correct the token counters by (actual - reserved); a second call does nothing."""
+    await limits_settle_sent(limits_settle_send(ctx, admission, actual_tokens=actual_tokens))
+
+
+def limits_settle_send(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> asyncio.Future | None:
+    """`limits_settle` in two steps: queue the settlement in this event loop's Redis batch now (so it shares
+    the round trip with whatever the caller queues next, e.g. the usage event), await it with
+    `limits_settle_sent`. None when there is nothing to settle."""
     if not admission.allowed or admission.lease_id is None:
-        return
+        return None
     delta = 0 if actual_tokens is None else max(0, int(actual_tokens)) - admission.reserved_tokens
     day = admission.day if admission.day is not None else _utc_day()
     keys = _keys(ctx.key_id, day)
-    args = [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0]
+    return _SETTLE.send([keys[0], keys[2], keys[3]], [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0])
+
+
+async def limits_settle_sent(sent: asyncio.Future | None) -> None:
+    if sent is None:
+        return
     try:
-        await _SETTLE.batched([keys[0], keys[2], keys[3]], args)
+        await _SETTLE.answer(sent)
     except (RedisError, OSError) as exc:
         # The lease expires on its own after the lease TTL.
         _warn_redis_down("settle", exc, "lease left to expire")

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.context import KeyContext
-from accounts.limits import Admission, limits_lease_refresh, limits_settle
+from accounts.limits import Admission, limits_lease_refresh, limits_settle_send, limits_settle_sent
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record, usage_started_refresh
 from aigateway.errors import GatewayError
 from aigateway.logs import request_log
@@ -226,8 +226,13 @@ async def call_finish(call: RelayCall) -> None:
         request_log(event, key_prefix=call.ctx.key_prefix, body=call.body if settings.GATEWAY_LOG_BODIES else None)
     except Exception as exc:
         logger.warning("metrics or request log failed for %s: %s", call.request_id, type(exc).__name__)
-    # Both round trips at once: the client of a non-streamed request is waiting on them.
-    await asyncio.gather(_settle(call, usage), _record(call.request_id, event))
+    # Queued together, so both ride in one Redis round trip (no task per step).
+    settling = _settle_send(call, usage)
+    await _record(call.request_id, event)
+    try:
+        await limits_settle_sent(settling)
+    except Exception as exc:
+        logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
 
 
 def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
@@ -239,14 +244,15 @@ def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
     return errors
 
 
-async def _settle(call: RelayCall, usage: Usage) -> None:
+def _settle_send(call: RelayCall, usage: Usage):
     if call.admission is None or not call.admission.allowed:
-        return
+        return None
     actual = usage.prompt_tokens + usage.completion_tokens if call.route is not None else 0
     try:
-        await limits_settle(call.ctx, call.admission, actual_tokens=actual)
+        return limits_settle_send(call.ctx, call.admission, actual_tokens=actual)
     except Exception as exc:
         logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
+        return None
 
 
 async def _record(request_id: str, event: dict) -> None:
