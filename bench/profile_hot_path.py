@@ -32,7 +32,10 @@ STAGES = (
     ("route lookup", r"providers/(routing|route_rules)\.py|route_choose"),
     ("Redis client", r"\((redis|hiredis)/"),
     ("upstream client: httpx", r"\((httpx|httpcore)/|providers/upstream(_policy)?\.py|\((ipaddress|urllib)"),
-    ("upstream client: aiohttp", r"\((aiohttp|yarl|multidict|propcache)/|providers/aiohttp_transport\.py"),
+    (
+        "upstream client (ours: http1, transport)",
+        r"\((aiohttp|yarl|multidict|propcache)/|providers/(http1|upstream_transport)\.py",
+    ),
     ("relay: body, dialect, usage event", r"streaming/(relay|meter|tokens)\.py|providers/dialects/|\(orjson"),
     ("edge: checks, body parse, views", r"streaming/(edge|views)\.py"),
     ("Django: request, URL resolve, response", r"\(django/"),

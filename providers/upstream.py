@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
-from providers.aiohttp_transport import _SKIP_HEADERS, AiohttpTransport, PoolExhausted
 from providers.routing import ProviderRoute
 from providers.upstream_policy import UpstreamResolver, upstream_request_check, upstream_url_check
+from providers.upstream_transport import CLIENT_SET_HEADERS, PoolExhausted, UpstreamTransport
 
 __all__ = [
     "PoolExhausted",
@@ -35,7 +35,7 @@ _lean: dict[int, "_LeanPath"] = {}
 
 @dataclass(frozen=True, slots=True)
 class _LeanPath:
-    transport: AiohttpTransport
+    transport: UpstreamTransport
     timeouts: dict
     # The client's default headers (lower-cased names), sent unless the request sets its own.
     headers: dict[str, str]
@@ -92,11 +92,11 @@ def _client_build(provider: ProviderRoute) -> httpx.AsyncClient:
         write=30.0,
         pool=settings.GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS,
     )
-    transport = AiohttpTransport(
+    transport = UpstreamTransport(
         max_connections=provider.max_connections,
         name=provider.name,
         on_pool_wait=_pool_wait_recorder(provider),
-        # The address policy: host names are checked as they resolve, literal addresses by the request hook.
+        # The address policy: every address is checked as it resolves (a literal one before it takes a slot too).
         resolver=UpstreamResolver(),
     )
     # identity: a compressing upstream (or proxy) would buffer stream events inside its compressor.
@@ -111,7 +111,9 @@ def _client_build(provider: ProviderRoute) -> httpx.AsyncClient:
     _lean[id(client)] = _LeanPath(
         transport=transport,
         timeouts=timeout.as_dict(),
-        headers={name.lower(): value for name, value in client.headers.items() if name.lower() not in _SKIP_HEADERS},
+        headers={
+            name.lower(): value for name, value in client.headers.items() if name.lower() not in CLIENT_SET_HEADERS
+        },
     )
     return client
 

@@ -11,9 +11,9 @@ or a hostile admin must not turn it into a way to read a cloud metadata service.
   ...) stay allowed: self-hosted model servers live there.
 
 The check runs where a base URL is written (Provider.clean: admin and the YAML import) and where a
-connection is opened: `UpstreamResolver` checks every address a host name resolves to (so a name
-that later resolves somewhere else is still caught) and `upstream_request_check` checks a literal
-address, which aiohttp connects to without asking a resolver.
+connection is opened: `UpstreamResolver` checks every address the upstream client is about to connect
+to (so a name that later resolves somewhere else is still caught), and `upstream_request_check` refuses
+a literal address before the request takes a connection slot.
 """
 
 import ipaddress
@@ -23,8 +23,9 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 import httpx
-from aiohttp.resolver import ResolveResult, ThreadedResolver
 from django.conf import settings
+
+from providers.http1 import Resolver
 
 logger = logging.getLogger(__name__)
 ALLOWED_SCHEMES = ("http", "https")
@@ -115,12 +116,11 @@ def url_connect_problem(url: str) -> str | None:
     return None
 
 
-class UpstreamResolver(ThreadedResolver):
-    """aiohttp's resolver, refusing a host whose addresses include one the policy forbids."""
+class UpstreamResolver(Resolver):
+    """The upstream client's resolver, refusing a host whose addresses include one the policy forbids.
+    Answers are cached, the check is not: a changed setting applies to the next connection."""
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[dict]:
         results = await super().resolve(host, port, family)
         for result in results:
             problem = address_problem(ipaddress.ip_address(result["host"].split("%", 1)[0]))

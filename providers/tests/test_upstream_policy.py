@@ -2,6 +2,7 @@
 connect time (the resolver and the literal-address check, over a real gateway process), and
 redirects from an upstream are never followed."""
 
+import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -13,7 +14,9 @@ from django.urls import reverse
 from providers.config_import import ConfigImportError, gateway_config_import
 from providers.models import Provider
 from providers.upstream_policy import UpstreamAddressRefused, UpstreamResolver, base_url_problem
+from providers.upstream_transport import UpstreamTransport
 from tests.support.data import key_create, model_create, provider_admin_form, provider_create
+from tests.support.ports import free_port
 
 REFUSED = [
     ("http://169.254.169.254/latest/meta-data", "cloud metadata"),
@@ -111,6 +114,34 @@ async def test_resolver_refuses_a_name_that_resolves_to_a_forbidden_address(sett
     settings.GATEWAY_ALLOW_LOOPBACK_UPSTREAMS = True
     results = await UpstreamResolver().resolve("localhost", 80)
     assert results and all(r["port"] == 80 for r in results)
+
+
+async def test_cached_answers_are_checked_again(settings):
+    """The resolver keeps the addresses, not the verdict: a setting turned off applies to the next connection."""
+    settings.DEBUG = False
+    settings.GATEWAY_ALLOW_LOOPBACK_UPSTREAMS = True
+    resolver = UpstreamResolver()
+    assert await resolver.resolve("localhost", 443)
+    settings.GATEWAY_ALLOW_LOOPBACK_UPSTREAMS = False
+    with pytest.raises(UpstreamAddressRefused):
+        await resolver.resolve("localhost", 443)
+    with pytest.raises(UpstreamAddressRefused, match="169.254.169.254 is a cloud metadata address"):
+        await resolver.resolve("169.254.169.254", 80)
+
+
+async def test_a_refused_address_reaches_the_caller_as_a_connect_error(settings, caplog):
+    settings.DEBUG = False
+    settings.GATEWAY_ALLOW_LOOPBACK_UPSTREAMS = False
+    transport = UpstreamTransport(max_connections=2, resolver=UpstreamResolver())
+    timeouts = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
+    try:
+        with caplog.at_level(logging.WARNING, logger="providers.upstream_policy"):
+            with pytest.raises(httpx.ConnectError, match="upstream host localhost resolves to"):
+                await transport.send("GET", f"http://localhost:{free_port()}/v1/models", [], b"", timeouts)
+        assert "upstream address refused: host localhost resolves to" in caplog.text
+        assert transport.busy == 0
+    finally:
+        await transport.aclose()
 
 
 def chat(gateway_url: str, key: str, model: str) -> httpx.Response:

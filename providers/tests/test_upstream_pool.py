@@ -15,9 +15,9 @@ import httpx
 import orjson
 import pytest
 
-from providers.aiohttp_transport import AiohttpTransport
 from providers.routing import ProviderRoute
 from providers.upstream import PoolExhausted, pool_wait_stats, upstream_client, upstream_clients_close
+from providers.upstream_transport import UpstreamTransport
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.usage import wait_usage
 
@@ -93,7 +93,7 @@ async def test_connections_are_given_back_however_a_request_ends(fresh_simulator
     provider = route(fresh_simulator.openai_base, name="pool-one", max_connections=1)
     client = upstream_client(provider)
     transport = client._transport
-    assert isinstance(transport, AiohttpTransport)
+    assert isinstance(transport, UpstreamTransport)
     # Refused connection.
     with pytest.raises(httpx.ConnectError):
         await client.post("http://127.0.0.1:9/v1/chat/completions", content=b"{}")
