@@ -52,10 +52,10 @@ class _LuaScript:
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
 
-    def send(self, keys: list[str], args: list, *, orphaned=None) -> tuple[asyncio.Future, list, list]:
-        """Queue the call in the hot path's Redis batch (accounts.usage): one round trip shared with the other
-        requests' admissions, settlements and usage events. Await its reply with `answer`."""
-        return usage_batched_script(self.sha, keys, args, orphaned=orphaned), keys, args
+    def send(self, keys: list[str], args: list) -> tuple[asyncio.Future, list, list]:
+        """Queue the call in the hot path's usage batch (accounts.usage): one round trip shared with the
+        other requests' settlements and usage events. Await its reply with `answer`."""
+        return usage_batched_script(self.sha, keys, args), keys, args
 
     async def answer(self, sent: tuple[asyncio.Future, list, list]) -> object:
         future, keys, args = sent
@@ -63,9 +63,6 @@ class _LuaScript:
             return await future
         except NoScriptError:
             return await redis_async().eval(self.source, len(keys), *keys, *args)
-
-    async def batched(self, keys: list[str], args: list, *, orphaned=None) -> object:
-        return await self.answer(self.send(keys, args, orphaned=orphaned))
 
 
 _ADMIT = _LuaScript("limits_admit.lua")
@@ -108,20 +105,6 @@ class Admission:
         if "retry-after" in self.headers:
             out["retry-after"] = self.headers["retry-after"]
         return out
-
-
-def _lease_release_later(keys: list[str], lease_id: str | None):
-    """What to do when an admission's caller is cancelled after its script was sent: the script may have
-    taken a lease, so free it (a marker left behind is reconciled)."""
-    if lease_id is None:
-        return None
-
-    def release() -> None:
-        task = asyncio.ensure_future(_SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0]))
-        _cleanups.add(task)
-        task.add_done_callback(_cleanups.discard)
-
-    return release
 
 
 def _keys(key_id: int, day: int) -> list[str]:
@@ -256,7 +239,14 @@ async def limits_admit(
     ]
     keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
     try:
-        result = await _ADMIT.batched(keys, args, orphaned=_lease_release_later(keys, lease_id))
+        result = await _ADMIT(redis_async(), keys, args)
+    except asyncio.CancelledError:
+        # The script may have run: free a lease it may have taken (a marker left behind is reconciled).
+        if lease_id is not None:
+            release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
+            _cleanups.add(task := asyncio.ensure_future(release))
+            task.add_done_callback(_cleanups.discard)
+        raise
     except (RedisError, OSError) as exc:
         if settings.GATEWAY_LIMITS_FAIL_OPEN:
             _warn_redis_down("admit", exc, "failing open")

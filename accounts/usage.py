@@ -21,7 +21,7 @@ import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Q
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from aigateway.redis import redis_async, redis_sync
 
@@ -106,26 +106,26 @@ def _request_id_of(payload: bytes) -> str | None:
 class BatchedScript:
     """One Lua script call riding in the hot path's batch; `future` gets its reply (or its error)."""
 
-    __slots__ = ("sha", "keys", "args", "future", "orphaned")
+    __slots__ = ("sha", "keys", "args", "future")
 
-    def __init__(self, sha: str, keys: list, args: list, orphaned) -> None:
+    def __init__(self, sha: str, keys: list, args: list) -> None:
         self.sha = sha
         self.keys = keys
         self.args = args
         self.future: asyncio.Future = asyncio.get_running_loop().create_future()
-        # Called (no arguments) when the script was sent but its caller had gone meanwhile: it may have run.
-        self.orphaned = orphaned
 
 
 class _UsageWriter:
-    """The hot path's Redis commands of one event loop, sent together: Lua script calls (limits admission
-    and settlement), started markers (HSET + ZADD) and finished calls' events (RPUSH, clearing their
-    markers), in one MULTI/EXEC whatever their number. While one batch is on its way the next gathers; an
-    idle process sends at once (no timer). Under load that is one round trip for many requests instead of
-    two or three per request.
+    """The hot path's Redis writes of one event loop, sent together: limits settlements (Lua), started
+    markers (HSET + ZADD) and finished calls' events (RPUSH, clearing their markers), in one MULTI/EXEC
+    whatever their number. While one batch is on its way the next gathers; an idle process sends at once
+    (no timer). Under load that is one round trip for many requests instead of two or three per request.
 
     Scripts go first, markers before events, so a call that starts and ends within one batch leaves no
-    marker. A script whose caller is cancelled before the batch leaves is not sent."""
+    marker. A script is sent even if its caller was cancelled meanwhile (a settlement must still happen).
+
+    Admission is not batched: a request waits on its answer, and queued behind another request's usage
+    write (or a task switch) it measured about 0.3 ms more time to first byte on an idle gateway."""
 
     def __init__(self) -> None:
         self.scripts: list[BatchedScript] = []
@@ -153,7 +153,7 @@ class _UsageWriter:
     async def _send_batches(self) -> None:
         while self.waiters or self.scripts:
             markers, events, waiters = self.markers, self.events, self.waiters
-            scripts = [call for call in self.scripts if not call.future.cancelled()]
+            scripts = self.scripts
             self.markers, self.events, self.waiters, self.scripts = {}, [], [], []
             try:
                 pipe = redis_async().pipeline(transaction=True)
@@ -192,20 +192,18 @@ class _UsageWriter:
 
 
 def _script_answer(call: BatchedScript, result) -> None:
-    if call.future.cancelled():
-        if call.orphaned is not None and not isinstance(result, NoScriptError):
-            call.orphaned()
-    elif isinstance(result, Exception):
+    if call.future.done():
+        return  # its caller was cancelled
+    if isinstance(result, Exception):
         call.future.set_exception(result)
     else:
         call.future.set_result(result)
 
 
-def usage_batched_script(sha: str, keys: list, args: list, *, orphaned=None) -> asyncio.Future:
-    """Run a cached Lua script (EVALSHA) in this event loop's next hot-path batch; the future gets its reply,
-    or NoScriptError when the server does not have it (the caller then sends it with EVAL).
-    `orphaned()` is called if the caller is cancelled after the batch left (the script may have run)."""
-    return _writer().script(BatchedScript(sha, keys, args, orphaned))
+def usage_batched_script(sha: str, keys: list, args: list) -> asyncio.Future:
+    """Run a cached Lua script (EVALSHA) in this event loop's next usage batch; the future gets its reply, or
+    NoScriptError when the server does not have it (the caller then sends it with EVAL)."""
+    return _writer().script(BatchedScript(sha, keys, args))
 
 
 _writers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _UsageWriter]" = weakref.WeakKeyDictionary()
