@@ -240,12 +240,17 @@ async def limits_admit(
     keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
     try:
         result = await _ADMIT(redis_async(), keys, args)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py completes a call already under way and swallows a cancellation that came meanwhile
+            # (the client left): honour it, or the request would run on for nobody, holding its lease.
+            raise asyncio.CancelledError
     except asyncio.CancelledError:
         # The script may have run: free a lease it may have taken (a marker left behind is reconciled).
         if lease_id is not None:
             release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
-            _cleanups.add(task := asyncio.ensure_future(release))
-            task.add_done_callback(_cleanups.discard)
+            _cleanups.add(cleanup := asyncio.ensure_future(release))
+            cleanup.add_done_callback(_cleanups.discard)
         raise
     except (RedisError, OSError) as exc:
         if settings.GATEWAY_LIMITS_FAIL_OPEN:

@@ -370,6 +370,14 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     return response
 
 
+def _body_chunks(response: httpx.Response):
+    """The upstream body's chunks as they arrive. Straight from the transport's stream when the body is not
+    encoded (the gateway asks for identity): httpx's decoding layers add nothing then but CPU."""
+    if "content-encoding" in response.headers:
+        return response.aiter_bytes()
+    return aiter(response.stream)
+
+
 async def _upstream_client_error(response: httpx.Response, upstream: Dialect) -> GatewayError:
     """A 4xx from the provider that failover cannot fix: pass its message on, in our shape."""
     try:
@@ -530,7 +538,7 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise too_large
-        async for part in response.aiter_bytes():
+        async for part in _body_chunks(response):
             size += len(part)
             if size > limit:
                 raise too_large
@@ -639,7 +647,7 @@ class StreamBridge:
 async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dialect):
     """Read up to the first upstream event (still failover-able), then hand the stream to the client."""
     decoder = SSEDecoder()
-    chunks = response.aiter_bytes()
+    chunks = _body_chunks(response)
     first: list = []
     try:
         while not first:
