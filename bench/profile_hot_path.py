@@ -39,7 +39,10 @@ STAGES = (
     ("relay: body, dialect, usage event", r"streaming/(relay|meter|tokens)\.py|providers/dialects/|\(orjson"),
     ("edge: checks, body parse, views", r"streaming/(edge|views)\.py"),
     ("Django: request, URL resolve, response", r"\(django/"),
-    ("ASGI wrappers (ours)", r"aigateway/(asgi|server|cors|security_headers|shutdown)\.py|\((channels|asgiref)/"),
+    (
+        "API handler, ASGI wrappers (ours)",
+        r"aigateway/(api_handler|asgi|server|cors|security_headers|shutdown)\.py|\((channels|asgiref)/",
+    ),
     ("ASGI server (uvicorn/daphne/twisted)", r"\((uvicorn|daphne|twisted|autobahn|httptools)/"),
     ("event loop (asyncio, uvloop)", r"\((asyncio|uvloop)/"),
 )
