@@ -12,6 +12,7 @@ import logging
 import math
 import secrets
 import time
+import weakref
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +106,116 @@ class Admission:
         if "retry-after" in self.headers:
             out["retry-after"] = self.headers["retry-after"]
         return out
+
+
+def _lease_release(keys: list[str], lease_id: str) -> None:
+    """Free the lease of an admission whose caller is gone, in the background."""
+    release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
+    _cleanups.add(cleanup := asyncio.ensure_future(release))
+    cleanup.add_done_callback(_cleanups.discard)
+
+
+class _QueuedAdmission:
+    __slots__ = ("keys", "args", "lease_id", "future", "sent")
+
+    def __init__(self, keys: list[str], args: list, lease_id: str | None) -> None:
+        self.keys = keys
+        self.args = args
+        self.lease_id = lease_id
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.sent = False
+
+
+class _Admissions:
+    """The admissions of one event loop. When none is on its way, a request sends its own at once: no task
+    switch, so an idle gateway's first byte does not wait (measured: queued behind a batch task, +0.3 ms).
+    While one is on its way, the next ones gather and go together in one pipeline when it returns: under
+    load, one round trip (and one socket write) for many requests instead of one each.
+
+    A caller cancelled meanwhile (its client left) holds no lease afterwards: not sent yet, its script is
+    not sent at all; sent, the lease it may have taken is freed once the script has answered (a release sent
+    at once could overtake the script on another connection)."""
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.queued: list[_QueuedAdmission] = []
+
+    async def admit(self, keys: list[str], args: list, lease_id: str | None) -> list:
+        if self.busy:
+            return await self._queued_admit(_QueuedAdmission(keys, args, lease_id))
+        self.busy = True
+        try:
+            result = await _ADMIT(redis_async(), keys, args)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py completes a call already under way and swallows a cancellation that came meanwhile
+                # (the client left): honour it, or the request would run on for nobody, holding its lease.
+                raise asyncio.CancelledError
+            return result
+        except asyncio.CancelledError:
+            if lease_id is not None:
+                _lease_release(keys, lease_id)
+            raise
+        finally:
+            self._next()
+
+    async def _queued_admit(self, entry: _QueuedAdmission) -> list:
+        self.queued.append(entry)
+        try:
+            return await entry.future
+        except NoScriptError:
+            return await _ADMIT(redis_async(), entry.keys, entry.args)
+        except asyncio.CancelledError:
+            if not entry.sent:
+                self.queued.remove(entry)
+            raise
+
+    def _next(self) -> None:
+        if self.queued:
+            _cleanups.add(task := asyncio.ensure_future(self._send_queued()))
+            task.add_done_callback(_cleanups.discard)
+        else:
+            self.busy = False
+
+    async def _send_queued(self) -> None:
+        try:
+            while self.queued:
+                batch, self.queued = self.queued, []
+                pipe = redis_async().pipeline(transaction=True)
+                for entry in batch:
+                    entry.sent = True
+                    pipe.evalsha(_ADMIT.sha, len(entry.keys), *entry.keys, *entry.args)
+                try:
+                    # Per-command errors come back as values: one NOSCRIPT must not fail the others.
+                    results = await pipe.execute(raise_on_error=False)
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                except BaseException:
+                    for entry in batch:
+                        if not entry.future.done():
+                            entry.future.set_exception(RedisError("admission batch interrupted"))
+                    raise
+                for entry, result in zip(batch, results, strict=True):
+                    if not entry.future.cancelled():
+                        if isinstance(result, Exception):
+                            entry.future.set_exception(result)
+                        else:
+                            entry.future.set_result(result)
+                    elif entry.lease_id is not None and not isinstance(result, NoScriptError):
+                        _lease_release(entry.keys, entry.lease_id)
+        finally:
+            self.busy = False
+
+
+_admission_senders: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Admissions]" = weakref.WeakKeyDictionary()
+
+
+def _admissions() -> _Admissions:
+    loop = asyncio.get_running_loop()
+    sender = _admission_senders.get(loop)
+    if sender is None:
+        sender = _admission_senders[loop] = _Admissions()
+    return sender
 
 
 def _keys(key_id: int, day: int) -> list[str]:
@@ -239,19 +350,8 @@ async def limits_admit(
     ]
     keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
     try:
-        result = await _ADMIT(redis_async(), keys, args)
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # redis-py completes a call already under way and swallows a cancellation that came meanwhile
-            # (the client left): honour it, or the request would run on for nobody, holding its lease.
-            raise asyncio.CancelledError
-    except asyncio.CancelledError:
-        # The script may have run: free a lease it may have taken (a marker left behind is reconciled).
-        if lease_id is not None:
-            release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
-            _cleanups.add(cleanup := asyncio.ensure_future(release))
-            cleanup.add_done_callback(_cleanups.discard)
-        raise
+        # A cancellation (client gone) frees any lease taken; a marker left behind is reconciled.
+        result = await _admissions().admit(keys, args, lease_id)
     except (RedisError, OSError) as exc:
         if settings.GATEWAY_LIMITS_FAIL_OPEN:
             _warn_redis_down("admit", exc, "failing open")

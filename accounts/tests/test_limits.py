@@ -287,9 +287,12 @@ def _transactions() -> int:
     return int(stats.get("cmdstat_exec", {}).get("calls", 0))
 
 
-async def test_concurrent_settlements_share_round_trips():
+async def test_concurrent_admissions_and_settlements_share_round_trips():
     ctx = key_context(key_id=40, max_concurrent=1000, rpm=100_000)
+    before = _transactions()
     admissions = await asyncio.gather(*(admit(ctx, request_id=f"b{i}") for i in range(200)))
+    # The first goes alone; the 199 that came while it was on its way share a few MULTI/EXEC round trips.
+    assert 1 <= _transactions() - before <= 10
     assert all(a.allowed for a in admissions)
     assert len({a.lease_id for a in admissions}) == 200
     assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 200
@@ -308,6 +311,12 @@ async def test_admission_works_after_the_server_forgot_its_scripts():
     redis_sync().script_flush()
     await limits_settle(ctx, first, actual_tokens=None)
     assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 1
+    # Concurrent ones too (those that wait go in one batch, where each one's NOSCRIPT comes back alone).
+    redis_sync().script_flush()
+    wide = key_context(key_id=44, max_concurrent=15)
+    results = await asyncio.gather(*(admit(wide, request_id=f"w{i}") for i in range(20)))
+    assert sum(r.allowed for r in results) == 15
+    assert {r.code for r in results if not r.allowed} == {"concurrency"}
 
 
 async def test_an_admission_cancelled_at_any_point_leaves_no_lease():
