@@ -2,8 +2,7 @@
 servers that write exact bytes: framing, keep-alive, failures, timeouts, cancellation and TLS."""
 
 import asyncio
-import datetime
-import ipaddress
+import contextlib
 import socket
 import ssl
 import time
@@ -11,16 +10,13 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from providers.http1 import Http1Pool, Resolver, request_head, target_parse
 from providers.upstream_transport import UpstreamTransport
 from tests.support.ports import free_port
+from tests.support.tls import self_signed_certificate
 
 TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
 Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
@@ -407,25 +403,31 @@ async def test_connection_refused_is_connect_error(transport):
     assert transport.busy == 0
 
 
-async def test_connect_timeout_is_connect_timeout(transport):
-    # A listener that never accepts, its backlog full: the kernel drops the next SYN.
+@contextlib.contextmanager
+def port_that_never_accepts():
+    """A listener that never accepts, its backlog full: the kernel drops the next SYN, so a connect hangs."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         port = listener.getsockname()[1]
         waiting = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            waiting.append(filler)
-        started = time.monotonic()
         try:
-            with pytest.raises(httpx.ConnectTimeout):
-                await transport.send("GET", f"http://127.0.0.1:{port}/", [], b"", {**TIMEOUTS, "connect": 0.3})
+            for _ in range(3):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                waiting.append(filler)
+            yield port
         finally:
             for filler in waiting:
                 filler.close()
+
+
+async def test_connect_timeout_is_connect_timeout(transport):
+    with port_that_never_accepts() as port:
+        started = time.monotonic()
+        with pytest.raises(httpx.ConnectTimeout):
+            await transport.send("GET", f"http://127.0.0.1:{port}/", [], b"", {**TIMEOUTS, "connect": 0.3})
     assert 0.25 < time.monotonic() - started < 1.0
     assert transport.busy == 0
 
@@ -512,27 +514,14 @@ async def test_cancelled_while_waiting_for_the_head_closes_the_socket(transport)
 
 
 async def test_cancelled_while_connecting_frees_the_slot(transport):
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        waiting = []
-        for _ in range(3):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(("127.0.0.1", port))
-            waiting.append(filler)
-        try:
-            task = asyncio.ensure_future(transport.send("GET", f"http://127.0.0.1:{port}/", [], b"", TIMEOUTS))
-            await asyncio.sleep(0.2)
-            assert transport.busy == 1
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            assert transport.busy == 0
-        finally:
-            for filler in waiting:
-                filler.close()
+    with port_that_never_accepts() as port:
+        task = asyncio.ensure_future(transport.send("GET", f"http://127.0.0.1:{port}/", [], b"", TIMEOUTS))
+        await asyncio.sleep(0.2)
+        assert transport.busy == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.busy == 0
 
 
 async def test_cancelled_while_sending_a_large_body_closes_the_socket(transport):
@@ -618,28 +607,7 @@ async def test_a_slow_reader_holds_the_upstream_back():
 @pytest.fixture(scope="module")
 def certificate() -> tuple[bytes, bytes]:
     """A self-signed certificate for localhost and 127.0.0.1: (certificate PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    return self_signed_certificate()
 
 
 @pytest.fixture
