@@ -352,7 +352,14 @@ async def _sigterm_with_streams_on_both(gateway: Gateway, key: str, request_ids:
         except ConnectionRefusedError:
             refused_after = time.monotonic() - signalled
             break
-        status, _, _ = await asyncio.wait_for(connection.request("GET", "/health"), 1.0)
+        try:
+            status, _, _ = await asyncio.wait_for(connection.request("GET", "/health"), 1.0)
+        except (ConnectionResetError, asyncio.IncompleteReadError):
+            # Connected in the instant the listening socket closed: reset before any byte was read, as safe
+            # to retry elsewhere as a refusal; the next attempt must be refused.
+            connection.close()
+            await asyncio.sleep(0.05)
+            continue
         assert status == 200
         connection.close()
         await asyncio.sleep(0.05)
