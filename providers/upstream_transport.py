@@ -141,6 +141,13 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         except BaseException:
             slot.release()
             raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancellation (the client left) that came while the response head was being read, swallowed
+            # on the way: honour it, or the request would run on for nobody.
+            response.close()
+            slot.release()
+            raise asyncio.CancelledError
         return httpx.Response(
             status_code=response.status,
             headers=response.headers,

@@ -128,7 +128,7 @@ async def call_admit(call, body_size: int) -> None:
         if call.admission.allowed and not call.admission.marked:
             # A key without limits has no admission round trip to carry the marker: it is written
             # while the upstream is being opened, instead of the request waiting for it.
-            spawn(usage_started(call.request_id, marker))
+            call.marker_stored = spawn(usage_started(call.request_id, marker))
     except asyncio.CancelledError:
         # The client left while being admitted: the call may hold a marker already; record it as cancelled.
         call.status, call.error_type = 499, "client_disconnected"

@@ -87,6 +87,9 @@ class RelayCall:
     # The client's query string (e.g. Anthropic's `?beta=true`), for a provider of the client's own dialect.
     upstream_query: str = ""
     admission: Admission | None = None
+    # Storing the started marker of a key without limits (admission stores the others'), in the background
+    # while the upstream is opened; the client gets no byte before it has landed.
+    marker_stored: asyncio.Future | None = None
     route: Route | None = None
     attempts: int = 0
     status: int = 200
@@ -140,11 +143,12 @@ class RelayCall:
         return self.request
 
 
-def spawn(coro) -> None:
+def spawn(coro) -> asyncio.Task:
     """Run cleanup to completion even if the request task is being cancelled."""
     task = asyncio.ensure_future(coro)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
 async def background_drain(timeout: float = 5.0) -> None:
@@ -415,7 +419,12 @@ async def relay_open(call: RelayCall):
     task = asyncio.current_task()
     shutdown_waiting_add(task)
     try:
-        return await _open_with_failover(call)
+        result = await _open_with_failover(call)
+        if call.marker_stored is not None and not call.marker_stored.done():
+            # Usually stored long before the provider answers; if the process dies from here on, the
+            # marker is what records the call.
+            await asyncio.shield(call.marker_stored)
+        return result
     except GatewayError as error:
         call.status, call.error_type = error.status, error.code
         await call_finish(call)
