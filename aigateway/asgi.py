@@ -24,7 +24,8 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from aigateway.api_handler import ApiHandler  # noqa: E402
 from aigateway.cors import ApiCors  # noqa: E402
 from aigateway.lifespan import lifespan_app  # noqa: E402
-from aigateway.security_headers import SecurityHeaders  # noqa: E402
+from aigateway.security_headers import ApiTransportSecurity, SecurityHeaders  # noqa: E402
+from streaming.consumers import scope_headers, socket_key  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
 API_PATH_PREFIX = "/v1/"
@@ -34,16 +35,18 @@ API_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 class OriginCheckUnlessKey:
     """Browsers send their cookies with a websocket opened by any site, so a session-authenticated
-    socket must come from one of our own hosts (AllowedHostsOriginValidator). A socket carrying an API
-    key header comes from a program (a browser page cannot set headers on a websocket) and needs no
-    Origin; the consumer then authenticates by the key alone and ignores any session."""
+    socket must come from one of our own hosts (AllowedHostsOriginValidator). A socket presenting an API
+    key (`Authorization: Bearer` or `x-api-key`, which a page cannot set on a websocket) comes from a
+    program and needs no Origin: the consumer authenticates it by that key alone, never by the session,
+    and closes it with 4401 unless the key is valid. Any other Authorization scheme (a browser sends
+    `Basic` for `ws://user:pass@host/`) is no key, so the Origin check holds."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.origin_checked = AllowedHostsOriginValidator(app)
 
     async def __call__(self, scope, receive, send):
-        has_key = any(name in (b"authorization", b"x-api-key") for name, _ in scope.get("headers", ()))
+        has_key = socket_key(scope_headers(scope)) is not None
         return await (self.app if has_key else self.origin_checked)(scope, receive, send)
 
 
@@ -70,7 +73,7 @@ application = ProtocolTypeRouter(
     {
         # Static files (admin and playground assets) are served under STATIC_URL by the site's URL map.
         # ApiHandler adds the security header to its responses itself.
-        "http": HttpDispatch(ApiCors(ApiHandler()), SecurityHeaders(django_asgi_app)),
+        "http": HttpDispatch(ApiTransportSecurity(ApiCors(ApiHandler())), SecurityHeaders(django_asgi_app)),
         "lifespan": lifespan_app,
         "websocket": OriginCheckUnlessKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
