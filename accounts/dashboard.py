@@ -14,6 +14,9 @@ _LABEL_WIDTH = 170
 _VALUE_WIDTH = 90
 _BAR_HEIGHT = 14
 _GROUP_GAP = 10
+# Half the width of a time label ("HH:MM", 11 px text, dashboard.css) with room to spare: a label whose
+# centre is closer than this to the right edge is drawn right-aligned to it instead of cut off.
+_TICK_HALF_WIDTH = 18
 _WINDOW_LABELS = {"1h": "Last hour", "24h": "Last 24 hours"}
 
 
@@ -61,38 +64,50 @@ def hbar_chart(rows: list[dict], *, series: list[tuple[str, str, str]], label: s
     }
 
 
+def _tick_position(center: float) -> tuple[float, str]:
+    """x and text-anchor of a time label centred under its bar, kept inside the chart's width."""
+    if center + _TICK_HALF_WIDTH > CHART_WIDTH:
+        return CHART_WIDTH, "end"
+    return round(center, 2), "middle"
+
+
 def timeseries_chart(points: list[dict], *, bucket: str) -> dict:
-    """Vertical bars of requests per bucket, errors stacked on top of successes."""
+    """Vertical bars of requests per bucket: each bar is the bucket's requests, its errors the part of
+    it that stands on the axis, the successes stacked above them."""
     left, top, bottom = 44, 10, 22
     height = 190
     plot_height = height - top - bottom
+    baseline = top + plot_height
     slot = (CHART_WIDTH - left) / max(len(points), 1)
     peak = max((point["requests"] for point in points), default=0) or 1
     every = max(1, round(len(points) / 6))
     bars = []
     for index, point in enumerate(points):
         x = left + index * slot
-        total_height = plot_height * point["requests"] / peak
-        error_height = plot_height * point["errors"] / peak
+        # Rounded edges, not rounded heights: the two parts meet exactly and the bar ends on the axis.
+        bar_top = round(baseline - plot_height * point["requests"] / peak, 2)
+        error_top = round(baseline - plot_height * point["errors"] / peak, 2)
         label = point["start"].strftime("%H:%M")
+        tick_x, tick_anchor = _tick_position(x + slot / 2)
         bars.append(
             {
                 "x": round(x + slot * 0.1, 2),
                 "width": round(max(slot * 0.8, 1), 2),
-                "ok_y": round(top + plot_height - total_height, 2),
-                "ok_height": round(total_height - error_height, 2),
-                "error_y": round(top + plot_height - total_height, 2),
-                "error_height": round(error_height, 2),
+                "ok_y": bar_top,
+                "ok_height": round(error_top - bar_top, 2),
+                "error_y": error_top,
+                "error_height": round(baseline - error_top, 2),
                 "title": f"{label} UTC: {point['requests']} requests, {point['errors']} errors",
                 "tick": label if index % every == 0 else "",
-                "tick_x": round(x + slot / 2, 2),
+                "tick_x": tick_x,
+                "tick_anchor": tick_anchor,
             }
         )
     return {
         "width": CHART_WIDTH,
         "height": height,
         "left": left,
-        "baseline": top + plot_height,
+        "baseline": baseline,
         "top": top,
         "peak": peak,
         "tick_y": height - 6,

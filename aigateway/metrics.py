@@ -2,17 +2,18 @@
 
 Counts come from the same finished-call event the usage books get (`metrics_record`), so the counters
 equal the usage records. The hot path only adds numbers to in-process tallies (about a microsecond a
-call); a timer writes them to prometheus-client's multi-process files once per FLUSH_SECONDS, and a
-scrape writes its own process's tallies first. Gauges that describe shared state (usage queue, provider
+call); a timer writes them to prometheus-client's multi-process files once per FLUSH_SECONDS through its
+public API (a counter's `inc`, a histogram's `observe`), and a scrape writes its own process's tallies
+first. Gauges that describe shared state (usage queue, provider
 health, breakers) are read from Redis when scraped, so every worker reports the same, exact value.
 """
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import os
 import time
-from bisect import bisect_left
 from pathlib import Path
 
 from django.conf import settings
@@ -79,22 +80,23 @@ class _Tally:
         self.tokens: dict[tuple, int] = {}
         self.errors: dict[tuple, int] = {}
         self.responses: dict[tuple, int] = {}
-        # (model, provider) -> [bucket counts..., sum]
-        self.duration: dict[tuple, list] = {}
-        self.ttfb: dict[tuple, list] = {}
+        # (model, provider) -> the seconds observed since the last flush. A histogram takes one
+        # observation at a time (prometheus-client has no public call that adds a bucket count), so each
+        # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
+        self.duration: dict[tuple, list[float]] = {}
+        self.ttfb: dict[tuple, list[float]] = {}
         self.streams_changed = False
 
 
 _tally = _Tally()
-_BUCKETS = len(TIME_BUCKETS)
 
 
 def _observe(table: dict, key: tuple, seconds: float) -> None:
-    row = table.get(key)
-    if row is None:
-        row = table[key] = [0] * (_BUCKETS + 2)
-    row[bisect_left(TIME_BUCKETS, seconds)] += 1  # index _BUCKETS is +Inf
-    row[-1] += seconds
+    values = table.get(key)
+    if values is None:
+        table[key] = [seconds]
+    else:
+        values.append(seconds)
 
 
 def _add(table: dict, key: tuple, amount: int) -> None:
@@ -161,13 +163,10 @@ def _timer_flush() -> None:
 
 
 def _histogram_add(histogram: Histogram, table: dict) -> None:
-    for key, row in table.items():
-        child = histogram.labels(*key)
-        # prometheus-client's Histogram keeps one value per bucket (non-cumulative) and the sum.
-        for index, count in enumerate(row[:-1]):
-            if count:
-                child._buckets[index].inc(count)
-        child._sum.inc(row[-1])
+    for key, values in table.items():
+        observe = histogram.labels(*key).observe
+        for seconds in values:
+            observe(seconds)
 
 
 def metrics_flush() -> None:
@@ -248,13 +247,35 @@ async def _shared_state() -> dict:
     return {"queue_depth": queue_depth, "dead_letters": dead_letters, "providers": providers, "breakers": breakers}
 
 
-def _authorized(request) -> bool:
+def _loopback(request) -> bool:
+    """Whether the client is on this host. Its address is the connection's, or, behind a proxy uvicorn
+    trusts (FORWARDED_ALLOW_IPS, loopback by default), the X-Forwarded-For the proxy set: a proxy on this
+    host does not make the internet's requests local."""
+    address = request.META.get("REMOTE_ADDR") or ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # a unix socket (a proxy's) or no address at all
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
+
+
+def _refusal(request) -> HttpResponse | None:
+    """None when the client may read the metrics: with GATEWAY_METRICS_TOKEN set, only with that token;
+    without one, any client under DEBUG, and otherwise clients on this host only (the page names every
+    provider and upstream model)."""
     token = settings.GATEWAY_METRICS_TOKEN
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    if token:
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        return _plain_error(401, "a valid metrics token is required: Authorization: Bearer <GATEWAY_METRICS_TOKEN>")
+    if settings.DEBUG or _loopback(request):
+        return None
+    return _plain_error(
+        403, "/metrics answers clients on this host only; set GATEWAY_METRICS_TOKEN to scrape it from elsewhere"
+    )
 
 
 def _plain_error(status: int, message: str, **headers) -> HttpResponse:
@@ -265,8 +286,9 @@ async def metrics_view(request):
     """GET /metrics: every worker's counts plus the shared gauges, in Prometheus' text format."""
     if request.method not in ("GET", "HEAD"):
         return _plain_error(405, "use GET for /metrics", Allow="GET, HEAD")
-    if not _authorized(request):
-        return _plain_error(401, "a valid metrics token is required: Authorization: Bearer <GATEWAY_METRICS_TOKEN>")
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
     metrics_flush()
     path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     _dead_workers_forget(path)

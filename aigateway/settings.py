@@ -1,7 +1,8 @@
 """Settings for the gateway, read from the environment (and an optional `.env`) via django-environ.
 
-Every value that differs between machines is an environment variable with a safe local default;
-production sets `DJANGO_DEBUG=False` and must then provide `DJANGO_SECRET_KEY`.
+Every value that differs between machines is an environment variable with a safe default. The defaults
+are production's: DEBUG is off, so `DJANGO_SECRET_KEY` is required. A development machine turns DEBUG on
+(`DJANGO_DEBUG=True`): `make` does for its targets, the test suite for itself (tests/settings.py).
 """
 
 import os
@@ -22,7 +23,8 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 # Before anything imports prometheus-client: the folder all processes of this gateway write metrics to.
 METRICS_DIR = metrics_dir_ensure(VAR_DIR)
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Off unless asked for: a debug page shows tracebacks, paths and settings to whoever triggers an error.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 if DEBUG:
     SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-insecure-secret-key-change-me-in-production-0123456789")
 else:
@@ -165,6 +167,8 @@ GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0
 # An admitted request that has not finished (nor, for a stream, shown signs of life) this long after
 # admission is recorded as "lost": its process died before it could push its usage event.
 GATEWAY_USAGE_LOST_AFTER_SECONDS = env.float("GATEWAY_USAGE_LOST_AFTER_SECONDS", default=900.0)
+# Calls of GET /api/v1/usage one key may make per minute (a bucket refilled continuously); 0 = no limit.
+GATEWAY_USAGE_API_RPM = env.int("GATEWAY_USAGE_API_RPM", default=60)
 
 # When routing serves another model than the one asked for (alias, rule, fallback), answers still name
 # the requested one unless this is set; the x-gateway-model header always names the model that served.
@@ -201,6 +205,9 @@ GATEWAY_LIMITS_FAIL_OPEN = env.bool("GATEWAY_LIMITS_FAIL_OPEN", default=False)
 # this long after it opened (or after the request began), and answers 408 to a body not complete in time.
 GATEWAY_HEADER_TIMEOUT_SECONDS = env.float("GATEWAY_HEADER_TIMEOUT_SECONDS", default=10.0)
 GATEWAY_BODY_TIMEOUT_SECONDS = env.float("GATEWAY_BODY_TIMEOUT_SECONDS", default=30.0)
+# The same server answers 431 to a request whose request line and headers together pass this many bytes
+# (0: no limit). SDK requests send about 1 KiB; nginx's defaults allow 8 KiB a line, 32 KiB in all.
+GATEWAY_MAX_HEADER_BYTES = env.int("GATEWAY_MAX_HEADER_BYTES", default=64 * 1024)
 # A stream with no upstream event for this long gets an SSE comment (": keepalive"); 0 turns it off.
 GATEWAY_SSE_KEEPALIVE_SECONDS = env.float("GATEWAY_SSE_KEEPALIVE_SECONDS", default=15.0)
 # An upstream JSON body, or one SSE line, larger than this ends the call with an error.

@@ -3,6 +3,8 @@
 The decoder is fed raw byte chunks as they arrive from the upstream and yields each complete
 event at once, so nothing waits for more data than the event itself needs. It holds at most one
 line and one event in memory: a longer one (GATEWAY_MAX_SSE_LINE_BYTES) is SSEEventTooLarge.
+Its cost is linear in the bytes fed, however many lines one chunk holds: lines are read in place and
+the consumed part of the buffer is dropped once per chunk.
 """
 
 import re
@@ -51,17 +53,35 @@ class SSEDecoder:
         """Consume a chunk; return the events it completed (possibly none).
 
         Raises SSEEventTooLarge once a line, or the data of one event, passes the limit."""
-        self._buffer += chunk
+        buf = self._buffer
+        buf += chunk
         events: list[SSEvent] = []
-        while True:
-            line, sep, rest = self._next_line()
-            if not sep:
-                break
-            self._buffer, self._scanned = rest, 0
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        if len(self._buffer) > self._limit:
+        # Start of the first line not yet consumed. Lines are copied out one by one and the consumed
+        # prefix is deleted once at the end: cutting the buffer after every line would copy the rest of
+        # the chunk each time (quadratic in the number of lines a read holds).
+        start = 0
+        scan = self._scanned
+        try:
+            while True:
+                match = _LINE_END.search(buf, scan)
+                if match is None:
+                    scan = len(buf)
+                    break
+                end = match.end()
+                if end == len(buf) and buf[end - 1] == 0x0D:
+                    scan = match.start()  # could be the first half of \r\n: wait for more
+                    break
+                line = buf[start : match.start()]
+                start = scan = end
+                event = self._line(line)
+                if event is not None:
+                    events.append(event)
+        finally:
+            if start:
+                del buf[:start]
+                scan -= start
+            self._scanned = scan
+        if len(buf) > self._limit:
             raise SSEEventTooLarge(self._limit)
         return events
 
@@ -72,6 +92,7 @@ class SSEDecoder:
             # A final lone "\r" ended its line: at the end of the stream it cannot be half of "\r\n".
             event = self._line(self._buffer.removesuffix(b"\r"))
             self._buffer = bytearray()
+            self._scanned = 0
             if event is not None:
                 events.append(event)
         event = self._line(b"")
@@ -79,18 +100,7 @@ class SSEDecoder:
             events.append(event)
         return events
 
-    def _next_line(self) -> tuple[bytes, bool, bytes]:
-        buf = self._buffer
-        match = _LINE_END.search(buf, self._scanned)
-        if match is None:
-            self._scanned = len(buf)
-            return b"", False, buf
-        if match.group() == b"\r" and match.end() == len(buf):
-            self._scanned = match.start()
-            return b"", False, buf  # could be the first half of \r\n: wait for more
-        return buf[: match.start()], True, buf[match.end() :]
-
-    def _line(self, raw: bytes) -> SSEvent | None:
+    def _line(self, raw: bytes | bytearray) -> SSEvent | None:
         if not raw:
             if not self._data and self._event is None:
                 return None
