@@ -1,14 +1,47 @@
 """Management API views (DRF) for key holders: their own usage and limits."""
 
+import logging
+
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from redis.exceptions import RedisError
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from accounts.limits import limits_throttle
 from accounts.selectors import key_usage_report
 from accounts.serializers import ApiErrorSerializer, UsageQuerySerializer, UsageReportSerializer
 
+logger = logging.getLogger(__name__)
+
+
+class UsageThrottle(BaseThrottle):
+    """GATEWAY_USAGE_API_RPM calls a minute per key (0: no limit), in Redis so that every process counts
+    against one bucket; a refusal is a 429 with Retry-After (DRF's Throttled, in the API's error shape)."""
+
+    def __init__(self) -> None:
+        self.retry_after: float | None = None
+
+    def allow_request(self, request, view) -> bool:
+        per_minute = settings.GATEWAY_USAGE_API_RPM
+        if not per_minute or request.auth is None:
+            return True
+        try:
+            self.retry_after = limits_throttle(key_id=request.auth.key_id, name="usage-api", per_minute=per_minute)
+        except (RedisError, OSError) as exc:
+            # The report itself needs Redis and says so; the throttle does not add a second failure.
+            logger.warning("usage API throttle: redis unavailable, call let through: %s", type(exc).__name__)
+            return True
+        return self.retry_after is None
+
+    def wait(self) -> float | None:
+        return self.retry_after
+
 
 class UsageView(APIView):
+    throttle_classes = [UsageThrottle]
+
     @extend_schema(
         operation_id="usage_retrieve",
         summary="Usage and limits of the calling key",
@@ -20,6 +53,9 @@ class UsageView(APIView):
             200: UsageReportSerializer,
             400: OpenApiResponse(ApiErrorSerializer, description="A bad date or range; `param` names it."),
             401: OpenApiResponse(ApiErrorSerializer, description="Missing, unknown or disabled key."),
+            429: OpenApiResponse(
+                ApiErrorSerializer, description="More than GATEWAY_USAGE_API_RPM calls a minute; see Retry-After."
+            ),
         },
         tags=["usage"],
     )

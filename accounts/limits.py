@@ -23,7 +23,7 @@ from redis.exceptions import NoScriptError, RedisError
 from accounts.context import KeyContext
 from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_batched_script, usage_lost_after
 from aigateway.errors import GatewayError
-from aigateway.redis import redis_async
+from aigateway.redis import redis_async, redis_sync
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class _LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+    def call_sync(self, client, keys: list[str], args: list) -> object:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return client.eval(self.source, len(keys), *keys, *args)
 
     def send(self, keys: list[str], args: list) -> tuple[asyncio.Future, list, list]:
         """Queue the call in the hot path's usage batch (accounts.usage): one round trip shared with the
@@ -168,6 +174,10 @@ class _Admissions:
         except asyncio.CancelledError:
             if not entry.sent:
                 self.queued.remove(entry)
+            elif entry.future.done() and not entry.future.cancelled() and entry.lease_id is not None:
+                # Answered in the same instant the caller was cancelled: the lease it took has no owner.
+                if entry.future.exception() is None:
+                    _lease_release(entry.keys, entry.lease_id)
             raise
 
     def _next(self) -> None:
@@ -394,6 +404,58 @@ async def limits_admit(
     )
 
 
+def _requests_only(rpm: int) -> list:
+    """Arguments of the admit script that take one request from a requests bucket and nothing else: no
+    lease (nothing to settle), no token reservation, no usage marker."""
+    return ["", _lease_ttl_ms(), 0, rpm, 0, 0, 0, 0, "", "", 0]
+
+
+async def limits_admit_requests(ctx: KeyContext) -> Admission:
+    """Count one call that is not a completion (count_tokens) against the key's requests per minute only:
+    it shares the bucket of the key's chat calls, but reserves no tokens and takes no concurrency slot.
+    One Redis round trip; an admission without a lease (nothing to settle). Redis unreachable: as
+    `limits_admit`."""
+    if not ctx.rpm:
+        return _unlimited()
+    day = _utc_day()
+    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
+    try:
+        result = await _admissions().admit(keys, _requests_only(ctx.rpm), None)
+    except (RedisError, OSError) as exc:
+        if settings.GATEWAY_LIMITS_FAIL_OPEN:
+            _warn_redis_down("admit", exc, "failing open")
+            return _unlimited()
+        _warn_redis_down("admit", exc, "refusing with 503")
+        raise limits_store_unavailable() from None
+    code_index, retry_ms, *_ = result
+    headers = {name: value for name, value in _headers(ctx, result).items() if name.endswith("-requests")}
+    retry_after = retry_ms / 1000 if code_index and retry_ms >= 0 else None
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    return Admission(
+        allowed=code_index == 0,
+        code=_REFUSAL_CODES[code_index] if code_index else None,
+        message=_refusal_message(ctx, code_index, retry_after, estimate=0, used=0) if code_index else "",
+        retry_after=retry_after,
+        headers=headers,
+        lease_id=None,
+        reserved_tokens=0,
+        day=day,
+        resets_ms={"requests": result[3]},
+        issued_at=time.time(),
+    )
+
+
+def limits_throttle(*, key_id: int, name: str, per_minute: int) -> float | None:
+    """Count one call of a management endpoint (`name`) by a key, at most `per_minute` a minute from a bucket
+    of its own, refilled continuously like the requests per minute, shared by every process. None when
+    allowed, else the seconds until a call is. Synchronous (DRF views); raises RedisError."""
+    keys = [*_keys(key_id, 0), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
+    keys[1] = f"gw:rl:{{{key_id}}}:{name}"
+    code_index, retry_ms, *_ = _ADMIT.call_sync(redis_sync(), keys, _requests_only(per_minute))
+    return None if code_index == 0 else max(0.001, retry_ms / 1000)
+
+
 async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> None:
     """Release the lease and correct the token counters by (actual - reserved); a second call does nothing."""
     await limits_settle_sent(limits_settle_send(ctx, admission, actual_tokens=actual_tokens))
@@ -429,6 +491,26 @@ async def limits_lease_refresh(ctx: KeyContext, admission: Admission) -> None:
         await _LEASE_REFRESH(redis_async(), [_keys(ctx.key_id, 0)[0]], [admission.lease_id, _lease_ttl_ms()])
     except (RedisError, OSError) as exc:
         _warn_redis_down("lease refresh", exc, "lease kept until it expires")
+
+
+async def limits_leases_refresh(admissions: list[tuple[KeyContext, Admission]]) -> None:
+    """Keep many calls' leases alive for another lease TTL, in one pipeline (the calls in flight of a
+    process, renewed together on a timer)."""
+    leases = [(ctx, admission) for ctx, admission in admissions if admission.allowed and admission.lease_id]
+    if not leases:
+        return
+    ttl = _lease_ttl_ms()
+    try:
+        pipe = redis_async().pipeline(transaction=False)
+        for ctx, admission in leases:
+            pipe.evalsha(_LEASE_REFRESH.sha, 1, _keys(ctx.key_id, 0)[0], admission.lease_id, ttl)
+        results = await pipe.execute(raise_on_error=False)
+        if any(isinstance(result, NoScriptError) for result in results):
+            # Redis lost its script cache (a restart): once more, one call each, which loads it again.
+            for ctx, admission in leases:
+                await _LEASE_REFRESH(redis_async(), [_keys(ctx.key_id, 0)[0]], [admission.lease_id, ttl])
+    except (RedisError, OSError) as exc:
+        _warn_redis_down("lease refresh", exc, "leases kept until they expire")
 
 
 def _bucket(limit: int | None, tat_ms: float, now_ms: float) -> dict | None:

@@ -4,7 +4,11 @@ the list into UsageRecord rows and UsageDaily aggregates in batches, without los
 Drain protocol: under a Redis lock, read the head of the queue (LRANGE), write it in one transaction
 (skipping request ids already stored), then trim exactly what was read (LTRIM) — only if the lock is
 still ours. A crash anywhere leaves the batch in Redis; the next run re-reads it and skips what was
-already committed.
+already committed. The one exception to "already stored": a `lost` record (its process seemed dead) is
+replaced by the request's real event when that arrives after all.
+
+The usage report never reads the queue: each event raises its key's pending totals in Redis in the same
+transaction that queues it, and the trim of the flush that wrote it lowers them again.
 """
 
 import asyncio
@@ -14,13 +18,14 @@ import secrets
 import time
 import weakref
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import orjson
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError, close_old_connections, connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from redis.exceptions import RedisError
 
 from aigateway.redis import redis_async, redis_sync
@@ -38,22 +43,51 @@ USAGE_INFLIGHT_KEY = "gw:usage:inflight"
 USAGE_INFLIGHT_DEADLINES_KEY = "gw:usage:inflight:deadlines"
 LOST_STATUS = 500
 LOST_ERROR_TYPE = "lost"
+# Totals of the queued events per key and UTC day, for the usage report: one hash per key and day, fields
+# "<total>:<model>". A hash outlives its last change by PENDING_TTL_SECONDS: events left queued longer than
+# that (no worker draining the queue) drop out of the report until they are flushed, never out of the books.
+USAGE_PENDING_KEY_PREFIX = "gw:usage:pending"
+PENDING_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens")
+PENDING_TTL_SECONDS = 7 * 86400
 RETRY_BUFFER_SIZE = 10_000
 DEFAULT_FLUSH_LOCK_SECONDS = 5.0
 _IN_CHUNK = 500  # SQLite allows 999 parameters per statement.
 _MILLION = Decimal(1_000_000)
 _COST_QUANTUM = Decimal("0.00000001")
 
-# Trim what this flush read and dead-letter the malformed events, but only while the lock is still ours:
-# a flusher whose lock expired must not trim events that another flusher has not written yet.
+# Trim what this flush read, dead-letter the malformed events and lower the pending totals by what was
+# trimmed, but only while the lock is still ours: a flusher whose lock expired must not trim events that
+# another flusher has not written yet. A pending hash gone (expired) is not recreated with negative totals.
+# KEYS[1] lock  KEYS[2] queue  KEYS[3] dead letters  KEYS[4...] pending hashes
+# ARGV: token, events read, number of dead events, the dead events...,
+#       then per (hash, model): index of the hash in KEYS, model, requests, errors, prompt, completion
 _TRIM_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
 end
-for i = 3, #ARGV do
+local dead = tonumber(ARGV[3])
+for i = 4, 3 + dead do
     redis.call('RPUSH', KEYS[3], ARGV[i])
 end
 redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
+local totals = {'requests', 'errors', 'prompt_tokens', 'completion_tokens'}
+for i = 4 + dead, #ARGV, 6 do
+    local key = KEYS[tonumber(ARGV[i])]
+    local model = ARGV[i + 1]
+    if redis.call('EXISTS', key) == 1 then
+        if redis.call('HINCRBY', key, 'requests:' .. model, -tonumber(ARGV[i + 2])) <= 0 then
+            redis.call('HDEL', key, 'requests:' .. model, 'errors:' .. model, 'prompt_tokens:' .. model,
+                'completion_tokens:' .. model)
+        else
+            for j = 2, 4 do
+                local by = tonumber(ARGV[i + 1 + j])
+                if by ~= 0 and redis.call('HINCRBY', key, totals[j] .. ':' .. model, -by) < 0 then
+                    redis.call('HSET', key, totals[j] .. ':' .. model, 0)
+                end
+            end
+        end
+    end
+end
 return 1
 """
 _EXTEND_LOCK_SCRIPT = """
@@ -164,10 +198,7 @@ class _UsageWriter:
                     pipe.hset(USAGE_INFLIGHT_KEY, mapping=markers)
                     pipe.zadd(USAGE_INFLIGHT_DEADLINES_KEY, dict.fromkeys(markers, deadline))
                 if events:
-                    ids = [request_id for _, request_id in events]
-                    pipe.rpush(USAGE_QUEUE_KEY, *(payload for payload, _ in events))
-                    pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
-                    pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
+                    _queue_events(pipe, [payload for payload, _ in events], [request_id for _, request_id in events])
                 # Per-command errors come back as values: one script's NOSCRIPT must not fail the others.
                 results = await pipe.execute(raise_on_error=False) if len(pipe) else []
             except BaseException as exc:
@@ -224,7 +255,7 @@ async def _push_one(payload: bytes, request_id: str) -> None:
 
 
 async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
-    """RPUSH the held events plus `payload` and clear their started markers, in one transaction. An event
+    """Queue the held events plus `payload` and clear their started markers, in one step. An event
     leaves the buffer only after Redis has it; a push interrupted halfway may queue an event twice, which
     the flush deduplicates by request id."""
     held = list(_retry_buffer)
@@ -238,10 +269,7 @@ async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
             ids = [request_id] if payload is not None and request_id else []
             ids.extend(filter(None, map(_request_id_of, held)))
             pipe = redis_async().pipeline(transaction=True)
-            pipe.rpush(USAGE_QUEUE_KEY, *batch)
-            if ids:
-                pipe.hdel(USAGE_INFLIGHT_KEY, *ids)
-                pipe.zrem(USAGE_INFLIGHT_DEADLINES_KEY, *ids)
+            _queue_events(pipe, batch, ids)
             await pipe.execute()
     except asyncio.CancelledError:
         if payload is not None:
@@ -258,7 +286,8 @@ async def _push(payload: bytes | None, request_id: str | None = None) -> bool:
 
 
 async def usage_record(event: dict) -> None:
-    """Queue one usage event (one RPUSH). Never raises: if Redis is down the event waits in process."""
+    """Queue one usage event (one command in the writer's next batch). Never raises: if Redis is down the event
+    waits in process."""
     payload = _encode(event)
     if payload is None:
         return
@@ -293,21 +322,50 @@ async def usage_started_refresh(request_id: str) -> None:
         logger.warning("usage marker for %s not refreshed: %s", request_id, type(exc).__name__)
 
 
+async def usage_started_refresh_many(request_ids: list[str]) -> None:
+    """Push the markers' deadlines of many calls still in flight forward, in one command."""
+    if not request_ids:
+        return
+    deadline = time.time() + usage_lost_after()
+    try:
+        await redis_async().zadd(USAGE_INFLIGHT_DEADLINES_KEY, dict.fromkeys(request_ids, deadline), xx=True)
+    except (RedisError, OSError) as exc:
+        logger.warning("usage markers of %d calls not refreshed: %s", len(request_ids), type(exc).__name__)
+
+
 # Move markers whose deadline has passed (checked again here: a stream may have refreshed its own
-# meanwhile) to the usage queue; a marker already cleared by its request's own event is skipped.
-# KEYS[1] markers  KEYS[2] deadlines  KEYS[3] queue   ARGV: now, request ids...
+# meanwhile) to the usage queue, raising the pending totals as a pushed event does; a marker already
+# cleared by its request's own event is skipped. The caller read each marker and worked out its totals;
+# a marker that is no longer the one read is left for the next run.
+# KEYS[1] markers  KEYS[2] deadlines  KEYS[3] queue  KEYS[4...] pending hashes
+# ARGV: now, pending TTL, then per request: id, marker read, index of its pending hash in KEYS (0: none),
+#       model, requests, errors, prompt, completion
 _RECONCILE_SCRIPT = """
 local moved = 0
-for i = 2, #ARGV do
+local totals = {'requests', 'errors', 'prompt_tokens', 'completion_tokens'}
+for i = 3, #ARGV, 8 do
     local deadline = redis.call('ZSCORE', KEYS[2], ARGV[i])
     if not deadline or tonumber(deadline) <= tonumber(ARGV[1]) then
         local marker = redis.call('HGET', KEYS[1], ARGV[i])
-        if marker then
+        if marker == ARGV[i + 1] then
             redis.call('RPUSH', KEYS[3], marker)
             redis.call('HDEL', KEYS[1], ARGV[i])
             moved = moved + 1
+            local position = tonumber(ARGV[i + 2])
+            if position > 0 then
+                local key = KEYS[position]
+                for j = 1, 4 do
+                    local by = tonumber(ARGV[i + 3 + j])
+                    if by ~= 0 or j == 1 then
+                        redis.call('HINCRBY', key, totals[j] .. ':' .. ARGV[i + 3], by)
+                    end
+                end
+                redis.call('EXPIRE', key, ARGV[2])
+            end
         end
-        redis.call('ZREM', KEYS[2], ARGV[i])
+        if not marker or marker == ARGV[i + 1] then
+            redis.call('ZREM', KEYS[2], ARGV[i])
+        end
     end
 end
 return moved
@@ -322,8 +380,15 @@ def usage_reconcile(*, limit: int = 1000, now: float | None = None) -> int:
     stale = client.zrangebyscore(USAGE_INFLIGHT_DEADLINES_KEY, "-inf", now, start=0, num=limit)
     if not stale:
         return 0
-    moved = int(client.eval(_RECONCILE_SCRIPT, 3, USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY,
-                            USAGE_QUEUE_KEY, now, *stale))  # fmt: skip
+    keys = [USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY, USAGE_QUEUE_KEY]
+    args: list = [now, PENDING_TTL_SECONDS]
+    for request_id, marker in zip(stale, client.hmget(USAGE_INFLIGHT_KEY, stale), strict=True):
+        pending = _pending_totals_of([marker]) if marker else {}
+        for (name, model), row in pending.items():
+            args += [request_id, marker, _key_index(keys, name), model, *row]
+        if not pending:
+            args += [request_id, marker or "", 0, "", 0, 0, 0, 0]
+    moved = int(client.eval(_RECONCILE_SCRIPT, len(keys), *keys, *args))
     if moved:
         logger.warning("usage: %d admitted requests never finished; recorded as %s", moved, LOST_ERROR_TYPE)
     return moved
@@ -462,17 +527,108 @@ def _parse_event(raw: bytes) -> dict:
     return fields
 
 
+def _is_lost(fields: dict) -> bool:
+    """A record the reconcile made of a started marker (its process seemed dead), not the request's own."""
+    return fields["status_code"] == LOST_STATUS and fields["error_type"] == LOST_ERROR_TYPE
+
+
+def _pending_key(api_key_id: int, day: date) -> str:
+    return f"{USAGE_PENDING_KEY_PREFIX}:{api_key_id}:{day.isoformat()}"
+
+
+def _pending_of(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None:
+    """(pending hash, model, (requests, errors, prompt tokens, completion tokens)) of one queued event, or None
+    when the report does not count it (no key, or not an event). Read from the queued bytes the same way
+    when the event is queued and when the flush trims it, whatever else the flush makes of it (a record,
+    a copy skipped, a dead letter), so the totals fall by exactly what they rose."""
+    try:
+        event = orjson.loads(raw)
+        key_id, model, created = event["api_key_id"], event["model"], event["created_at"]
+        if type(key_id) is not int or not isinstance(model, str) or not model or isinstance(created, bool):
+            return None
+        day = datetime.fromtimestamp(created, tz=UTC).date()
+        errors = 1 if _count(event, "status_code", maximum=32767) >= 400 else 0
+        totals = (1, errors, _count(event, "prompt_tokens"), _count(event, "completion_tokens"))
+    except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, OverflowError, OSError):
+        return None  # MalformedEvent is a ValueError
+    return _pending_key(key_id, day), model[: _STRING_LIMITS["model"]], totals
+
+
+def _pending_totals_of(payloads) -> dict[tuple[str, str], list[int]]:
+    """(pending hash, model) -> [requests, errors, prompt, completion] of queued events."""
+    totals: dict[tuple[str, str], list[int]] = {}
+    for raw in payloads:
+        counted = _pending_of(raw)
+        if counted is not None:
+            name, model, values = counted
+            row = totals.setdefault((name, model), [0] * len(values))
+            for index, value in enumerate(values):
+                row[index] += value
+    return totals
+
+
+# Queue events and clear their started markers, raising their keys' pending totals, in one step (one
+# command: what the hot path pays per batch does not grow with the number of totals).
+# KEYS[1] queue  KEYS[2] markers  KEYS[3] marker deadlines  KEYS[4...] pending hashes
+# ARGV: number of events, number of request ids, pending TTL, the events..., the request ids...,
+#       then per total raised: index of its hash in KEYS, field, amount
+_PUSH_SCRIPT = """
+local events, ids = tonumber(ARGV[1]), tonumber(ARGV[2])
+for first = 4, 3 + events, 1000 do
+    redis.call('RPUSH', KEYS[1], unpack(ARGV, first, math.min(first + 999, 3 + events)))
+end
+for first = 4 + events, 3 + events + ids, 1000 do
+    local last = math.min(first + 999, 3 + events + ids)
+    redis.call('HDEL', KEYS[2], unpack(ARGV, first, last))
+    redis.call('ZREM', KEYS[3], unpack(ARGV, first, last))
+end
+for i = 4 + events + ids, #ARGV, 3 do
+    redis.call('HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+end
+for i = 4, #KEYS do
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+end
+return events
+"""
+
+
+def _queue_events(pipe, payloads: list[bytes], request_ids: list[str]) -> None:
+    """Add to `pipe` the command that queues `payloads`, clears the markers of `request_ids` and raises the
+    pending totals. EVAL, not EVALSHA: a server that lost its script cache must not refuse an event."""
+    keys = [USAGE_QUEUE_KEY, USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
+    raises: list = []
+    for (name, model), row in _pending_totals_of(payloads).items():
+        index = _key_index(keys, name)
+        for total, by in zip(PENDING_TOTALS, row, strict=True):
+            if by or total == "requests":
+                raises += [index, f"{total}:{model}", by]
+    args = [len(payloads), len(request_ids), PENDING_TTL_SECONDS, *payloads, *request_ids, *raises]
+    pipe.eval(_PUSH_SCRIPT, len(keys), *keys, *args)
+
+
+def _key_index(keys: list[str], name: str) -> int:
+    """The 1-based position of `name` in a script's KEYS, appended when not there yet."""
+    try:
+        return keys.index(name) + 1
+    except ValueError:
+        keys.append(name)
+        return len(keys)
+
+
 @dataclass
 class _Batch:
     raw_count: int
     events: list[dict]
     raw_by_request_id: dict[str, bytes]
     dead: list[bytes]
+    # What the events read added to the pending totals: every one read, copies and dead letters included.
+    pending: dict[tuple[str, str], list[int]]
 
 
 def _read_batch(client, batch_size: int) -> _Batch:
     raw = client.lrange(USAGE_QUEUE_KEY, 0, batch_size - 1)
-    events, dead, raw_by_request_id = [], [], {}
+    events: dict[str, dict] = {}
+    dead, raw_by_request_id = [], {}
     for item in raw:
         try:
             fields = _parse_event(item)
@@ -480,11 +636,15 @@ def _read_batch(client, batch_size: int) -> _Batch:
             logger.error("malformed usage event moved to %s: %s", USAGE_DEAD_KEY, exc)
             dead.append(item)
             continue
-        if fields["request_id"] in raw_by_request_id:
-            continue
-        raw_by_request_id[fields["request_id"]] = item
-        events.append(fields)
-    return _Batch(raw_count=len(raw), events=events, raw_by_request_id=raw_by_request_id, dead=dead)
+        request_id = fields["request_id"]
+        if request_id in events and not (_is_lost(events[request_id]) and not _is_lost(fields)):
+            continue  # a copy (pushed twice), or a lost marker behind the real event
+        raw_by_request_id[request_id] = item
+        events[request_id] = fields
+    return _Batch(
+        raw_count=len(raw), events=list(events.values()), raw_by_request_id=raw_by_request_id, dead=dead,
+        pending=_pending_totals_of(raw),
+    )  # fmt: skip
 
 
 def _chunks(values: list, size: int = _IN_CHUNK):
@@ -524,14 +684,42 @@ def usage_cost(*, prompt_tokens: int, completion_tokens: int, prices: tuple | No
     return (total / _MILLION).quantize(_COST_QUANTUM)
 
 
+_LOST_RECORD_FIELDS = ("pk", "request_id", "api_key_id", "model", "created_at", "status_code", "prompt_tokens",
+                       "completion_tokens", "cost")  # fmt: skip
+
+
+def _lost_records(UsageRecord, events: list[dict]) -> tuple[set[str], dict[str, dict]]:
+    """(request ids stored, the stored `lost` records that a real event of this batch replaces)."""
+    stored: set[str] = set()
+    lost: dict[str, dict] = {}
+    real = {event["request_id"] for event in events if not _is_lost(event)}
+    for chunk in _chunks([event["request_id"] for event in events]):
+        rows = UsageRecord.objects.filter(request_id__in=chunk).values(*_LOST_RECORD_FIELDS, "error_type")
+        for row in rows:
+            stored.add(row["request_id"])
+            if row["request_id"] in real and _is_lost(row):
+                lost[row["request_id"]] = row
+    return stored, lost
+
+
+def _daily_count(daily: dict, *, day: date, key_id: int, model: str, fields: dict, cost: Decimal, sign: int = 1):
+    totals = daily.setdefault((day, key_id, model), dict.fromkeys(_DAILY_TOTALS, 0))
+    totals["requests"] += sign
+    totals["errors"] += sign if fields["status_code"] >= 400 else 0
+    totals["prompt_tokens"] += sign * fields["prompt_tokens"]
+    totals["completion_tokens"] += sign * fields["completion_tokens"]
+    totals["cost"] += sign * cost
+
+
 def _write_events(events: list[dict]) -> int:
-    """Write one batch in one transaction; returns the number of new records. Raises on DB errors."""
+    """Write one batch in one transaction; returns the number of records written (new ones, and `lost`
+    records replaced by the request's real event). Raises on DB errors."""
     from accounts.models import ApiKey, UsageDaily, UsageRecord
     from providers.models import Deployment
 
     with transaction.atomic():
-        stored = _existing(UsageRecord, "request_id", (event["request_id"] for event in events))
-        new = [event for event in events if event["request_id"] not in stored]
+        stored, lost = _lost_records(UsageRecord, events)
+        new = [event for event in events if event["request_id"] not in stored or event["request_id"] in lost]
         if not new:
             return 0
         key_ids = _existing(ApiKey, "pk", {e["api_key_id"] for e in new if e["api_key_id"] is not None})
@@ -539,9 +727,19 @@ def _write_events(events: list[dict]) -> int:
             Deployment, "pk", {e["deployment_id"] for e in new if e["deployment_id"] is not None}
         )
         prices = _prices({event["model"] for event in new})
-        records = []
+        records, replacing = [], []
         daily: dict[tuple[date, int, str], dict] = {}
         last_used: dict[int, datetime] = {}
+
+        def count(event: dict, cost: Decimal) -> None:
+            key_id = event["api_key_id"]
+            if key_id is None:
+                return
+            _daily_count(daily, day=event["created_at"].date(), key_id=key_id, model=event["model"],
+                         fields=event, cost=cost)  # fmt: skip
+            if key_id not in last_used or last_used[key_id] < event["created_at"]:
+                last_used[key_id] = event["created_at"]
+
         for event in new:
             if event["api_key_id"] not in key_ids:
                 event["api_key_id"] = None
@@ -553,21 +751,27 @@ def _write_events(events: list[dict]) -> int:
                 prices=prices.get(event["model"]),
                 cached_tokens=event["cached_tokens"],
             )
-            records.append(UsageRecord(cost=cost, **event))
-            key_id = event["api_key_id"]
-            if key_id is None:
+            if event["request_id"] in lost:
+                replacing.append((event, cost))
                 continue
-            totals = daily.setdefault(
-                (event["created_at"].date(), key_id, event["model"]),
-                {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": Decimal(0)},
-            )
-            totals["requests"] += 1
-            totals["errors"] += 1 if event["status_code"] >= 400 else 0
-            totals["prompt_tokens"] += event["prompt_tokens"]
-            totals["completion_tokens"] += event["completion_tokens"]
-            totals["cost"] += cost
-            if key_id not in last_used or last_used[key_id] < event["created_at"]:
-                last_used[key_id] = event["created_at"]
+            records.append(UsageRecord(cost=cost, **event))
+            count(event, cost)
+
+        replaced = 0
+        # In request id order, for the same reason as the daily rows' order.
+        for event, cost in sorted(replacing, key=lambda item: item[0]["request_id"]):
+            was = lost[event["request_id"]]
+            fields = {name: value for name, value in event.items() if name != "request_id"}
+            # Only while it is still the lost record: a flusher running at the same time may have replaced
+            # it already, and the daily rows must not be corrected twice.
+            still_lost = UsageRecord.objects.filter(pk=was["pk"], status_code=LOST_STATUS, error_type=LOST_ERROR_TYPE)
+            if not still_lost.update(cost=cost, **fields):
+                continue
+            replaced += 1
+            if was["api_key_id"] is not None:
+                _daily_count(daily, day=was["created_at"].astimezone(UTC).date(), key_id=was["api_key_id"],
+                             model=was["model"], fields=was, cost=was["cost"], sign=-1)  # fmt: skip
+            count(event, cost)
 
         UsageRecord.objects.bulk_create(records)
         _daily_add(UsageDaily, daily)
@@ -576,7 +780,7 @@ def _write_events(events: list[dict]) -> int:
             ApiKey.objects.filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=used_at), pk=key_id).update(
                 last_used_at=used_at
             )
-    return len(new)
+    return len(records) + replaced
 
 
 _DAILY_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost")
@@ -585,7 +789,21 @@ _DAILY_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "co
 def _daily_add(UsageDaily, daily: dict[tuple[date, int, str], dict]) -> None:
     """Add one batch's totals to the daily aggregates with INSERT ... ON CONFLICT DO UPDATE (PostgreSQL, and
     SQLite >= 3.24): the database adds to an existing row atomically, so flushes running at the same time
-    never lose an increment. One statement carries every row of the batch (up to SQLite's parameter limit)."""
+    never lose an increment. One statement carries every row of the batch (up to SQLite's parameter limit).
+
+    A row whose change has a negative part (a `lost` record replaced by the real event took more than the
+    real one brings) is an UPDATE of its own: the inserted row of an upsert must pass the columns' checks
+    (>= 0) even when it only adds to an existing one."""
+    lowered = {row: totals for row, totals in daily.items() if any(value < 0 for value in totals.values())}
+    daily = {row: totals for row, totals in daily.items() if row not in lowered}
+    for row, totals in sorted(lowered.items()):
+        changes = {name: Greatest(F(name) + by, 0) for name, by in totals.items() if name != "cost" and by}
+        day, api_key_id, model = row
+        if not UsageDaily.objects.filter(date=day, api_key_id=api_key_id, model=model).update(
+            cost=F("cost") + Decimal(totals["cost"]), **changes
+        ):
+            # The row the lost record was counted in is gone: what remains is the real event's share.
+            daily[row] = {name: max(by, 0) for name, by in totals.items()}
     if not daily:
         return
     quote = connection.ops.quote_name
@@ -638,9 +856,11 @@ def _flush_batch(client, token: str, batch_size: int) -> FlushOutcome:
         written = _write_events([dict(event) for event in batch.events]) if batch.events else 0
     except (IntegrityError, DataError):
         written = _write_one_by_one(batch)
-    trimmed = client.eval(
-        _TRIM_SCRIPT, 3, USAGE_LOCK_KEY, USAGE_QUEUE_KEY, USAGE_DEAD_KEY, token, batch.raw_count, *batch.dead
-    )
+    keys = [USAGE_LOCK_KEY, USAGE_QUEUE_KEY, USAGE_DEAD_KEY]
+    args: list = [token, batch.raw_count, len(batch.dead), *batch.dead]
+    for (name, model), row in sorted(batch.pending.items()):
+        args += [_key_index(keys, name), model, *row]
+    trimmed = client.eval(_TRIM_SCRIPT, len(keys), *keys, *args)
     if not trimmed:
         logger.warning("usage flush lock expired during a batch; the next flush re-reads it (no double count)")
         return FlushOutcome(written=written, lock_lost=True)
@@ -707,27 +927,20 @@ async def usage_queue_depths() -> tuple[int, int]:
 
 
 def usage_pending_totals(*, api_key_id: int, start: date, end: date) -> dict[tuple[date, str], dict[str, int]]:
-    """Totals of events still queued (not yet flushed) for one key, per (UTC date, model), start..end inclusive.
+    """Totals of events still queued (not yet flushed) for one key, per (UTC date, model), start..end inclusive:
+    one read of the key's pending hash per day, whatever the length of the queue.
 
     Between a batch's commit and its trim the same events can be counted both here and in the database
     for a few milliseconds; everything else is counted exactly once.
     """
+    days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
+    pipe = redis_sync().pipeline(transaction=False)
+    for day in days:
+        pipe.hgetall(_pending_key(api_key_id, day))
     totals: dict[tuple[date, str], dict[str, int]] = {}
-    for raw in redis_sync().lrange(USAGE_QUEUE_KEY, 0, -1):
-        try:
-            event = _parse_event(raw)
-        except MalformedEvent:
-            continue
-        if event["api_key_id"] != api_key_id:
-            continue
-        day = event["created_at"].date()
-        if not start <= day <= end:
-            continue
-        row = totals.setdefault(
-            (day, event["model"]), {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        )
-        row["requests"] += 1
-        row["errors"] += 1 if event["status_code"] >= 400 else 0
-        row["prompt_tokens"] += event["prompt_tokens"]
-        row["completion_tokens"] += event["completion_tokens"]
-    return totals
+    for day, fields in zip(days, pipe.execute(), strict=True):
+        for field, value in fields.items():
+            total, _, model = field.decode().partition(":")
+            if total in PENDING_TOTALS:
+                totals.setdefault((day, model), dict.fromkeys(PENDING_TOTALS, 0))[total] = int(value)
+    return {row: values for row, values in sorted(totals.items()) if values["requests"] > 0}
