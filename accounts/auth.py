@@ -25,10 +25,13 @@ _MISSING = object()
 _cache: dict[str, tuple[float, KeyContext | None]] = {}
 _NEGATIVE_TTL = 2.0
 CACHE_MAX_ENTRIES = 50_000
+# key id -> whether the key is still enabled (with an active owner), for calls already running on it.
+_usable_by_id: dict[int, bool] = {}
 
 
 def _cache_reset() -> None:
     _cache.clear()
+    _usable_by_id.clear()
 
 
 config_watch.on_change(_cache_reset)
@@ -103,6 +106,8 @@ def _store(hashed: str, ctx: KeyContext | None) -> None:
         _prune()
     ttl = settings.GATEWAY_KEY_CACHE_SECONDS if ctx is not None else _NEGATIVE_TTL
     _cache[hashed] = (time.monotonic() + ttl, ctx)
+    if ctx is not None:
+        _usable_by_id[ctx.key_id] = True
 
 
 async def key_context_resolve(plaintext: str) -> KeyContext | None:
@@ -129,6 +134,25 @@ def key_context_resolve_sync(plaintext: str) -> KeyContext | None:
         ctx = key_context_load(hashed)
         _store(hashed, ctx)
     return _usable(ctx)
+
+
+def _key_enabled(key_id: int) -> bool:
+    return ApiKey.objects.filter(pk=key_id, enabled=True, owner__is_active=True).exists()
+
+
+async def key_still_usable(ctx: KeyContext) -> bool:
+    """Whether a call already running on `ctx` may go on: its key not disabled, deleted or expired since.
+    Costs nothing until the config version moves; then one query per key in flight, per process."""
+    if _usable(ctx) is None:
+        return False
+    await config_watch.check()
+    usable = _usable_by_id.get(ctx.key_id)
+    if usable is None:
+        usable = await db_read(_key_enabled, ctx.key_id)
+        if len(_usable_by_id) >= CACHE_MAX_ENTRIES:
+            _usable_by_id.clear()
+        _usable_by_id[ctx.key_id] = usable
+    return usable
 
 
 def key_from_headers(headers) -> str:

@@ -151,7 +151,10 @@ class ApiHandler:
     async def __call__(self, scope, receive, send):
         if self._body_limit is None:
             self._body_limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        body, too_big = b"", False
+        # The pieces are joined once at the end: appending each to the body so far would copy it again for
+        # every piece (quadratic for a body sent in many small writes).
+        chunks: list[bytes] = []
+        size, too_big = 0, False
         more = True
         while more:
             message = await receive()
@@ -160,10 +163,13 @@ class ApiHandler:
             chunk = message.get("body", b"")
             more = message.get("more_body", False)
             if chunk and not too_big:
-                body = body + chunk if body else chunk
-                if len(body) > self._body_limit:
+                size += len(chunk)
+                if size > self._body_limit:
                     # The rest is read and dropped, so the client still gets its 413 in its format.
-                    body, too_big = b"", True
+                    chunks, too_big = [], True
+                else:
+                    chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         request = ApiRequest(scope, body, too_big)
 
         task = asyncio.current_task()
@@ -215,8 +221,10 @@ class ApiHandler:
             headers.append((b"content-length", str(len(response.content)).encode()))
         await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         if response.streaming:
-            # The relay's generator itself when it is async (one layer less per event), closed on any exit.
-            content = response.streaming_content if response.is_async else aiter(response)
+            # The relay's iterator itself (see streaming.relay.stream_response), closed on any exit.
+            content = getattr(response, "relay_body", None)
+            if content is None:
+                content = response.streaming_content if response.is_async else aiter(response)
             async with aclosing(content) as parts:
                 async for part in parts:
                     await send({"type": "http.response.body", "body": part, "more_body": True})

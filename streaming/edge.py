@@ -3,6 +3,7 @@ GatewayError in the client's dialect (the one place errors become responses)."""
 
 import asyncio
 import logging
+import zlib
 from functools import wraps
 
 import orjson
@@ -22,7 +23,7 @@ from providers.dialects.nesting import JSON_DEPTH_MAX, may_nest_deeper, too_deep
 from providers.dialects.openai import openai
 from providers.route_rules import PromptTooLong, RouteDecision, UnknownModel, request_facts, route_decide
 from providers.routing import router
-from streaming.relay import call_finish, call_marker, new_request_id, spawn
+from streaming.relay import call_end, call_in_flight, call_marker, new_request_id, spawn
 from streaming.tokens import rough_prompt_estimate
 
 logger = logging.getLogger(__name__)
@@ -131,9 +132,10 @@ async def call_admit(call, body_size: int) -> None:
             call.marker_stored = spawn(usage_started(call.request_id, marker))
     except asyncio.CancelledError:
         # The client left while being admitted: the call may hold a marker already; record it as cancelled.
-        call.status, call.error_type = 499, "client_disconnected"
-        spawn(call_finish(call))
+        call_end(call, status=499, error_type="client_disconnected")
         raise
+    if call.admission.allowed:
+        call_in_flight(call)
     if not call.admission.allowed:
         headers = dict(call.admission.headers_for(call.dialect.name))
         headers["x-request-id"] = call.request_id
@@ -155,10 +157,10 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, 
     else:
         # Only the headers some rule looks at, read straight from the request's META dict.
         headers = {}
-        for name in routing.header_names if meta else ():
-            value = meta.get("HTTP_" + name.upper().replace("-", "_"))
+        for header in routing.header_names if meta else ():
+            value = meta.get("HTTP_" + header.upper().replace("-", "_"))
             if value is not None:
-                headers[name] = value
+                headers[header] = value
         facts = request_facts(body, dialect=dialect, tier=ctx.tier_name, headers=headers, body_size=body_size)
         try:
             decision = route_decide(routing, table.models, facts)
@@ -178,8 +180,77 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, 
     return decision
 
 
+def _json_content_type_check(request) -> None:
+    """A 415 unless the body is declared as JSON: `application/json` or a `+json` type, any parameters
+    (charset). No Content-Type at all is read as JSON, as before: raw HTTP clients often send none. A form
+    (what `curl -d` sends unless told otherwise), multipart or text body is refused, not guessed at."""
+    declared = request.headers.get("content-type")
+    if declared is None or not declared.strip():
+        return
+    media = declared.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    hint = " (curl: add -H 'Content-Type: application/json', or use --json)" if "form" in media else ""
+    raise GatewayError(
+        415,
+        "unsupported_media_type",
+        f"the request body must be JSON sent with 'Content-Type: application/json', not '{declared}'{hint}",
+    )
+
+
+# Content-Encoding names the gateway decodes; `x-gzip` is gzip's old name (RFC 9110, section 8.4.1.3).
+_GZIP_CODINGS = ("gzip", "x-gzip")
+
+
+def _content_coding(request) -> str | None:
+    """The body's content coding: "gzip", or None for a plain body; a 415 for any other coding."""
+    declared = request.headers.get("content-encoding") or ""
+    codings = [coding.strip().lower() for coding in declared.split(",")]
+    codings = [coding for coding in codings if coding and coding != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _GZIP_CODINGS:
+        return "gzip"
+    raise GatewayError(
+        415,
+        "unsupported_content_encoding",
+        f"Content-Encoding '{declared}' is not supported: send the body uncompressed or gzip-compressed",
+        headers={"Accept-Encoding": "gzip"},
+    )
+
+
+def _gunzip(raw: bytes, limit: int) -> bytes:
+    """The decompressed body, never more than `limit` bytes of it held: a body that inflates past the limit
+    (a compression bomb included) is a 413 as soon as the limit is passed. Several gzip members, as
+    `cat a.gz b.gz` makes, are one body."""
+    parts: list[bytes] = []
+    size = 0
+    rest = raw
+    while rest:
+        inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
+        try:
+            part = inflater.decompress(rest, limit - size + 1)
+        except zlib.error:
+            raise bad_request("request body is not valid gzip data (Content-Encoding: gzip)") from None
+        size += len(part)
+        if size > limit:
+            raise GatewayError(
+                413, "request_too_large", f"request body exceeds the limit of {limit} bytes once decompressed"
+            )
+        if not inflater.eof:
+            raise bad_request("request body is incomplete gzip data (Content-Encoding: gzip)")
+        parts.append(part)
+        rest = inflater.unused_data
+    return b"".join(parts)
+
+
 def read_json_body(request) -> dict:
+    """The request's JSON object, or the GatewayError that names what is wrong with the body: 415 for a
+    body not declared as JSON or in a coding other than gzip, 413 over GATEWAY_MAX_BODY_BYTES (sent or
+    decompressed), 400 for anything that is not one JSON object."""
     limit = settings.GATEWAY_MAX_BODY_BYTES
+    _json_content_type_check(request)
+    coding = _content_coding(request)
     declared = request.META.get("CONTENT_LENGTH")
     if declared and not (declared.isascii() and declared.isdigit()):
         raise bad_request(f"the Content-Length header must be a number of bytes, got '{declared}'")
@@ -195,6 +266,10 @@ def read_json_body(request) -> dict:
         raise GatewayError(
             413, "request_too_large", f"request body of {len(raw)} bytes exceeds the limit of {limit} bytes"
         )
+    if raw and coding == "gzip":
+        raw = _gunzip(raw, limit)
+        # What the views read next (the body's size for the admission estimate) is the JSON itself.
+        request._body = raw
     if not raw:
         raise bad_request("request body is empty; expected a JSON object")
     try:

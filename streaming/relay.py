@@ -23,9 +23,10 @@ import orjson
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
+from accounts.auth import key_still_usable
 from accounts.context import KeyContext
-from accounts.limits import Admission, limits_lease_refresh, limits_settle_send, limits_settle_sent
-from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record, usage_started_refresh
+from accounts.limits import Admission, limits_settle_send, limits_settle_sent
+from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record
 from aigateway.errors import GatewayError
 from aigateway.logs import request_log
 from aigateway.metrics import metrics_record, metrics_stream_closed, metrics_stream_opened
@@ -50,6 +51,7 @@ from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
 from providers.upstream import PoolExhausted, upstream_client, upstream_open
+from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
 
@@ -118,6 +120,8 @@ class RelayCall:
     # Why each deployment tried before the first byte failed; whether one answered.
     failures: list = field(default_factory=list)
     answered: bool = False
+    # The call's one finish (see call_end), once started.
+    ending: asyncio.Task | None = None
 
     @property
     def response_model(self) -> str:
@@ -220,8 +224,38 @@ def call_marker(call: RelayCall) -> bytes:
     return orjson.dumps(event)
 
 
+def call_end(call: RelayCall, *, status: int | None = None, error_type: str = "", cleanup=None) -> asyncio.Task:
+    """The one way a call finishes, whatever ended it (the answer sent, an error, the client gone, a
+    process stopping): `cleanup` (closing the upstream) and then call_finish, run exactly once, in a task
+    of its own that a cancellation of the caller cannot interrupt. `status`/`error_type` say how it ended
+    when it did not complete. Later calls return the first one's task. Await it (shielded) to wait for it."""
+    if call.ending is not None:
+        return call.ending
+    if status is not None and not call.finished:
+        call.status, call.error_type = status, error_type
+    call.ending = spawn(_call_end(call, cleanup))
+    return call.ending
+
+
+async def _call_end(call: RelayCall, cleanup) -> None:
+    in_flight().discard(call)
+    try:
+        if cleanup is not None:
+            await cleanup()
+    except Exception as exc:
+        logger.info("request %s: closing the upstream failed: %s", call.request_id, type(exc).__name__)
+    finally:
+        await call_finish(call)
+
+
+def call_in_flight(call: RelayCall) -> None:
+    """An admitted call: its lease and marker are renewed on a timer until call_end."""
+    in_flight().add(call)
+
+
 async def call_finish(call: RelayCall) -> None:
-    """Settle the limits lease, push the usage event, count it in metrics and log it; never raises."""
+    """Settle the limits lease, push the usage event, count it in metrics and log it; never raises.
+    Called by call_end only."""
     usage, estimated = call_usage(call)
     event = _call_event(call, usage, estimated)
     event.update(call.meter.summary())
@@ -404,18 +438,26 @@ async def relay_chat(call: RelayCall) -> HttpResponse:
     """A chat request (/v1/chat/completions or /v1/messages) as an HTTP response in the client's dialect."""
     result = await relay_open(call)
     if call.stream:
-        return StreamingHttpResponse(result, headers={**STREAM_HEADERS, **call.headers()})
+        return stream_response(result, {**STREAM_HEADERS, **call.headers()})
     return HttpResponse(result, content_type="application/json", headers=call.headers())
+
+
+def stream_response(body, headers: dict[str, str]) -> StreamingHttpResponse:
+    """A streamed answer that keeps `body`, the async iterator itself, as `relay_body`: the API handler
+    iterates and closes it directly, so its cleanup (upstream closed, call ended) runs the moment the
+    client leaves. Closing Django's wrapper around it would leave that to the garbage collector."""
+    response = StreamingHttpResponse(body, headers=headers)
+    response.relay_body = body
+    return response
 
 
 async def relay_open(call: RelayCall):
     """Open the model's deployments in order until one answers; return what the client gets.
 
     Streamed: an async iterator of what the client's dialect renders for each upstream event (SSE
-    body chunks for the HTTP doors, event dicts for compare), which closes the upstream and records
-    usage however it ends. Not streamed: the response body (the caller records the call once the
-    client has it). Raises GatewayError when no deployment answered; a call that ends here, failed or
-    cancelled (client gone), is recorded here."""
+    body chunks for the HTTP doors, event dicts for compare), which ends the call (call_end) however it
+    ends. Not streamed: the response body, the call ended before it is returned. Raises GatewayError when
+    no deployment answered; a call that ends here, failed or cancelled (client gone), is ended here."""
     task = asyncio.current_task()
     shutdown_waiting_add(task)
     try:
@@ -424,31 +466,26 @@ async def relay_open(call: RelayCall):
             # Usually stored long before the provider answers; if the process dies from here on, the
             # marker is what records the call.
             await asyncio.shield(call.marker_stored)
+        if not call.stream:
+            await asyncio.shield(call_end(call))
         return result
     except GatewayError as error:
-        call.status, call.error_type = error.status, error.code
-        await call_finish(call)
+        await asyncio.shield(call_end(call, status=error.status, error_type=error.code))
         raise
     except asyncio.CancelledError:
         if not shutdown_passed() or task.uncancel() > 0:
-            if not call.finished:
-                call.status, call.error_type = 499, "client_disconnected"
-            spawn(call_finish(call))
+            call_end(call, status=499, error_type="client_disconnected")
             raise
         # The grace period of a stopping gateway ended before any provider answered: a clean 503.
         error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; retry the request")
-        call.status, call.error_type = error.status, error.code
-        await call_finish(call)
+        await asyncio.shield(call_end(call, status=error.status, error_type=error.code))
         raise error from None
     except Exception:
         # A gateway defect, not the client: the books show a 500 (the edge logs it and answers 500).
-        call.status, call.error_type = 500, "internal_error"
-        spawn(call_finish(call))
+        call_end(call, status=500, error_type="internal_error")
         raise
     except BaseException:
-        if not call.finished:
-            call.status, call.error_type = 499, "client_disconnected"
-        spawn(call_finish(call))
+        call_end(call, status=499, error_type="client_disconnected")
         raise
     finally:
         shutdown_waiting_done(task)
@@ -677,17 +714,13 @@ async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dia
     # cleanup never runs, so the request's task does it when it ends.
     task = asyncio.current_task()
     if task is not None:
-        task.add_done_callback(lambda _task: call.body_started or spawn(_abandon(call, response)))
+        task.add_done_callback(
+            lambda _task: (
+                call.body_started
+                or call_end(call, status=499, error_type="client_disconnected", cleanup=response.aclose)
+            )
+        )
     return body
-
-
-async def _abandon(call: RelayCall, response: httpx.Response) -> None:
-    """A stream the client never started reading: close the upstream, free the lease, record the call."""
-    call.status, call.error_type = 499, "client_disconnected"
-    try:
-        await response.aclose()
-    finally:
-        await call_finish(call)
 
 
 _TIMED_OUT = object()
@@ -753,10 +786,13 @@ async def _stream_body(
     call.body_started = True
     metrics_stream_opened()
     ended = False
-    renew_every = settings.GATEWAY_LEASE_TTL_SECONDS / 3
-    renew_at = time.monotonic() + renew_every
     # Compare calls (run_id set) yield event dicts to their run, which keeps its own stream alive.
     keepalive = None if call.run_id else settings.GATEWAY_SSE_KEEPALIVE_SECONDS or None
+    now = time.monotonic()
+    keepalive_at = now + keepalive if keepalive else math.inf
+    # The key is checked again this often: a key disabled or deleted mid-stream ends its streams.
+    check_every = max(settings.GATEWAY_CONFIG_CHECK_SECONDS, KEY_CHECK_MIN_SECONDS)
+    check_at = now + check_every
     try:
         pending = first
         while True:
@@ -769,21 +805,24 @@ async def _stream_body(
             if bridge.complete or ended:
                 break
             now = time.monotonic()
-            if now > renew_at:
-                renew_at = now + renew_every
-                await _keep_alive(call)
+            if now >= check_at:
+                check_at = now + check_every
+                if not await key_still_usable(call.ctx):
+                    raise _KeyRevoked
             deadline = shutdown_deadline()
-            wait = keepalive
-            if deadline is not None:
-                if now >= deadline:
-                    raise _ShuttingDown
-                wait = min(wait or deadline - now, deadline - now)
-            chunk = await chunks.next(wait)
+            if deadline is not None and now >= deadline:
+                raise _ShuttingDown
+            wait = min(keepalive_at, check_at, deadline or math.inf) - now
+            chunk = await chunks.next(max(wait, 0.0))
             if chunk is _TIMED_OUT:
                 pending = ()
-                if keepalive and (deadline is None or time.monotonic() < deadline):
+                now = time.monotonic()
+                if now >= keepalive_at and (deadline is None or now < deadline):
+                    keepalive_at = now + keepalive
                     yield KEEPALIVE
                 continue
+            if keepalive:
+                keepalive_at = time.monotonic() + keepalive
             if chunk is _ENDED:
                 pending, ended = decoder.flush(), True
                 continue
@@ -806,6 +845,12 @@ async def _stream_body(
         call.meter.sent()
         yield call.dialect.stream_error_event(error)
         call.finished = True
+    except _KeyRevoked:
+        call.status, call.error_type = 401, "key_revoked"
+        error = GatewayError(401, "key_revoked", "the API key was disabled, deleted or expired during this stream")
+        call.meter.sent()
+        yield call.dialect.stream_error_event(error)
+        call.finished = True
     except Exception:
         # A defect of ours: the client gets an error event and a clean end, the log the traceback.
         logger.exception("request %s: the relay failed mid-stream", call.request_id)
@@ -815,28 +860,30 @@ async def _stream_body(
             GatewayError(500, "internal_error", "the gateway failed while relaying this answer")
         )
     finally:
-        if not call.finished:
-            call.status, call.error_type = 499, "client_disconnected"
         metrics_stream_closed()
-        # Closing the upstream response drops its connection: the provider stops generating.
-        await asyncio.shield(_close_upstream(chunks, response))
-        spawn(call_finish(call))
+        # Closing the upstream response drops its connection: the provider stops generating. The call ends
+        # in its own task, so a client leaving even now (the last event sent) cannot skip its books.
+        ending = call_end(
+            call, status=499, error_type="client_disconnected", cleanup=lambda: _close_upstream(chunks, response)
+        )
+        await asyncio.shield(ending)
+
+
+# The shortest interval at which a stream checks that its key is still usable.
+KEY_CHECK_MIN_SECONDS = 0.5
 
 
 class _ShuttingDown(Exception):
     pass
 
 
+class _KeyRevoked(Exception):
+    pass
+
+
 async def _close_upstream(chunks: _UpstreamChunks, response: httpx.Response) -> None:
     await chunks.close()
     await response.aclose()
-
-
-async def _keep_alive(call: RelayCall) -> None:
-    """A long stream is still alive: renew its concurrency lease and its usage marker."""
-    if call.admission is not None and call.admission.lease_id:
-        await limits_lease_refresh(call.ctx, call.admission)
-    await usage_started_refresh(call.request_id)
 
 
 async def relay_count_tokens(call: RelayCall) -> dict:

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 import orjson
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
+from accounts.limits import limits_admit_requests
 from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from aigateway.redis import redis_async
@@ -38,7 +39,7 @@ from streaming.edge import (
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import KEEPALIVE, STREAM_HEADERS, RelayCall, call_finish, relay_chat, relay_count_tokens
+from streaming.relay import KEEPALIVE, STREAM_HEADERS, RelayCall, relay_chat, relay_count_tokens, stream_response
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
@@ -83,13 +84,10 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
     )
     await call_admit(call, len(request.body))
     try:
-        response = await relay_chat(call)
+        return await relay_chat(call)
     except GatewayError as error:
         error.headers = {**call.headers(), **error.headers}
         raise
-    if not stream:
-        await call_finish(call)
-    return response
 
 
 @speaks(openai)
@@ -129,7 +127,9 @@ async def completions(request):
 @speaks(anthropic)
 async def count_tokens(request):
     """Anthropic's /v1/messages/count_tokens: the provider's count, or the gateway's estimate for
-    deployments that speak another dialect. Not a completion: no limits charged, no usage record."""
+    deployments that speak another dialect. Not a completion: it takes one request from the key's
+    requests per minute (the bucket its chat calls use), but no tokens, no concurrency slot and no
+    usage record."""
     request_id, ctx, body = await _post_json(request)
     check_messages_body(body)
     decision = await route_choose(ctx, body, dialect="anthropic", meta=request.META, body_size=len(request.body))
@@ -147,6 +147,11 @@ async def count_tokens(request):
         dialect=anthropic,
         upstream_headers=_forwarded_headers(request, anthropic),
     )
+    call.admission = await limits_admit_requests(ctx)
+    if not call.admission.allowed:
+        raise GatewayError(
+            429, "rate_limit_exceeded", call.admission.message, headers=call.headers(), param=call.admission.code
+        )
     answer = await relay_count_tokens(call)
     return HttpResponse(orjson.dumps(answer), content_type="application/json", headers=call.headers())
 
@@ -156,10 +161,10 @@ async def compare(request):
     """Several models at once, their events merged into one SSE stream (see streaming.compare)."""
     started = time.perf_counter()
     request_id, ctx, body = await _post_json(request)
-    prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body))
+    prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body), meta=request.META)
     run = CompareRun(prepared, started=started)
     headers = {**STREAM_HEADERS, "x-request-id": request_id, "x-gateway-run-id": run.run_id}
-    return StreamingHttpResponse(_compare_sse(run), headers=headers)
+    return stream_response(_compare_sse(run), headers)
 
 
 async def _compare_sse(run: CompareRun):
