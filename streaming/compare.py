@@ -26,7 +26,7 @@ from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
 from streaming.edge import call_admit, check_chat_body, route_choose
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, call_usage, new_request_id, relay_open
+from streaming.relay import RelayCall, call_end, call_usage, new_request_id, relay_open
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,19 @@ def _models(body: dict, cap: int) -> list[str]:
     return models
 
 
+def _check_stream(body: dict) -> None:
+    """A compare run always streams: `stream` may be left out or true; false asks for an answer this
+    endpoint never gives, so it is refused rather than answered with a stream the client does not expect."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", param="stream")
+    if stream is False:
+        raise bad_request("/v1/compare always streams: send 'stream': true or leave 'stream' out", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object", param="stream_options")
+
+
 def _quoted(names: list[str]) -> str:
     return ", ".join(f"'{name}'" for name in names)
 
@@ -148,6 +161,7 @@ def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]
     """Each model of a compare request, in the request's order: its OpenAI chat body and that body in
     the canonical model, parsed once here and reused by the relay; a 400 GatewayError naming the
     problem for anything the relay could not run (pure: no I/O)."""
+    _check_stream(body)
     models = _models(body, cap)
     conversations = _conversations(body, models)
     shared = {name: value for name, value in body.items() if name not in _RUN_FIELDS}
@@ -159,13 +173,15 @@ def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]
     return calls
 
 
-async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int) -> CompareRequest:
+async def compare_prepare(*, ctx: KeyContext, body: dict, body_size: int, meta: dict | None = None) -> CompareRequest:
     """Check a compare request up front (400 shape and cap, then 404/403 per model, as the chat
-    endpoint would answer); nothing is admitted or opened yet."""
+    endpoint would answer); nothing is admitted or opened yet. `meta` holds the request's headers as
+    Django's META names (`HTTP_X_TEAM`), for routing rules that look at headers."""
     calls = compare_calls(body, cap=ctx.max_compare_models)
     bodies = {name: chat for name, (chat, _) in calls.items()}
     decisions = {
-        name: await route_choose(ctx, chat, dialect="openai", body_size=body_size) for name, chat in bodies.items()
+        name: await route_choose(ctx, chat, dialect="openai", meta=meta, body_size=body_size)
+        for name, chat in bodies.items()
     }
     parsed = {name: request for name, (_, request) in calls.items()}
     return CompareRequest(
@@ -215,9 +231,15 @@ def _done_event(call: RelayCall) -> dict:
     }
 
 
+# Events a model may have waiting for the reader. Only a model's streamed events count (its start, done
+# and error events are one each), so the buffering of a run is bounded whatever its reader does.
+BUFFERED_EVENTS_PER_MODEL = 32
+
+
 @dataclass
 class CompareRun:
-    """One compare request in flight: a task per model feeding one queue that `events()` drains."""
+    """One compare request in flight: a task per model feeding one queue that `events()` drains. Each
+    queued item is (the model's buffer room to give back once the event is read, or None; the event)."""
 
     request: CompareRequest
     started: float = field(default_factory=time.perf_counter)
@@ -233,41 +255,58 @@ class CompareRun:
             task.cancel()
 
     async def events(self, *, keepalive: float | None = None) -> AsyncIterator[dict | None]:
-        """The merged events, ending with `complete`. Closing the iterator early cancels every model.
-        With `keepalive`, None comes out after that many seconds without an event (a stream stays open
-        through long thinking pauses)."""
+        """The merged events, ending with `complete`. Closing the iterator early, cancelling the task that
+        reads it, or that task ending, cancels every model. With `keepalive`, None comes out after that many
+        seconds without an event (a stream stays open through long thinking pauses)."""
         _model_finished = object()
         self._tasks = [asyncio.create_task(self._run_model(name)) for name in self.request.models]
         for task in self._tasks:
             # A done callback fires even for a task cancelled before it ever ran.
-            task.add_done_callback(lambda _task: self._queue.put_nowait(_model_finished))
+            task.add_done_callback(lambda _task: self._queue.put_nowait((None, _model_finished)))
+        reader = asyncio.current_task()
+        if reader is not None:
+            # A server may drop a response body's iterator without closing it when its client leaves: the
+            # end of the reading task still stops every model at once, not whenever the iterator is collected.
+            reader.add_done_callback(self._reader_done)
         running = len(self._tasks)
         try:
             while running:
                 if keepalive and self._queue.empty():
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns an event that arrives
+                    # with a cancellation and drops the cancellation, so a client that left mid-stream kept
+                    # every model running for nobody.
                     try:
-                        event = await asyncio.wait_for(self._queue.get(), keepalive)
+                        async with asyncio.timeout(keepalive):
+                            room, event = await self._queue.get()
                     except TimeoutError:
                         yield None
                         continue
                 else:
-                    event = await self._queue.get()
+                    room, event = await self._queue.get()
                 if event is _model_finished:
                     running -= 1
                     continue
                 yield event
+                if room is not None:
+                    # The reader came back for more: the event is out, its model may buffer another.
+                    room.release()
             for name in self.request.models:
                 self.results.setdefault(name, {"status": "cancelled"})
             yield {"type": "complete", "run_id": self.run_id, "results": self.results}
         finally:
+            if reader is not None:
+                reader.remove_done_callback(self._reader_done)
             unfinished = [task for task in self._tasks if not task.done()]
             for task in unfinished:
                 task.cancel()
             if unfinished:
                 await asyncio.gather(*unfinished, return_exceptions=True)
 
+    def _reader_done(self, _task: asyncio.Task) -> None:
+        self.cancel()
+
     def _failed(self, name: str, error: GatewayError, call: RelayCall) -> None:
-        self._queue.put_nowait(error_event(error, name))
+        self._queue.put_nowait((None, error_event(error, name)))
         self.results[name] = {
             "status": "error",
             "request_id": call.request_id,
@@ -299,16 +338,20 @@ class CompareRun:
             except GatewayError as error:
                 self._failed(name, error, call)
                 return
-            self._queue.put_nowait({"type": "start", "model": name, "request_id": call.request_id})
+            self._queue.put_nowait((None, {"type": "start", "model": name, "request_id": call.request_id}))
             try:
                 events = await relay_open(call)  # records the call itself when it fails or is cancelled
             except GatewayError as error:
                 self._failed(name, error, call)
                 return
             # The relay's iterator closes the upstream and records usage however it ends.
+            room = asyncio.Semaphore(BUFFERED_EVENTS_PER_MODEL)
             async with aclosing(events):
                 async for event in events:
-                    self._queue.put_nowait(event)
+                    # A reader that stops reading stops this model a few events later: the relay stops
+                    # reading the upstream, whose socket then fills and holds the provider back.
+                    await room.acquire()
+                    self._queue.put_nowait((room, event))
             if call.status >= 400:  # the error event went out in the stream
                 error = GatewayError(call.status, call.error_type, "the upstream failed mid-stream")
                 self.results[name] = {
@@ -318,7 +361,7 @@ class CompareRun:
                 }
                 return
             done = _done_event(call)
-            self._queue.put_nowait(done)
+            self._queue.put_nowait((None, done))
             self.results[name] = {
                 "status": "done",
                 "request_id": call.request_id,
@@ -326,11 +369,14 @@ class CompareRun:
                 "usage": done["usage"],
             }
         except asyncio.CancelledError:
-            self._queue.put_nowait(
-                error_event(GatewayError(499, "cancelled", "the run was cancelled before this model finished"), name)
-            )
+            cancelled = GatewayError(499, "cancelled", "the run was cancelled before this model finished")
+            self._queue.put_nowait((None, error_event(cancelled, name)))
             self.results[name] = {"status": "cancelled", "request_id": call.request_id}
             raise
         except Exception:
             logger.exception("compare run %s: model %s failed unexpectedly", self.run_id, name)
             self._failed(name, GatewayError(500, "internal_error", "the gateway failed to run this model"), call)
+        finally:
+            if call.admission is not None and call.admission.allowed and call.ending is None:
+                # Admitted but stopped before the relay took the call over: it still ends, once.
+                call_end(call, status=499, error_type="client_disconnected")
