@@ -833,21 +833,14 @@ async def _stream_body(
             call.meter.sent()
             yield out
         call.finished = True
-    except httpx.TransportError as exc:
-        call.status, call.error_type = 502, "upstream_stream_error"
-        error = GatewayError(502, "upstream_stream_error", _stream_failure_message(call, exc))
-        call.meter.sent()
-        yield call.dialect.stream_error_event(error)
-        call.finished = True
-    except _ShuttingDown:
-        call.status, call.error_type = 503, "gateway_shutdown"
-        error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; the answer was cut short, retry")
-        call.meter.sent()
-        yield call.dialect.stream_error_event(error)
-        call.finished = True
-    except _KeyRevoked:
-        call.status, call.error_type = 401, "key_revoked"
-        error = GatewayError(401, "key_revoked", "the API key was disabled, deleted or expired during this stream")
+    except (httpx.TransportError, _ShuttingDown, _KeyRevoked) as exc:
+        if isinstance(exc, httpx.TransportError):
+            error = GatewayError(502, "upstream_stream_error", _stream_failure_message(call, exc))
+        elif isinstance(exc, _ShuttingDown):
+            error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; the answer was cut short, retry")
+        else:
+            error = GatewayError(401, "key_revoked", "the API key was disabled, deleted or expired during this stream")
+        call.status, call.error_type = error.status, error.code
         call.meter.sent()
         yield call.dialect.stream_error_event(error)
         call.finished = True

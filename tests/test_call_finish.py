@@ -13,22 +13,13 @@ import orjson
 import pytest
 
 from accounts.models import ApiKey, UsageRecord
-from accounts.usage import USAGE_INFLIGHT_KEY, usage_reconcile
-from aigateway.redis import redis_sync
+from accounts.usage import usage_reconcile
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.gateway import gateway_start
+from tests.support.usage import leases_held, markers_held
 from tests.support.waiting import eventually
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-def _leases() -> int:
-    client = redis_sync()
-    return sum(client.zcard(key) for key in client.scan_iter("gw:rl:*:leases"))
-
-
-def _markers() -> int:
-    return redis_sync().hlen(USAGE_INFLIGHT_KEY)
 
 
 def _request(url: str, path: str, key: str, body: dict) -> bytes:
@@ -104,7 +95,7 @@ def test_clients_closing_at_the_final_event_are_all_recorded_and_free_their_slot
 
     ids = asyncio.run(_many(120, 4, lambda _index: _close_at_final_event(gateway.url, request, final, reset=reset)))
     assert len(set(ids)) == 120
-    eventually(lambda: _leases() == 0 and _markers() == 0, timeout=10, what="every lease and marker cleared")
+    eventually(lambda: leases_held() == 0 and markers_held() == 0, timeout=10, what="every lease and marker cleared")
     eventually(lambda: len(_records(ids)) == 120, timeout=20, what="120 usage records written by the worker")
     records = _records(ids)
     assert {(r.status_code, r.error_type) for r in records.values()} == {(200, "")}
@@ -178,7 +169,7 @@ def test_long_calls_keep_their_lease_and_marker_and_are_booked_as_served(short_t
                     gateway.openai_base + "/chat/completions", json={"model": "sim-long", "messages": MESSAGES},
                     headers=headers,
                 )  # fmt: skip
-                return reconciled, third.status_code, await asyncio.to_thread(_leases)
+                return reconciled, third.status_code, await asyncio.to_thread(leases_held)
 
             return await asyncio.gather(plain(), streamed(), compared(), meanwhile())
 
@@ -208,7 +199,7 @@ def test_long_calls_keep_their_lease_and_marker_and_are_booked_as_served(short_t
     for request_id in (plain_id, stream_id, compare_id):
         assert (events[request_id]["status_code"], events[request_id]["completion_tokens"]) == (200, 25)
     assert [e for e in events.values() if e["error_type"] == "lost"] == []
-    eventually(lambda: _leases() == 0 and _markers() == 0, timeout=5, what="leases and markers cleared")
+    eventually(lambda: leases_held() == 0 and markers_held() == 0, timeout=5, what="leases and markers cleared")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -256,7 +247,7 @@ def test_a_key_revoked_mid_stream_ends_its_stream_with_an_error_event_and_is_rec
     event = next(e for e in events if e["request_id"] == request_id)
     assert (event["status_code"], event["error_type"]) == (401, "key_revoked")
     assert 5 <= event["completion_tokens"] < 60
-    eventually(lambda: _leases() == 0, timeout=5, what="the lease released")
+    eventually(lambda: leases_held() == 0, timeout=5, what="the lease released")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -302,7 +293,7 @@ def test_a_websocket_cancel_storm_books_every_model_and_frees_every_slot(gateway
     assert len(results) > 250
     assert {result["status"] for result in results.values()} <= {"done", "cancelled"}, results
     assert sum(result["status"] == "cancelled" for result in results.values()) > 30
-    eventually(lambda: _leases() == 0 and _markers() == 0, timeout=10, what="every lease and marker cleared")
+    eventually(lambda: leases_held() == 0 and markers_held() == 0, timeout=10, what="every lease and marker cleared")
 
     def all_booked():
         return sorted(e["request_id"] for e in usage_events()) == sorted(results)
@@ -342,7 +333,7 @@ def test_websocket_clients_leaving_as_a_stream_ends_are_all_booked(gateway, fres
                 chunks += frame["type"] == "chunk"
                 if frame["type"] == "start":
                     started.append(frame["request_id"])
-    eventually(lambda: _leases() == 0 and _markers() == 0, timeout=10, what="every lease and marker cleared")
+    eventually(lambda: leases_held() == 0 and markers_held() == 0, timeout=10, what="every lease and marker cleared")
 
     def all_booked():
         return set(started) <= {e["request_id"] for e in usage_events()}

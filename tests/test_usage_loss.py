@@ -15,24 +15,18 @@ import pytest
 from django.test import override_settings
 
 from accounts.models import UsageRecord
-from accounts.usage import USAGE_INFLIGHT_KEY, usage_flush, usage_reconcile
-from aigateway.redis import redis_sync
+from accounts.usage import usage_flush, usage_reconcile
 from providers.upstream import upstream_clients_close
 from streaming.relay import background_drain
 from tests.support.data import key_create, model_create, provider_create
-from tests.support.usage import usage_events, wait_usage
+from tests.support.usage import leases_held, markers_held, usage_events, wait_usage
 from tests.support.waiting import eventually
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-def _leases() -> int:
-    client = redis_sync()
-    return sum(client.zcard(key) for key in client.scan_iter("gw:rl:*:leases"))
-
-
-def _markers() -> int:
-    return redis_sync().hlen(USAGE_INFLIGHT_KEY)
+_leases = leases_held
+_markers = markers_held
 
 
 def _raw_post(url: str, key: str, body: dict) -> bytes:

@@ -5,7 +5,7 @@ import time
 
 import orjson
 
-from accounts.usage import USAGE_QUEUE_KEY
+from accounts.usage import USAGE_INFLIGHT_KEY, USAGE_QUEUE_KEY
 from aigateway.redis import redis_sync
 
 
@@ -36,3 +36,14 @@ async def await_usage(predicate, timeout: float = 3.0) -> list[dict]:
     while (events := _matched(predicate, deadline)) is None:
         await asyncio.sleep(0.02)
     return events
+
+
+def leases_held() -> int:
+    """Concurrency leases held in Redis, over every key."""
+    client = redis_sync()
+    return sum(client.zcard(key) for key in client.scan_iter("gw:rl:*:leases"))
+
+
+def markers_held() -> int:
+    """Started markers of admitted calls not yet finished."""
+    return redis_sync().hlen(USAGE_INFLIGHT_KEY)
