@@ -228,6 +228,11 @@ class ApiHandler:
             async with aclosing(content) as parts:
                 async for part in parts:
                     await send({"type": "http.response.body", "body": part, "more_body": True})
+                    if exchange.client_gone:
+                        # The listener's cancellation was swallowed on its way (redis-py completes a command
+                        # under way and drops a cancellation that came meanwhile), and the server drops
+                        # writes to a closed connection: stop here, as the cancellation would have.
+                        raise asyncio.CancelledError
             exchange.answered = True
             await send({"type": "http.response.body", "body": b""})
         else:

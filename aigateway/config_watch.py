@@ -3,6 +3,7 @@ changes. The version is read at most once per GATEWAY_CONFIG_CHECK_SECONDS, so a
 usually costs nothing and a disabled key or deployment stops working everywhere within seconds.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -45,6 +46,11 @@ class ConfigWatch:
             self._next_check = time.monotonic() + settings.GATEWAY_CONFIG_CHECK_SECONDS
             return
         self._apply(version)
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py completes a command under way and swallows a cancellation that came meanwhile (the
+            # client left): honour it, or the request would run on for nobody.
+            raise asyncio.CancelledError
 
     def check_sync(self) -> None:
         if not self._due():
