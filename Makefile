@@ -56,7 +56,8 @@ bench-sse: $(STAMP)
 bench-compare: $(STAMP)
 	$(PY) bench/bench_compare.py
 
-# 500 concurrent streams for 5 minutes (normal, client-disconnecting, upstream-failing); non-zero exit on a failed check.
+# 500 concurrent clients for 5 minutes (normal, disconnecting, upstream-failing, closing at the final event, websockets,
+# clients that stop reading); usage records checked against admitted calls; non-zero exit on a failed check.
 soak: $(STAMP)
 	$(PY) bench/soak.py --concurrency 500 --duration 300
 

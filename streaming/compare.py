@@ -247,12 +247,21 @@ class CompareRun:
     results: dict[str, dict] = field(default_factory=dict)
     _queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    # Each streaming model's buffer room, and whether the run is stopping.
+    _rooms: list[asyncio.Semaphore] = field(default_factory=list)
+    _stopping: bool = False
 
     def cancel(self) -> None:
         """Stop every model still running: upstreams closed, usage recorded as 499; `events()` then
         reports each as cancelled and completes."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
+        for room in self._rooms:
+            # A model waiting for room stops there too, even if its cancellation was swallowed on the way
+            # (redis-py drops one that arrives while a command is under way) and nobody reads any more.
+            for _ in range(BUFFERED_EVENTS_PER_MODEL):
+                room.release()
 
     async def events(self, *, keepalive: float | None = None) -> AsyncIterator[dict | None]:
         """The merged events, ending with `complete`. Closing the iterator early, cancelling the task that
@@ -297,9 +306,8 @@ class CompareRun:
             if reader is not None:
                 reader.remove_done_callback(self._reader_done)
             unfinished = [task for task in self._tasks if not task.done()]
-            for task in unfinished:
-                task.cancel()
             if unfinished:
+                self.cancel()
                 await asyncio.gather(*unfinished, return_exceptions=True)
 
     def _reader_done(self, _task: asyncio.Task) -> None:
@@ -346,11 +354,14 @@ class CompareRun:
                 return
             # The relay's iterator closes the upstream and records usage however it ends.
             room = asyncio.Semaphore(BUFFERED_EVENTS_PER_MODEL)
+            self._rooms.append(room)
             async with aclosing(events):
                 async for event in events:
                     # A reader that stops reading stops this model a few events later: the relay stops
                     # reading the upstream, whose socket then fills and holds the provider back.
                     await room.acquire()
+                    if self._stopping:
+                        raise asyncio.CancelledError
                     self._queue.put_nowait((room, event))
             if call.status >= 400:  # the error event went out in the stream
                 error = GatewayError(call.status, call.error_type, "the upstream failed mid-stream")
