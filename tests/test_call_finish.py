@@ -339,3 +339,73 @@ def test_websocket_clients_leaving_as_a_stream_ends_are_all_booked(gateway, fres
         return set(started) <= {e["request_id"] for e in usage_events()}
 
     eventually(all_booked, timeout=10, what="one usage record per started model")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_handler_closes_the_relays_own_stream_when_the_client_leaves(redis_server, fresh_simulator):
+    """In process, through the real ASGI application: the client leaves after the first streamed chunk.
+    By the time the application returns, the relay's stream has been closed and the call has ended (its
+    usage event is in Redis, its lease is free): the handler closed the relay's own iterator, not a wrapper
+    around it that would leave the relay's cleanup to whenever the generator is collected."""
+    from aigateway.asgi import application
+    from providers.upstream import upstream_clients_close
+    from streaming.relay import background_drain
+    from tests.support.usage import usage_events
+
+    sim = provider_create("sim", fresh_simulator.openai_base)
+    model_create("sim-leave", [(sim, "sim-mini?tokens=50&interval_ms=50", 0)])
+    key = key_create("leaving", max_concurrent=2)
+    body = orjson.dumps({"model": "sim-leave", "messages": MESSAGES, "stream": True})
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+
+    async def run() -> tuple[list[dict], int]:
+        first_chunk = asyncio.Event()
+        gone = asyncio.Event()
+        delivered = False
+
+        async def receive():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                first_chunk.set()
+                await asyncio.sleep(0.5)  # the client is gone by the time this write completes
+
+        app = asyncio.create_task(application(scope, receive, send))
+        await asyncio.wait_for(first_chunk.wait(), 10)
+        gone.set()
+        await asyncio.wait_for(app, 10)
+        # Nothing awaited in between: what the books and Redis hold now is what the handler left.
+        seen = await asyncio.to_thread(usage_events)
+        leases = await asyncio.to_thread(leases_held)
+        await background_drain()
+        await upstream_clients_close()
+        return seen, leases
+
+    events, leases = asyncio.run(run())
+    assert [(e["status_code"], e["error_type"]) for e in events] == [(499, "client_disconnected")]
+    assert events[0]["completion_tokens"] < 50
+    assert leases == 0
