@@ -409,3 +409,48 @@ def test_the_api_handler_closes_the_relays_own_stream_when_the_client_leaves(red
     assert [(e["status_code"], e["error_type"]) for e in events] == [(499, "client_disconnected")]
     assert events[0]["completion_tokens"] < 50
     assert leases == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_key_revoked_mid_compare_ends_every_model_with_an_error_event(gateway, fresh_simulator):
+    """The same through /v1/compare: two 100-token models at 100 ms a token; the key is disabled 1 s in.
+    Each model ends within 1 s more with a `key_revoked` error event, and each is recorded as such."""
+    sim = provider_create("sim", fresh_simulator.openai_base)
+    model_create("sim-rev-a", [(sim, "sim-mini?tokens=100&interval_ms=100", 0)])
+    model_create("sim-rev-b", [(sim, "sim-mini?tokens=100&interval_ms=100", 0)])
+    key = key_create("revocable-compare", max_concurrent=4)
+    api_key = ApiKey.objects.get(name="revocable-compare-key")
+
+    def revoke():
+        api_key.enabled = False
+        api_key.save()
+
+    async def run():
+        async with httpx.AsyncClient(timeout=30) as client:
+            body = {"models": ["sim-rev-a", "sim-rev-b"], "messages": MESSAGES}
+            url = gateway.openai_base + "/compare"
+            async with client.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+                events = []
+                revoked_at = None
+                started = time.monotonic()
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        events.append(orjson.loads(line[6:]))
+                    if revoked_at is None and time.monotonic() - started > 1.0:
+                        await asyncio.to_thread(revoke)
+                        revoked_at = time.monotonic()
+                return events, time.monotonic() - revoked_at
+
+    events, ended_after = asyncio.run(run())
+    assert ended_after < 2.0, f"the run went on {ended_after:.1f}s after the key was revoked"
+    errors = {e["model"]: e for e in events if e["type"] == "error"}
+    assert set(errors) == {"sim-rev-a", "sim-rev-b"}, events[-4:]
+    assert {e["code"] for e in errors.values()} == {"key_revoked"}
+    started_ids = {e["request_id"] for e in events if e["type"] == "start"}
+    from tests.support.usage import wait_usage
+
+    booked = wait_usage(lambda events: started_ids <= {e["request_id"] for e in events}, timeout=5)
+    assert {(e["status_code"], e["error_type"]) for e in booked if e["request_id"] in started_ids} == {
+        (401, "key_revoked")
+    }
+    eventually(lambda: leases_held() == 0, timeout=5, what="the leases released")
