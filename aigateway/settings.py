@@ -181,6 +181,8 @@ GATEWAY_CORS_ORIGINS = frozenset(env.list("GATEWAY_CORS_ORIGINS", default=[]))
 
 # Tier of the key a staff user without keys of their own gets in the browser playground.
 GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
+# A playground socket logged in by its session checks this often that the session has not expired or been deleted.
+GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS = env.float("GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS", default=60.0)
 
 # Connections one gateway process may open to Redis (Redis itself allows 10,000 clients by default).
 GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=2000)

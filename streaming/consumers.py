@@ -76,6 +76,7 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         self.run_task: asyncio.Task | None = None
         self.auth: str | None = None
         self.session_key: str | None = None
+        self.session_watch: asyncio.Task | None = None
         self.ending = False
 
     async def __call__(self, scope, receive, send):
@@ -103,6 +104,7 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             group = session_group(self.session_key)
             await self.channel_layer.group_add(group, self.channel_name)
             self.groups.append(group)  # left again by websocket_disconnect
+            self.session_watch = asyncio.create_task(self._watch_session())
             problem = None
         else:
             problem = "log in, or send an API key"
@@ -113,7 +115,29 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "ready", "auth": self.auth})
 
     async def disconnect(self, code) -> None:
+        if self.session_watch is not None:
+            self.session_watch.cancel()
         await self._run_stop()
+
+    async def _watch_session(self) -> None:
+        """A session that ends without a logout (it expires, or is deleted) ends its sockets too, within
+        GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS, even while the tab sends nothing."""
+        every = settings.GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS
+        while not self.ending:
+            await asyncio.sleep(every)
+            try:
+                current = await self._session_current()
+            except Exception as exc:
+                # The session store unreachable for a moment: the check before the next chat still holds.
+                logger.warning("playground session check failed: %s", type(exc).__name__)
+                continue
+            if not current:
+                try:
+                    await self._session_end("it expired or was ended")
+                except Exception as exc:
+                    # The socket went away meanwhile: nothing left to tell.
+                    logger.debug("ending a playground socket failed: %s", type(exc).__name__)
+                return
 
     async def playground_session_ended(self, event) -> None:
         """The channel-layer message of streaming.session_sockets: this socket's session logged out."""

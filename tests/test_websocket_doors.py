@@ -329,3 +329,21 @@ def test_sockets_dropped_mid_run_leave_a_clean_log(routes, gateway, fresh_simula
     log = tail.new()
     assert "never retrieved" not in log and "ClientDisconnected" not in log, log[-5000:]
     assert_clean_log(log)
+
+
+def test_an_idle_socket_closes_when_its_session_expires(routes, gateway_factory, fresh_simulator):
+    """A tab that sends nothing: its session expires (or is deleted) in the store, and the socket closes
+    with 4401 within GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS (0.5 s here), without a chat to trigger it."""
+    gateway = gateway_factory(GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS="0.5")
+    browser = browser_login(gateway)
+    with ws_connect(ws_url(gateway), additional_headers={"Cookie": cookie(browser), "Origin": gateway.url}) as ws:
+        assert orjson.loads(ws.recv(timeout=FRAME_TIMEOUT)) == {"type": "ready", "auth": "session"}
+        time.sleep(1.2)  # several checks pass while the session is valid: the socket stays open
+        sessions = Session.objects.filter(session_key=browser.cookies["sessionid"])
+        assert sessions.update(expire_date=timezone.now() - timedelta(seconds=1)) == 1
+        expired_at = time.monotonic()
+        frames, code = frames_until_closed(ws)
+        closed_after = time.monotonic() - expired_at
+    assert code == 4401, (code, frames)
+    assert [(f["status"], f["code"]) for f in frames] == [(401, "session_ended")]
+    assert closed_after < 3.0
