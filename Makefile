@@ -29,9 +29,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 test: $(STAMP) lint
+	.ci/test-deps
 	$(VENV)/bin/pytest
 
 test-postgres: $(STAMP)
+	.ci/test-deps
 	$(PY) -m tests.support.postgres -- $(VENV)/bin/pytest
 
 FUZZ_EXAMPLES ?= 5000
