@@ -329,6 +329,21 @@ def _unlimited() -> Admission:
     )
 
 
+async def _admit_script(ctx: KeyContext, day: int, args: list, lease_id: str | None) -> list | None:
+    """The admission script's answer for `ctx` (one round trip, gathered with others under load); None when
+    Redis cannot be reached and GATEWAY_LIMITS_FAIL_OPEN lets the call through, else a 503 GatewayError.
+    A cancellation (client gone) frees any lease taken; a marker left behind is reconciled."""
+    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
+    try:
+        return await _admissions().admit(keys, args, lease_id)
+    except (RedisError, OSError) as exc:
+        if settings.GATEWAY_LIMITS_FAIL_OPEN:
+            _warn_redis_down("admit", exc, "failing open")
+            return None
+        _warn_redis_down("admit", exc, "refusing with 503")
+        raise limits_store_unavailable() from None
+
+
 async def limits_admit(
     ctx: KeyContext, *, estimate_tokens: int, request_id: str, marker: bytes | None = None
 ) -> Admission:
@@ -358,17 +373,9 @@ async def limits_admit(
         marker or "",
         time.time() + usage_lost_after(),
     ]
-    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
-    try:
-        # A cancellation (client gone) frees any lease taken; a marker left behind is reconciled.
-        result = await _admissions().admit(keys, args, lease_id)
-    except (RedisError, OSError) as exc:
-        if settings.GATEWAY_LIMITS_FAIL_OPEN:
-            _warn_redis_down("admit", exc, "failing open")
-            return _unlimited()
-        _warn_redis_down("admit", exc, "refusing with 503")
-        raise limits_store_unavailable() from None
-
+    result = await _admit_script(ctx, day, args, lease_id)
+    if result is None:
+        return _unlimited()
     code_index, retry_ms, *_ = result
     used = result[6]
     headers = _headers(ctx, result)
@@ -418,15 +425,9 @@ async def limits_admit_requests(ctx: KeyContext) -> Admission:
     if not ctx.rpm:
         return _unlimited()
     day = _utc_day()
-    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
-    try:
-        result = await _admissions().admit(keys, _requests_only(ctx.rpm), None)
-    except (RedisError, OSError) as exc:
-        if settings.GATEWAY_LIMITS_FAIL_OPEN:
-            _warn_redis_down("admit", exc, "failing open")
-            return _unlimited()
-        _warn_redis_down("admit", exc, "refusing with 503")
-        raise limits_store_unavailable() from None
+    result = await _admit_script(ctx, day, _requests_only(ctx.rpm), None)
+    if result is None:
+        return _unlimited()
     code_index, retry_ms, *_ = result
     headers = {name: value for name, value in _headers(ctx, result).items() if name.endswith("-requests")}
     retry_after = retry_ms / 1000 if code_index and retry_ms >= 0 else None

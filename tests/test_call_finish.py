@@ -16,7 +16,7 @@ from accounts.models import ApiKey, UsageRecord
 from accounts.usage import usage_reconcile
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.gateway import gateway_start
-from tests.support.usage import leases_held, markers_held
+from tests.support.usage import chat_scope, leases_held, markers_held
 from tests.support.waiting import eventually
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -356,25 +356,7 @@ def test_the_api_handler_closes_the_relays_own_stream_when_the_client_leaves(red
     model_create("sim-leave", [(sim, "sim-mini?tokens=50&interval_ms=50", 0)])
     key = key_create("leaving", max_concurrent=2)
     body = orjson.dumps({"model": "sim-leave", "messages": MESSAGES, "stream": True})
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = chat_scope(key, body)
 
     async def run() -> tuple[list[dict], int]:
         first_chunk = asyncio.Event()

@@ -19,7 +19,7 @@ from accounts.usage import usage_flush, usage_reconcile
 from providers.upstream import upstream_clients_close
 from streaming.relay import background_drain
 from tests.support.data import key_create, model_create, provider_create
-from tests.support.usage import leases_held, markers_held, usage_events, wait_usage
+from tests.support.usage import chat_scope, leases_held, markers_held, usage_events, wait_usage
 from tests.support.waiting import eventually
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -97,25 +97,7 @@ def test_a_body_never_read_still_closes_upstream_frees_the_lease_and_is_recorded
     model_create("sim-slow", [(sim, "sim-mini?tokens=50&interval_ms=100", 0)])
     key = key_create("slots", max_concurrent=2)
     body = orjson.dumps({"model": "sim-slow", "messages": MESSAGES, "stream": True})
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"testserver"),
-            (b"authorization", f"Bearer {key}".encode()),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
+    scope = chat_scope(key, body)
 
     async def run() -> list[dict]:
         headers_sent = asyncio.Event()

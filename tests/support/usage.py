@@ -47,3 +47,27 @@ def leases_held() -> int:
 def markers_held() -> int:
     """Started markers of admitted calls not yet finished."""
     return redis_sync().hlen(USAGE_INFLIGHT_KEY)
+
+
+def chat_scope(key: str, body: bytes) -> dict:
+    """The ASGI scope of a POST /v1/chat/completions with `key` and a JSON `body` of that length, for
+    driving the gateway's ASGI application in process."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {key}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
