@@ -114,11 +114,30 @@ class Admission:
         return out
 
 
-def _lease_release(keys: list[str], lease_id: str) -> None:
-    """Free the lease of an admission whose caller is gone, in the background."""
-    release = _SETTLE(redis_async(), [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
-    _cleanups.add(cleanup := asyncio.ensure_future(release))
+def _release_unowned(keys: list[str], args: list, lease_id: str | None) -> None:
+    """Free what the admission of a caller now gone took, in the background: its lease, and its usage marker
+    (the caller's own finish records the call, or nothing is owed; a marker the script stored after that
+    record was pushed would otherwise stay behind and later be booked as a lost call)."""
+    request_id, marker = args[8], args[9]
+    if lease_id is None and not marker:
+        return
+    _cleanups.add(cleanup := asyncio.ensure_future(_release(keys, request_id if marker else None, lease_id)))
     cleanup.add_done_callback(_cleanups.discard)
+
+
+async def _release(keys: list[str], request_id: str | None, lease_id: str | None) -> None:
+    client = redis_async()
+    try:
+        if lease_id is not None:
+            await _SETTLE(client, [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
+        if request_id:
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(keys[4], request_id)
+            pipe.zrem(keys[5], request_id)
+            await pipe.execute()
+    except (RedisError, OSError) as exc:
+        # The lease expires with its TTL; the marker is reconciled by the usage flush.
+        _warn_redis_down("release", exc, "left to expire")
 
 
 class _QueuedAdmission:
@@ -159,8 +178,7 @@ class _Admissions:
                 raise asyncio.CancelledError
             return result
         except asyncio.CancelledError:
-            if lease_id is not None:
-                _lease_release(keys, lease_id)
+            _release_unowned(keys, args, lease_id)
             raise
         finally:
             self._next()
@@ -174,10 +192,9 @@ class _Admissions:
         except asyncio.CancelledError:
             if not entry.sent:
                 self.queued.remove(entry)
-            elif entry.future.done() and not entry.future.cancelled() and entry.lease_id is not None:
-                # Answered in the same instant the caller was cancelled: the lease it took has no owner.
-                if entry.future.exception() is None:
-                    _lease_release(entry.keys, entry.lease_id)
+            elif entry.future.done() and not entry.future.cancelled() and entry.future.exception() is None:
+                # Answered in the same instant the caller was cancelled: what it took has no owner.
+                _release_unowned(entry.keys, entry.args, entry.lease_id)
             raise
 
     def _next(self) -> None:
@@ -211,8 +228,8 @@ class _Admissions:
                             entry.future.set_exception(result)
                         else:
                             entry.future.set_result(result)
-                    elif entry.lease_id is not None and not isinstance(result, NoScriptError):
-                        _lease_release(entry.keys, entry.lease_id)
+                    elif not isinstance(result, Exception):
+                        _release_unowned(entry.keys, entry.args, entry.lease_id)
         finally:
             self.busy = False
 
@@ -332,7 +349,7 @@ def _unlimited() -> Admission:
 async def _admit_script(ctx: KeyContext, day: int, args: list, lease_id: str | None) -> list | None:
     """The admission script's answer for `ctx` (one round trip, gathered with others under load); None when
     Redis cannot be reached and GATEWAY_LIMITS_FAIL_OPEN lets the call through, else a 503 GatewayError.
-    A cancellation (client gone) frees any lease taken; a marker left behind is reconciled."""
+    A cancellation (client gone) frees any lease taken and clears the usage marker stored."""
     keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
     try:
         return await _admissions().admit(keys, args, lease_id)

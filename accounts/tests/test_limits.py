@@ -20,6 +20,7 @@ from accounts.limits import (
     limits_remaining,
     limits_settle,
 )
+from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY
 from aigateway.redis import redis_sync
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -319,24 +320,39 @@ async def test_admission_works_after_the_server_forgot_its_scripts():
     assert {r.code for r in results if not r.allowed} == {"concurrency"}
 
 
-async def test_an_admission_cancelled_at_any_point_leaves_no_lease():
+async def test_an_admission_cancelled_at_any_point_leaves_no_lease_and_no_usage_marker():
     ctx = key_context(key_id=42, max_concurrent=5)
-    for steps in range(8):
-        # Cancelled before, while and after its script runs, as `steps` grows.
-        other = asyncio.ensure_future(admit(ctx, request_id="other"))
-        task = asyncio.ensure_future(admit(ctx, request_id=f"cancelled-{steps}"))
-        for _ in range(steps):
+    client = redis_sync()
+
+    async def admit_marked(request_id):
+        return await limits_admit(ctx, estimate_tokens=0, request_id=request_id, marker=b'{"m":1}')
+
+    for steps in range(16):
+        # Cancelled before, while and after its script runs (queued behind another one), as `steps` grows:
+        # the first half while the other one is on its way, the second half once it has answered.
+        other = asyncio.ensure_future(admit_marked(f"other-{steps}"))
+        task = asyncio.ensure_future(admit_marked(f"cancelled-{steps}"))
+        if steps >= 8:
+            await asyncio.wait([other])
+        for _ in range(steps % 8):
             await asyncio.sleep(0)
         cancelled = task.cancel()
         settled = await other
         await limits_settle(ctx, settled, actual_tokens=None)
+        client.hdel(USAGE_INFLIGHT_KEY, f"other-{steps}")  # its usage event would clear it
         if cancelled:
             with pytest.raises(asyncio.CancelledError):
                 await task
         else:
-            # It had already finished: its caller holds the admission, and settles it.
+            # It had already finished: its caller holds the admission, settles it and records the call.
             await limits_settle(ctx, task.result(), actual_tokens=None)
+            client.hdel(USAGE_INFLIGHT_KEY, f"cancelled-{steps}")
         deadline = time.monotonic() + 2
-        while (await limits_remaining(ctx))["concurrent"]["in_flight"] and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            (await limits_remaining(ctx))["concurrent"]["in_flight"] or client.hexists(USAGE_INFLIGHT_KEY, f"cancelled-{steps}")
+        ):
             await asyncio.sleep(0.01)
         assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 0, f"lease left after {steps} steps"
+        # The caller is gone: a marker left would be booked as a lost call (or outlive the call's own record).
+        assert not client.hexists(USAGE_INFLIGHT_KEY, f"cancelled-{steps}"), f"marker left after {steps} steps"
+        assert client.zscore(USAGE_INFLIGHT_DEADLINES_KEY, f"cancelled-{steps}") is None
