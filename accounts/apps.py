@@ -6,8 +6,10 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self) -> None:
-        from accounts.models import ApiKey, Tier
+        from accounts.models import ApiKey, Budget, Team, Tier
         from providers.signals import connect_config_signals, connect_m2m_signal
 
-        connect_config_signals(Tier, ApiKey)
+        connect_config_signals(Tier, ApiKey, Team, Budget)
         connect_m2m_signal(Tier.allowed_models.through)
+        connect_m2m_signal(Team.allowed_models.through)
+        connect_m2m_signal(Team.members.through)

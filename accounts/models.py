@@ -1,4 +1,8 @@
-"""Tiers, API keys (stored as SHA-256 hashes only), and usage records with daily aggregates."""
+"""Tiers, teams, API keys (stored as SHA-256 hashes only), budgets in money, and usage records with daily
+aggregates. History is never deleted with what it belongs to: usage records keep their rows when a key, user
+or team goes (their links are nulled), and a key with usage cannot be deleted at all (it is revoked)."""
+
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -29,8 +33,39 @@ class Tier(models.Model):
         return self.name
 
 
+def soft_thresholds_default() -> list[float]:
+    return [0.5, 0.8, 1.0]
+
+
+class Team(models.Model):
+    """A group of users and the keys they spend with; its budgets cap the spend of all its keys."""
+
+    name = models.CharField(max_length=128, unique=True)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="teams")
+    allowed_models = models.ManyToManyField(
+        "providers.Model",
+        blank=True,
+        related_name="teams",
+        help_text="Narrows the tier's models for the team's keys; none selected = the tier's.",
+    )
+    alert_webhook = models.URLField(
+        max_length=500, blank=True, default="", help_text="Budget threshold alerts are POSTed here (JSON)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class ApiKey(models.Model):
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    # A user with keys cannot be deleted (their keys' history would lose its owner): revoke the keys first.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys")
+    team = models.ForeignKey(
+        Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="api_keys", help_text="Optional."
+    )
     name = models.CharField(max_length=128)
     tier = models.ForeignKey(Tier, on_delete=models.PROTECT, related_name="api_keys")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -57,9 +92,90 @@ class ApiKey(models.Model):
         return f"{self.name} ({self.prefix}...)"
 
 
+class Budget(models.Model):
+    """A cap on spend in money (GATEWAY_CURRENCY) over a period, for one key, user, team, or everything.
+    Every budget that applies to a request is checked at admission; the tightest refuses."""
+
+    SCOPES = [("key", "API key"), ("user", "user"), ("team", "team"), ("global", "global")]
+    PERIODS = [("day", "day"), ("week", "week"), ("month", "month"), ("total", "total")]
+
+    scope = models.CharField(max_length=8, choices=SCOPES)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, null=True, blank=True, related_name="budgets")
+    period = models.CharField(max_length=8, choices=PERIODS, default="month")
+    amount = models.DecimalField(max_digits=16, decimal_places=8, help_text="In GATEWAY_CURRENCY.")
+    soft_thresholds = models.JSONField(
+        default=soft_thresholds_default,
+        blank=True,
+        help_text="Fractions of the amount at which an alert is sent once per period, e.g. [0.5, 0.8, 1.0].",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(scope="key", api_key__isnull=False, user__isnull=True, team__isnull=True)
+                    | models.Q(scope="user", api_key__isnull=True, user__isnull=False, team__isnull=True)
+                    | models.Q(scope="team", api_key__isnull=True, user__isnull=True, team__isnull=False)
+                    | models.Q(scope="global", api_key__isnull=True, user__isnull=True, team__isnull=True)
+                ),
+                name="budget_scope_target",
+            ),
+            models.CheckConstraint(condition=models.Q(amount__gte=Decimal(0)), name="budget_amount_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.scope} {self.scope_name} {self.amount} / {self.period}"
+
+    @property
+    def scope_name(self) -> str:
+        if self.scope == "key":
+            return self.api_key.name if self.api_key_id else ""
+        if self.scope == "user":
+            return self.user.get_username() if self.user_id else ""
+        if self.scope == "team":
+            return self.team.name if self.team_id else ""
+        return "global"
+
+
+class BudgetAlert(models.Model):
+    """One soft threshold crossed in one period of one budget: the row is what makes the alert go out once,
+    whichever process notices the crossing first."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    period_start = models.DateTimeField()
+    threshold = models.DecimalField(max_digits=6, decimal_places=4)
+    spent = models.DecimalField(max_digits=16, decimal_places=8)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "period_start", "threshold"], name="unique_budget_alert")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.budget} {self.threshold} @ {self.period_start:%Y-%m-%d}"
+
+
 class UsageRecord(models.Model):
     request_id = models.CharField(max_length=64, unique=True)
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
+    # Who the key belonged to when the call ran (kept when the key later moves or goes).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage"
+    )
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="usage")
     model = models.CharField(max_length=128, db_index=True)
     provider = models.CharField(max_length=64, blank=True, default="", db_index=True)
     deployment = models.ForeignKey(
@@ -79,7 +195,12 @@ class UsageRecord(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     # The part of prompt_tokens read from the provider's prompt cache (priced apart).
     cached_tokens = models.PositiveIntegerField(default=0)
+    # Prompt tokens written to the provider's prompt cache (priced apart; part of prompt_tokens).
+    cache_write_tokens = models.PositiveIntegerField(default=0)
+    # The part of completion_tokens the model spent reasoning (billed as output).
+    reasoning_tokens = models.PositiveIntegerField(default=0)
     tokens_estimated = models.BooleanField(default=False)
+    # In GATEWAY_CURRENCY, at the prices in force when the call ran.
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
     ttfb_upstream_ms = models.FloatField(null=True, blank=True, verbose_name="upstream time to first byte (ms)")
     ttfb_ms = models.FloatField(null=True, blank=True, verbose_name="time to first byte (ms)")
@@ -99,6 +220,8 @@ class UsageRecord(models.Model):
             models.Index(fields=["api_key", "created_at"]),
             models.Index(fields=["model", "created_at"]),
             models.Index(fields=["provider", "created_at"]),
+            models.Index(fields=["team", "created_at"]),
+            models.Index(fields=["user", "created_at"]),
         ]
 
     def __str__(self) -> str:
@@ -109,7 +232,8 @@ class UsageDaily(models.Model):
     """Per key, per model, per UTC day totals, maintained by the usage flush."""
 
     date = models.DateField()
-    api_key = models.ForeignKey(ApiKey, on_delete=models.CASCADE, related_name="daily_usage")
+    # PROTECT: a key with rollups is revoked, never deleted.
+    api_key = models.ForeignKey(ApiKey, on_delete=models.PROTECT, related_name="daily_usage")
     model = models.CharField(max_length=128)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)

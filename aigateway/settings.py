@@ -153,6 +153,7 @@ GATEWAY_HEALTH_CHECK_SECONDS = env.float("GATEWAY_HEALTH_CHECK_SECONDS", default
 CELERY_BEAT_SCHEDULE = {
     "flush-usage": {"task": "accounts.tasks.flush_usage", "schedule": GATEWAY_USAGE_FLUSH_SECONDS},
     "check-health": {"task": "providers.tasks.check_health", "schedule": GATEWAY_HEALTH_CHECK_SECONDS},
+    "budget-alerts": {"task": "accounts.tasks.budget_alerts", "schedule": env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0)},
 }
 
 # Gateway behaviour.
@@ -167,6 +168,14 @@ GATEWAY_LEASE_TTL_SECONDS = env.float("GATEWAY_LEASE_TTL_SECONDS", default=300.0
 # An admitted request that has not finished (nor, for a stream, shown signs of life) this long after
 # admission is recorded as "lost": its process died before it could push its usage event.
 GATEWAY_USAGE_LOST_AFTER_SECONDS = env.float("GATEWAY_USAGE_LOST_AFTER_SECONDS", default=900.0)
+# Money: the currency of every price, cost and budget (ISO 4217 code, shown beside amounts).
+GATEWAY_CURRENCY = env.str("GATEWAY_CURRENCY", default="USD")
+# What a budget reserves for the output of a request that sets no max_tokens, when neither the key's tier
+# nor the model says (Model.max_output_tokens).
+GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+# Budget threshold alerts: also POSTed here (besides a team's own webhook); checked every so often by Celery.
+GATEWAY_ALERT_WEBHOOK_URL = env.str("GATEWAY_ALERT_WEBHOOK_URL", default="")
+GATEWAY_BUDGET_ALERT_SECONDS = env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0)
 # Calls of GET /api/v1/usage one key may make per minute (a bucket refilled continuously); 0 = no limit.
 GATEWAY_USAGE_API_RPM = env.int("GATEWAY_USAGE_API_RPM", default=60)
 

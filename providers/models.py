@@ -114,7 +114,20 @@ class Model(models.Model):
         blank=True,
         help_text="Price of prompt tokens read from the provider's prompt cache; unset = the input price.",
     )
+    cache_write_price_per_million = models.DecimalField(
+        max_digits=12,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Price of prompt tokens written to the provider's prompt cache; unset = the input price.",
+    )
     context_window = models.PositiveIntegerField(null=True, blank=True)
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The model's documented output cap: what a budget reserves for a request that sets no "
+        "max_tokens (unset = GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS).",
+    )
     description = models.TextField(blank=True, default="")
     kinds = models.JSONField(
         default=model_kinds_default,
@@ -203,6 +216,11 @@ class Deployment(models.Model):
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     weight = models.PositiveIntegerField(default=1, help_text="Relative share within one priority.")
     enabled = models.BooleanField(default=True)
+    # Prices at this provider, per million tokens, when they differ from the model's; unset = the model's.
+    input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cached_input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    cache_write_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
 
     class Meta:
         ordering = ["model", "priority", "id"]
