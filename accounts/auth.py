@@ -14,6 +14,7 @@ import time
 from django.conf import settings
 from django.utils import timezone
 
+from accounts.budgets import budget_ref, budgets_applying
 from accounts.context import KeyContext
 from accounts.keys import key_hash, key_looks_valid
 from accounts.models import LIMIT_FIELDS, ApiKey
@@ -43,7 +44,14 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
         name: getattr(api_key, name) if getattr(api_key, name) is not None else getattr(tier, name)
         for name in LIMIT_FIELDS
     }
-    allowed = frozenset(m.name for m in tier.allowed_models.all())
+    allowed = frozenset(m.name for m in tier.allowed_models.all()) or None
+    team = api_key.team
+    if team is not None:
+        # A team's models narrow the tier's (none set = the tier's).
+        team_models = frozenset(m.name for m in team.allowed_models.all())
+        if team_models:
+            allowed = team_models if allowed is None else allowed & team_models
+    budgets = budgets_applying(key_id=api_key.id, owner_id=api_key.owner_id, team_id=api_key.team_id)
     return KeyContext(
         key_id=api_key.id,
         key_prefix=api_key.prefix,
@@ -52,16 +60,18 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
         is_staff=api_key.owner.is_staff,
         tier_name=tier.name,
         max_compare_models=tier.max_compare_models,
-        allowed_models=allowed or None,
+        allowed_models=allowed,
         expires_at=api_key.expires_at,
+        team_id=api_key.team_id,
+        budgets=tuple(budget_ref(budget) for budget in budgets),
         **limits,
     )
 
 
 def key_context_load(hashed: str) -> KeyContext | None:
     api_key = (
-        ApiKey.objects.select_related("tier", "owner")
-        .prefetch_related("tier__allowed_models")
+        ApiKey.objects.select_related("tier", "owner", "team")
+        .prefetch_related("tier__allowed_models", "team__allowed_models")
         .filter(key_hash=hashed, enabled=True, owner__is_active=True)
         .first()
     )
@@ -72,8 +82,8 @@ def key_context_for_owner(*, owner_id: int, key_id: int) -> KeyContext | None:
     """The KeyContext of one of a user's own keys (the browser playground pays with it), or None
     when the key is not theirs, disabled or expired. Reads the database: not for the hot path."""
     api_key = (
-        ApiKey.objects.select_related("tier", "owner")
-        .prefetch_related("tier__allowed_models")
+        ApiKey.objects.select_related("tier", "owner", "team")
+        .prefetch_related("tier__allowed_models", "team__allowed_models")
         .filter(pk=key_id, owner_id=owner_id, enabled=True, owner__is_active=True)
         .first()
     )

@@ -21,6 +21,9 @@ class KeyContext:
     # None = every enabled model is allowed.
     allowed_models: frozenset[str] | None = None
     expires_at: datetime | None = field(default=None)
+    team_id: int | None = None
+    # The budgets that apply to the key (its own, its owner's, its team's, the global ones): BudgetRef.
+    budgets: tuple = ()
 
     def may_use(self, model_name: str) -> bool:
         return self.allowed_models is None or model_name in self.allowed_models
