@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.support.gateway",
     "tests.support.celery",
     "tests.support.secrets_audit",
+    "tests.support.browser",
     "pytester",
 ]
 

@@ -1,17 +1,34 @@
-"""Admin for tiers, API keys and usage.
+"""Admin for tiers, teams, API keys, budgets and usage.
 
-Adding an API key issues it through `api_key_issue` and answers the add request with a page that
-shows the plaintext once; the plaintext is never stored, redirected through, or put in a message.
-The rotate action answers the same way with the successors' plaintexts; revoke stops keys for good.
+Adding an API key issues it through `api_key_issue` and redirects to a page that shows the plaintext once
+(accounts.key_handoff carries it across the redirect, encrypted, for that one page): reloading the page
+issues nothing and shows nothing. The plaintext is never stored, put in the session or in a message. The
+rotate action answers with the successors' plaintexts; revoke stops keys for good. Keys are revoked, never
+deleted: their usage history would lose its key.
 """
 
-from django.contrib import admin, messages
-from django.db.models import Count
-from django.template.response import TemplateResponse
-from django.urls import reverse
-from django.utils.cache import add_never_cache_headers
+import importlib.util
 
-from accounts.models import LIMIT_FIELDS, ApiKey, Tier, UsageDaily, UsageRecord
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.db.models import Count
+from django.http import Http404, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.cache import add_never_cache_headers
+from django.utils.html import format_html, format_html_join
+
+from accounts.budget_rules import (
+    budget_amount_problem,
+    budget_target_problems,
+    budget_thresholds_normalize,
+    budget_thresholds_problem,
+)
+from accounts.budgets import budgets_applying
+from accounts.key_handoff import key_handoff_put, key_handoff_take
+from accounts.models import LIMIT_FIELDS, ApiKey, Budget, Team, Tier, UsageDaily, UsageRecord
 from accounts.services import (
     KeyRotationError,
     api_key_issue,
@@ -20,10 +37,25 @@ from accounts.services import (
     api_key_set_enabled,
     rotation_grace_default,
 )
+from accounts.spend import budget_statuses, key_spend, money, team_spend
+from providers.upstream_policy import base_url_problem
 
 # The plaintext of a key issued while handling one add request lives only on that request object.
 ISSUED_PLAINTEXT_ATTR = "_gateway_issued_key_plaintext"
-ISSUE_OPTION_FIELDS = ("enabled", "expires_at", "rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens")
+ISSUE_OPTION_FIELDS = (
+    "team",
+    "enabled",
+    "expires_at",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "daily_tokens",
+    "max_output_tokens",
+)
+
+
+def _admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
 @admin.register(Tier)
@@ -65,12 +97,291 @@ class TierAdmin(admin.ModelAdmin):
         return obj.key_count
 
 
+# Budgets
+
+
+class BudgetFormMixin:
+    """The checks every budget form makes, each problem named on its field."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["amount"].label = f"Amount ({settings.GATEWAY_CURRENCY})"
+        self.fields["soft_thresholds"].help_text = "Fractions of the amount that send an alert, e.g. [0.5, 0.8, 1.0]."
+
+    def clean_amount(self):
+        amount = self.cleaned_data.get("amount")
+        if amount is not None:
+            problem = budget_amount_problem(amount)
+            if problem:
+                raise forms.ValidationError(f"The amount {problem}.")
+        return amount
+
+    def clean_soft_thresholds(self):
+        value = self.cleaned_data.get("soft_thresholds")
+        if value is None or value == "":
+            return []  # no alerts
+        problem = budget_thresholds_problem(value)
+        if problem:
+            raise forms.ValidationError(f"Soft thresholds {problem}.")
+        return budget_thresholds_normalize(value)
+
+
+THRESHOLDS_WIDGET = forms.TextInput(attrs={"size": 18})
+
+
+class BudgetForm(BudgetFormMixin, forms.ModelForm):
+    class Meta:
+        model = Budget
+        fields = ["scope", "api_key", "user", "team", "period", "amount", "soft_thresholds", "enabled"]
+        widgets = {"soft_thresholds": THRESHOLDS_WIDGET}
+
+    def clean(self):
+        cleaned = super().clean()
+        scope = cleaned.get("scope")
+        if scope:
+            problems = budget_target_problems(
+                scope=scope,
+                api_key_id=getattr(cleaned.get("api_key"), "pk", None),
+                user_id=getattr(cleaned.get("user"), "pk", None),
+                team_id=getattr(cleaned.get("team"), "pk", None),
+            )
+            for field_name, problem in problems.items():
+                self.add_error(field_name, problem)
+        return cleaned
+
+
+class ScopedBudgetForm(BudgetFormMixin, forms.ModelForm):
+    """A budget edited inline on its key's or team's page: the scope is the page's."""
+
+    budget_scope = ""
+
+    class Meta:
+        model = Budget
+        fields = ["period", "amount", "soft_thresholds", "enabled"]
+        widgets = {"soft_thresholds": THRESHOLDS_WIDGET}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.instance.scope = self.budget_scope
+
+
+class TeamBudgetForm(ScopedBudgetForm):
+    budget_scope = "team"
+
+
+class KeyBudgetForm(ScopedBudgetForm):
+    budget_scope = "key"
+
+
+class BudgetInline(admin.TabularInline):
+    model = Budget
+    fields = ["period", "amount", "soft_thresholds", "enabled", "spent"]
+    readonly_fields = ["spent"]
+
+    def get_extra(self, request, obj=None, **kwargs):
+        # A blank budget row to fill on a new page; on an existing one, "Add another" adds it.
+        return 1 if obj is None else 0
+
+    @admin.display(description="spent this period")
+    def spent(self, budget: Budget) -> str:
+        if budget.pk is None:
+            return "-"
+        [status] = budget_statuses([budget])
+        return money(status.spent)
+
+
+class TeamBudgetInline(BudgetInline):
+    form = TeamBudgetForm
+    fk_name = "team"
+    verbose_name = "team budget"
+    verbose_name_plural = "team budgets"
+
+
+class KeyBudgetInline(BudgetInline):
+    form = KeyBudgetForm
+    fk_name = "api_key"
+    verbose_name = "key budget"
+    verbose_name_plural = "key budgets"
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    form = BudgetForm
+    list_display = ["__str__", "scope", "target", "period", "amount_shown", "soft_thresholds", "enabled"]
+    list_filter = ["scope", "period", "enabled"]
+    list_select_related = ["api_key", "user", "team"]
+    search_fields = ["team__name", "api_key__name", "api_key__prefix", "user__username"]
+    autocomplete_fields = ["api_key", "user", "team"]
+    readonly_fields = ["spent", "created_at", "updated_at"]
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": ["scope", "api_key", "user", "team"],
+                "description": "A key, user or team budget names its key, user or team; a global budget none.",
+            },
+        ),
+        (None, {"fields": ["period", "amount", "soft_thresholds", "enabled"]}),
+        ("Spend", {"fields": ["spent", "created_at", "updated_at"]}),
+    ]
+
+    @admin.display(description="applies to")
+    def target(self, budget: Budget) -> str:
+        return budget.scope_name
+
+    @admin.display(description="amount", ordering="amount")
+    def amount_shown(self, budget: Budget) -> str:
+        return money(budget.amount)
+
+    @admin.display(description="spent this period")
+    def spent(self, budget: Budget) -> str:
+        if budget.pk is None:
+            return "-"
+        [status] = budget_statuses([budget])
+        return format_html('<span data-testid="budget-spent">{}</span>', money(status.spent))
+
+
+# Teams
+
+
+class TeamForm(forms.ModelForm):
+    alert_webhook = forms.URLField(
+        max_length=500,
+        required=False,
+        assume_scheme="https",
+        help_text=Team._meta.get_field("alert_webhook").help_text,
+    )
+
+    class Meta:
+        model = Team
+        fields = ["name", "members", "allowed_models", "alert_webhook"]
+
+    def clean_alert_webhook(self):
+        url = self.cleaned_data.get("alert_webhook", "")
+        # The upstream address policy, as for a provider's base URL: alerts leave through the upstream client.
+        problem = base_url_problem(url) if url else None
+        if problem:
+            raise forms.ValidationError(f"The alert webhook {problem}.")
+        return url
+
+
+class TeamApiKeyInline(admin.TabularInline):
+    """The team's keys, read-only: a key joins or leaves a team on its own page."""
+
+    model = ApiKey
+    fk_name = "team"
+    fields = ["key_link", "prefix", "owner", "tier", "enabled", "last_used_at"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name = "API key"
+    verbose_name_plural = "API keys"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("owner", "tier")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="key")
+    def key_link(self, api_key: ApiKey) -> str:
+        return format_html('<a href="{}">{}</a>', _admin_url(ApiKey, "change", api_key.pk), api_key.name)
+
+
+@admin.register(Team)
+class TeamAdmin(admin.ModelAdmin):
+    form = TeamForm
+    list_display = ["name", "member_count", "key_count", "models_allowed", "alert_webhook"]
+    search_fields = ["name"]
+    filter_horizontal = ["members", "allowed_models"]
+    inlines = [TeamBudgetInline, TeamApiKeyInline]
+    fieldsets = [
+        (None, {"fields": ["name", "members", "alert_webhook"]}),
+        ("Models", {"fields": ["allowed_models"]}),
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(member_count=Count("members", distinct=True), key_count=Count("api_keys", distinct=True))
+            .prefetch_related("allowed_models")
+        )
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.fieldsets
+        return [*self.fieldsets, ("Spend this month", {"fields": ["spend"]})]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["spend"] if obj is not None else []
+
+    @admin.display(description="members", ordering="member_count")
+    def member_count(self, team: Team) -> int:
+        return team.member_count
+
+    @admin.display(description="keys", ordering="key_count")
+    def key_count(self, team: Team) -> int:
+        return team.key_count
+
+    @admin.display(description="allowed models")
+    def models_allowed(self, team: Team) -> str:
+        names = [model.name for model in team.allowed_models.all()]
+        return ", ".join(names) if names else "the tier's"
+
+    @admin.display(description="spend")
+    def spend(self, team: Team) -> str:
+        report = team_spend(team_id=team.pk)
+        return format_html(
+            '<p>Since {} UTC: <strong data-testid="team-spend-total">{}</strong></p>{}{}',
+            f"{report.start:%Y-%m-%d}",
+            money(report.total),
+            _spend_table("By key", "team-spend-by-key", report.by_key, link_keys=True),
+            _spend_table("By model", "team-spend-by-model", report.by_model),
+        )
+
+
+def _spend_table(title: str, testid: str, rows, *, link_keys: bool = False) -> str:
+    if not rows:
+        return format_html('<p data-testid="{}">{}: no usage.</p>', testid, title)
+    body = format_html_join(
+        "",
+        '<tr data-testid="{}-row"><td>{}</td><td>{}</td><td data-testid="spend-cost">{}</td></tr>',
+        (
+            (
+                testid,
+                format_html('<a href="{}">{}</a>', _admin_url(ApiKey, "change", row.api_key_id), row.label)
+                if link_keys and row.api_key_id is not None
+                else row.label,
+                row.requests,
+                money(row.cost),
+            )
+            for row in rows
+        ),
+    )
+    return format_html(
+        '<table data-testid="{}"><caption>{}</caption><thead><tr><th>{}</th><th>requests</th><th>cost</th></tr>'
+        "</thead><tbody>{}</tbody></table>",
+        testid,
+        title,
+        "key" if link_keys else "model",
+        body,
+    )
+
+
+# API keys
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     list_display = [
         "name",
         "prefix",
         "owner",
+        "team",
         "tier",
         "enabled",
         "playground",
@@ -78,12 +389,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "created_at",
         "last_used_at",
     ]
-    list_filter = ["tier", "enabled", "playground"]
-    search_fields = ["name", "prefix", "owner__username"]
-    list_select_related = ["owner", "tier"]
+    list_filter = ["tier", "team", "enabled", "playground"]
+    search_fields = ["name", "prefix", "owner__username", "team__name"]
+    list_select_related = ["owner", "tier", "team"]
     actions = ["enable_keys", "disable_keys", "rotate_keys", "revoke_keys"]
+    inlines = [KeyBudgetInline]
     fieldsets = [
-        (None, {"fields": ["name", "owner", "tier", "enabled", "expires_at"]}),
+        (None, {"fields": ["name", "owner", "team", "tier", "enabled", "expires_at"]}),
         (
             "Limit overrides",
             {
@@ -92,21 +404,101 @@ class ApiKeyAdmin(admin.ModelAdmin):
             },
         ),
     ]
-    change_readonly_fields = ["prefix", "owner", "created_at", "last_used_at"]
+    change_readonly_fields = [
+        "prefix",
+        "owner",
+        "created_at",
+        "last_used_at",
+        "spend_today",
+        "spend_month",
+        "other_budgets",
+        "usage_link",
+    ]
 
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return self.fieldsets
         identity = ("Key", {"fields": ["prefix", "created_at", "last_used_at"]})
-        return [identity, *self.fieldsets]
+        spend = (
+            "Spend",
+            {
+                "fields": ["spend_today", "spend_month", "other_budgets", "usage_link"],
+                "description": "From the flushed daily totals (UTC days).",
+            },
+        )
+        return [identity, *self.fieldsets, spend]
 
     def get_readonly_fields(self, request, obj=None):
         return self.change_readonly_fields if obj is not None else []
+
+    def get_inlines(self, request, obj):
+        # Budgets are added to a key once it exists, on its change page.
+        return self.inlines if obj is not None else []
 
     def get_changeform_initial_data(self, request):
         initial = super().get_changeform_initial_data(request)
         initial.setdefault("owner", request.user.pk)
         return initial
+
+    def has_delete_permission(self, request, obj=None):
+        # Revoked, never deleted: a key's usage records and daily totals keep pointing at it.
+        return False
+
+    def get_urls(self):
+        opts = self.opts
+        issued = path(
+            "<path:object_id>/issued/<str:token>/",
+            self.admin_site.admin_view(self.issued_view),
+            name=f"{opts.app_label}_{opts.model_name}_issued",
+        )
+        return [issued, *super().get_urls()]
+
+    @admin.display(description="spent today")
+    def spend_today(self, api_key: ApiKey) -> str:
+        return format_html('<span data-testid="key-spend-today">{}</span>', money(self._spend(api_key).today))
+
+    @admin.display(description="spent this month")
+    def spend_month(self, api_key: ApiKey) -> str:
+        return format_html('<span data-testid="key-spend-month">{}</span>', money(self._spend(api_key).month))
+
+    @staticmethod
+    def _spend(api_key: ApiKey):
+        # Both fields of one page from one query.
+        if not hasattr(api_key, "_admin_spend"):
+            api_key._admin_spend = key_spend(api_key_id=api_key.pk)
+        return api_key._admin_spend
+
+    @admin.display(description="budgets of its owner, team and everyone")
+    def other_budgets(self, api_key: ApiKey) -> str:
+        budgets = budgets_applying(key_id=api_key.pk, owner_id=api_key.owner_id, team_id=api_key.team_id).exclude(
+            scope="key"
+        )
+        statuses = budget_statuses(budgets)
+        if not statuses:
+            return "none (the key's own budgets are below)"
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                '<li><a href="{}">{} {}</a>: {} per {}, spent {}</li>',
+                (
+                    (
+                        _admin_url(Budget, "change", status.budget.pk),
+                        status.budget.scope,
+                        status.budget.scope_name,
+                        money(status.budget.amount),
+                        status.budget.period,
+                        money(status.spent),
+                    )
+                    for status in statuses
+                ),
+            ),
+        )
+
+    @admin.display(description="usage")
+    def usage_link(self, api_key: ApiKey) -> str:
+        url = f"{_admin_url(UsageRecord, 'changelist')}?api_key__id__exact={api_key.pk}"
+        return format_html('<a href="{}" data-testid="key-usage-link">Usage records of this key</a>', url)
 
     def save_model(self, request, obj, form, change):
         if change:
@@ -114,7 +506,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             return
         options = {field: getattr(obj, field) for field in ISSUE_OPTION_FIELDS}
         issued = api_key_issue(owner=obj.owner, tier=obj.tier, name=obj.name, **options)
-        # The admin carries on with `obj` (logging, the response): make it the row just issued.
+        # The admin carries on with `obj` (its inlines, logging, the response): make it the row just issued.
         for field in ApiKey._meta.concrete_fields:
             setattr(obj, field.attname, getattr(issued.api_key, field.attname))
         obj._state.adding = False
@@ -125,16 +517,27 @@ class ApiKeyAdmin(admin.ModelAdmin):
         plaintext = getattr(request, ISSUED_PLAINTEXT_ATTR, None)
         if plaintext is None:
             return super().response_add(request, obj, post_url_continue)
-        opts = self.opts
-        return self._plaintext_page(
+        token = key_handoff_put(user_id=request.user.pk, api_key_id=obj.pk, plaintext=plaintext)
+        return HttpResponseRedirect(_admin_url(ApiKey, "issued", obj.pk, token))
+
+    def issued_view(self, request, object_id, token):
+        """The one page that shows a key just issued; opened again, it says the key was shown already."""
+        api_key = self.get_object(request, object_id)
+        if api_key is None or not self.has_view_or_change_permission(request, api_key):
+            raise Http404("no such API key")
+        plaintext = key_handoff_take(user_id=request.user.pk, api_key_id=api_key.pk, token=token)
+        response = self._plaintext_page(
             request,
             "issued",
             "API key issued",
-            api_key=obj,
+            api_key=api_key,
             plaintext=plaintext,
-            change_url=reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk]),
-            add_url=reverse(f"admin:{opts.app_label}_{opts.model_name}_add"),
+            change_url=_admin_url(ApiKey, "change", api_key.pk),
+            add_url=_admin_url(ApiKey, "add"),
         )
+        if plaintext is None:
+            response.status_code = 410
+        return response
 
     def _plaintext_page(self, request, template: str, title: str, **extra) -> TemplateResponse:
         """A page showing new plaintext keys, once: never cached."""
@@ -144,7 +547,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
             "title": title,
             "subtitle": None,
             "opts": opts,
-            "changelist_url": reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist"),
+            "changelist_url": _admin_url(ApiKey, "changelist"),
             **extra,
         }
         response = TemplateResponse(request, f"admin/accounts/apikey/{template}.html", context)
@@ -170,7 +573,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 refused.append(str(exc))
         return self._plaintext_page(request, "rotated", "API keys rotated", rotations=rotations, refused=refused)
 
-    @admin.action(description="Revoke selected API keys (for good)")
+    @admin.action(description="Revoke selected API keys (for good; their usage history stays)")
     def revoke_keys(self, request, queryset):
         revoked = 0
         for api_key in queryset:
@@ -185,6 +588,35 @@ class ApiKeyAdmin(admin.ModelAdmin):
             changed += 1
         verb = "enabled" if enabled else "disabled"
         self.message_user(request, f"{changed} API key(s) {verb}.", messages.SUCCESS)
+
+
+# Users
+
+
+class GatewayUserAdmin(type(admin.site.get_model_admin(get_user_model()))):
+    """The project's user admin, saying why a user with API keys is not deleted (and what to do instead)
+    rather than that nobody may delete keys."""
+
+    def get_deleted_objects(self, objs, request):
+        deleted, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        if protected:
+            # Protected rows are the reason; the "no permission to delete API keys" that comes with them is not.
+            perms_needed = set()
+            self.message_user(
+                request,
+                "A user with API keys cannot be deleted: the keys' usage history would lose its owner, and keys "
+                "are revoked, never deleted. Deactivate the user instead (untick Active): their keys stop working "
+                "at once and their history stays.",
+                messages.WARNING,
+            )
+        return deleted, model_count, perms_needed, protected
+
+
+admin.site.unregister(get_user_model())
+admin.site.register(get_user_model(), GatewayUserAdmin)
+
+
+# Usage
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -202,16 +634,45 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class StatusFilter(admin.SimpleListFilter):
+    """Outcome classes rather than every status code seen (that would scan the whole table per page)."""
+
+    title = "status"
+    parameter_name = "status"
+    CLASSES = {
+        "ok": ("succeeded (< 400)", {"status_code__lt": 400}),
+        "client": ("refused (4xx but 429, 499)", {"status_code__gte": 400, "status_code__lt": 500}),
+        "429": ("limited (429)", {"status_code": 429}),
+        "499": ("client went away (499)", {"status_code": 499}),
+        "upstream": ("failed (5xx)", {"status_code__gte": 500}),
+    }
+
+    def lookups(self, request, model_admin):
+        return [(value, label) for value, (label, _lookup) in self.CLASSES.items()]
+
+    def queryset(self, request, queryset):
+        chosen = self.CLASSES.get(self.value() or "")
+        if chosen is None:
+            return queryset
+        queryset = queryset.filter(**chosen[1])
+        if self.value() == "client":
+            queryset = queryset.exclude(status_code__in=(429, 499))
+        return queryset
+
+
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = [
         "request_id",
         "created_at",
         "api_key",
+        "team",
+        "user",
         "model",
         "requested_model",
         "route",
         "provider",
+        "endpoint",
         "status_code",
         "prompt_tokens",
         "completion_tokens",
@@ -220,16 +681,26 @@ class UsageRecordAdmin(ReadOnlyAdmin):
         "duration_ms",
         "stream",
     ]
-    list_filter = ["model", "provider", "endpoint", "status_code", "stream"]
+    # Key, team and user choices come from their own (small) tables; model and endpoint from the records.
+    list_filter = ["api_key", "team", "user", "model", "endpoint", StatusFilter, "provider", "stream"]
     date_hierarchy = "created_at"
     search_fields = ["request_id", "run_id", "requested_model", "route"]
-    list_select_related = ["api_key"]
+    list_select_related = ["api_key", "team", "user"]
+
+
+USAGE_DAILY_ACTIONS = []
+# The spend export ships beside this module; looked up rather than assumed so the admin loads without it.
+if importlib.util.find_spec("accounts.spend_export") is not None:
+    from accounts.spend_export import export_spend_csv
+
+    USAGE_DAILY_ACTIONS.append(export_spend_csv)
 
 
 @admin.register(UsageDaily)
 class UsageDailyAdmin(ReadOnlyAdmin):
     list_display = ["date", "api_key", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "cost"]
-    list_filter = ["model"]
+    list_filter = ["model", "api_key__team"]
     date_hierarchy = "date"
     search_fields = ["model", "api_key__name", "api_key__prefix"]
     list_select_related = ["api_key"]
+    actions = USAGE_DAILY_ACTIONS

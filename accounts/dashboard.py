@@ -1,11 +1,14 @@
-"""Ops dashboard in the admin: traffic, errors, tokens and time to first byte per provider and model,
-top keys, and provider health, over the last hour or day. Charts are inline SVG built here, so the
-page needs nothing from the internet."""
+"""Ops dashboard in the admin: traffic, errors (refused requests apart from failures), tokens, cost and time
+to first byte per provider and model, top keys, provider health, over the last hour or day, and the month's
+spend per team. Costs are shown exactly, as decimal strings in GATEWAY_CURRENCY. Charts are inline SVG built
+here, so the page needs nothing from the internet."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
+from accounts.budgets import money
 from accounts.selectors import DASHBOARD_WINDOWS, dashboard_data
 from providers.health import providers_health_overview
 
@@ -18,6 +21,7 @@ _GROUP_GAP = 10
 # centre is closer than this to the right edge is drawn right-aligned to it instead of cut off.
 _TICK_HALF_WIDTH = 18
 _WINDOW_LABELS = {"1h": "Last hour", "24h": "Last 24 hours"}
+NO_TEAM = "(no team)"
 
 
 def _number(value) -> str:
@@ -141,9 +145,18 @@ def dashboard(request):
     data = dashboard_data(window=window)
     for row in data["top_keys"]:
         row["label"] = f"{row['key_name']} ({row['key_prefix']}...)"
+    summary = data["summary"]
+    # Errors = refused (4xx) + failed (5xx: the gateway or a provider).
+    summary["failed"] = summary["errors"] - summary["refused"]
+    for row in data["team_spend"]:
+        row["team"] = row["team_name"] if row["team_id"] is not None else NO_TEAM
+    for rows in ([summary], data["providers"], data["models"], data["endpoints"], data["top_keys"], data["team_spend"]):
+        for row in rows:
+            row["cost_text"] = money(row["cost"])
     context = {
         **admin.site.each_context(request),
         "title": "Gateway dashboard",
+        "currency": settings.GATEWAY_CURRENCY,
         "window": window,
         "windows": list(_WINDOW_LABELS.items()),
         **data,

@@ -3,7 +3,9 @@
 Requests and tokens per minute are token buckets refilled continuously over 60 seconds (GCRA: one stored
 timestamp per bucket), so a key never gets a double burst at a window boundary and `retry_after` is exact.
 Concurrency is a sorted set of leases scored by expiry, so a process that dies mid-request frees its leases
-after GATEWAY_LEASE_TTL_SECONDS. Daily tokens are a plain counter per UTC day.
+after GATEWAY_LEASE_TTL_SECONDS. Daily tokens are a plain counter per UTC day. Budgets in money are checked
+and reserved in the same script (see accounts.budgets): the request's maximum cost against every budget that
+applies, replaced by its real cost when it settles.
 """
 
 import asyncio
@@ -20,6 +22,7 @@ from pathlib import Path
 from django.conf import settings
 from redis.exceptions import NoScriptError, RedisError
 
+from accounts.budgets import BudgetRef, budget_counters, budget_refusal_message, budgets_seed, from_units
 from accounts.context import KeyContext
 from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_batched_script, usage_lost_after
 from aigateway.errors import GatewayError
@@ -37,7 +40,10 @@ _STORE_DOWN_RETRY_AFTER_SECONDS = 2
 # Lease releases started while an admission was being cancelled.
 _cleanups: set[asyncio.Task] = set()
 
-_REFUSAL_CODES = {1: "concurrency", 2: "requests", 3: "tokens", 4: "daily_tokens", 5: "tokens"}
+_REFUSAL_CODES = {1: "concurrency", 2: "requests", 3: "tokens", 4: "daily_tokens", 5: "tokens", 6: "budget_exceeded"}
+_BUDGET_REFUSED, _BUDGET_MISSING = 6, 7
+# Seeding a missing budget counter and asking again: at most once per budget, plus a period turning meanwhile.
+_SEED_ROUNDS = 3
 
 
 class _LuaScript:
@@ -94,6 +100,11 @@ class Admission:
     issued_at: float = field(default=0.0, repr=False)
     # The request's usage "started" marker was stored with the admission.
     marked: bool = field(default=False, repr=False)
+    # Budgets: the counters the maximum cost was reserved on (units of 1e-8), for the settlement.
+    budget_keys: tuple[str, ...] = field(default=(), repr=False)
+    budget_reserved: int = field(default=0, repr=False)
+    # The budget that refused (code "budget_exceeded").
+    budget: BudgetRef | None = field(default=None, repr=False)
 
     def headers_for(self, dialect_name: str) -> dict[str, str]:
         """The limit headers in the client's dialect: OpenAI's x-ratelimit-*, or Anthropic's
@@ -115,21 +126,30 @@ class Admission:
 
 
 def _release_unowned(keys: list[str], args: list, lease_id: str | None) -> None:
-    """Free what the admission of a caller now gone took, in the background: its lease, and its usage marker
-    (the caller's own finish records the call, or nothing is owed; a marker the script stored after that
-    record was pushed would otherwise stay behind and later be booked as a lost call)."""
+    """Free what the admission of a caller now gone took, in the background: its lease, the budget
+    reservation that came with it, and its usage marker (the caller's own finish records the call, or
+    nothing is owed; a marker the script stored after that record was pushed would otherwise stay behind
+    and later be booked as a lost call)."""
     request_id, marker = args[8], args[9]
     if lease_id is None and not marker:
         return
-    _cleanups.add(cleanup := asyncio.ensure_future(_release(keys, request_id if marker else None, lease_id)))
+    budget_keys = keys[6:]
+    reserve = args[12] if budget_keys else 0
+    release = _release(keys, request_id if marker else None, lease_id, budget_keys, reserve)
+    _cleanups.add(cleanup := asyncio.ensure_future(release))
     cleanup.add_done_callback(_cleanups.discard)
 
 
-async def _release(keys: list[str], request_id: str | None, lease_id: str | None) -> None:
+async def _release(
+    keys: list[str], request_id: str | None, lease_id: str | None, budget_keys: list[str], reserve: int
+) -> None:
     client = redis_async()
     try:
         if lease_id is not None:
-            await _SETTLE(client, [keys[0], keys[2], keys[3]], [lease_id, 0, 0, 0])
+            args = [lease_id, 0, 0, 0]
+            if budget_keys:
+                args += [len(budget_keys), reserve, 0]
+            await _SETTLE(client, [keys[0], keys[2], keys[3], *budget_keys], args)
         if request_id:
             pipe = client.pipeline(transaction=True)
             pipe.hdel(keys[4], request_id)
@@ -261,11 +281,11 @@ def _lease_ttl_ms() -> int:
 
 def _needs_lease(ctx: KeyContext) -> bool:
     """A lease is what settle releases; keys whose only limit is rpm have nothing to settle."""
-    return bool(ctx.max_concurrent or ctx.tpm or ctx.daily_tokens)
+    return bool(ctx.max_concurrent or ctx.tpm or ctx.daily_tokens or ctx.budgets)
 
 
 def _has_limits(ctx: KeyContext) -> bool:
-    return bool(ctx.rpm or ctx.tpm or ctx.max_concurrent or ctx.daily_tokens)
+    return bool(ctx.rpm or ctx.tpm or ctx.max_concurrent or ctx.daily_tokens or ctx.budgets)
 
 
 def format_reset(milliseconds: float) -> str:
@@ -290,7 +310,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _headers(ctx: KeyContext, result: list) -> dict[str, str]:
-    _, _, req_remaining, req_reset_ms, tok_remaining, tok_reset_ms, _ = result
+    _, _, req_remaining, req_reset_ms, tok_remaining, tok_reset_ms = result[:6]
     headers = {}
     if ctx.rpm:
         headers["x-ratelimit-limit-requests"] = str(ctx.rpm)
@@ -346,11 +366,13 @@ def _unlimited() -> Admission:
     )
 
 
-async def _admit_script(ctx: KeyContext, day: int, args: list, lease_id: str | None) -> list | None:
+async def _admit_script(
+    ctx: KeyContext, day: int, args: list, lease_id: str | None, extra_keys: list[str] | None = None
+) -> list | None:
     """The admission script's answer for `ctx` (one round trip, gathered with others under load); None when
     Redis cannot be reached and GATEWAY_LIMITS_FAIL_OPEN lets the call through, else a 503 GatewayError.
     A cancellation (client gone) frees any lease taken and clears the usage marker stored."""
-    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY]
+    keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY, *(extra_keys or ())]
     try:
         return await _admissions().admit(keys, args, lease_id)
     except (RedisError, OSError) as exc:
@@ -362,10 +384,16 @@ async def _admit_script(ctx: KeyContext, day: int, args: list, lease_id: str | N
 
 
 async def limits_admit(
-    ctx: KeyContext, *, estimate_tokens: int, request_id: str, marker: bytes | None = None
+    ctx: KeyContext,
+    *,
+    estimate_tokens: int,
+    request_id: str,
+    marker: bytes | None = None,
+    max_cost_units: int = 0,
 ) -> Admission:
-    """Check concurrency, requests/min, tokens/min and daily tokens atomically; commit only if all pass.
-    An admitted request's usage `marker` is stored in the same step (`Admission.marked`).
+    """Check concurrency, requests/min, tokens/min, daily tokens and every budget that applies atomically;
+    commit only if all pass. `max_cost_units` (the request's maximum cost, accounts.budgets units) is reserved
+    on each budget. An admitted request's usage `marker` is stored in the same step (`Admission.marked`).
 
     If Redis is unreachable the request is refused with a 503 GatewayError (limits_unavailable), or, with
     GATEWAY_LIMITS_FAIL_OPEN, admitted without limits; either way a warning is logged (at most every 10 s).
@@ -376,23 +404,37 @@ async def limits_admit(
     need_lease = _needs_lease(ctx)
     # A random suffix: a client-chosen request id must not let two requests share one lease.
     lease_id = f"{request_id}:{secrets.token_hex(4)}" if need_lease else None
-    day = _utc_day()
-    args = [
-        lease_id or "",
-        _lease_ttl_ms(),
-        ctx.max_concurrent or 0,
-        ctx.rpm or 0,
-        ctx.tpm or 0,
-        ctx.daily_tokens or 0,
-        estimate,
-        1 if need_lease else 0,
-        request_id,
-        marker or "",
-        time.time() + usage_lost_after(),
-    ]
-    result = await _admit_script(ctx, day, args, lease_id)
-    if result is None:
-        return _unlimited()
+    reserve = max(0, int(max_cost_units)) if ctx.budgets else 0
+    for _ in range(_SEED_ROUNDS):
+        day = _utc_day()
+        args = [
+            lease_id or "",
+            _lease_ttl_ms(),
+            ctx.max_concurrent or 0,
+            ctx.rpm or 0,
+            ctx.tpm or 0,
+            ctx.daily_tokens or 0,
+            estimate,
+            1 if need_lease else 0,
+            request_id,
+            marker or "",
+            time.time() + usage_lost_after(),
+        ]
+        budget_keys: tuple[str, ...] = ()
+        extra_keys: list[str] = []
+        if ctx.budgets:
+            budget_keys, ttls = budget_counters(ctx.budgets)
+            extra_keys = list(budget_keys)
+            args += [len(budget_keys), reserve, *(b.limit_units for b in ctx.budgets), *ttls]
+        result = await _admit_script(ctx, day, args, lease_id, extra_keys)
+        if result is None:
+            return _unlimited()
+        if result[0] != _BUDGET_MISSING:
+            break
+        # A counter is missing (a new period, a new budget, a Redis that lost it): seed it from the records.
+        await budgets_seed(ctx.budgets)
+    else:
+        raise limits_store_unavailable()
     code_index, retry_ms, *_ = result
     used = result[6]
     headers = _headers(ctx, result)
@@ -410,14 +452,24 @@ async def limits_admit(
             resets_ms=resets,
             issued_at=time.time(),
             marked=bool(marker),
+            budget_keys=budget_keys,
+            budget_reserved=reserve,
         )
-    retry_after = retry_ms / 1000 if retry_ms >= 0 else None
-    if retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    budget, retry_after = None, None
+    if code_index == _BUDGET_REFUSED:
+        budget = ctx.budgets[result[7] - 1]
+        message = budget_refusal_message(
+            budget, spent=from_units(result[8]), reserved=from_units(result[9]), request=from_units(reserve)
+        )
+    else:
+        retry_after = retry_ms / 1000 if retry_ms >= 0 else None
+        if retry_after is not None:
+            headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+        message = _refusal_message(ctx, code_index, retry_after, estimate=estimate, used=used)
     return Admission(
         allowed=False,
         code=_REFUSAL_CODES[code_index],
-        message=_refusal_message(ctx, code_index, retry_after, estimate=estimate, used=used),
+        message=message,
         retry_after=retry_after,
         headers=headers,
         lease_id=None,
@@ -425,6 +477,7 @@ async def limits_admit(
         day=day,
         resets_ms=resets,
         issued_at=time.time(),
+        budget=budget,
     )
 
 
@@ -474,12 +527,17 @@ def limits_throttle(*, key_id: int, name: str, per_minute: int) -> float | None:
     return None if code_index == 0 else max(0.001, retry_ms / 1000)
 
 
-async def limits_settle(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> None:
-    """Release the lease and correct the token counters by (actual - reserved); a second call does nothing."""
-    await limits_settle_sent(limits_settle_send(ctx, admission, actual_tokens=actual_tokens))
+async def limits_settle(
+    ctx: KeyContext, admission: Admission, *, actual_tokens: int | None, cost_units: int = 0
+) -> None:
+    """Release the lease, correct the token counters by (actual - reserved) and replace the budgets'
+    reservation by the real cost (`cost_units`); a second call does nothing (but count the cost again)."""
+    await limits_settle_sent(limits_settle_send(ctx, admission, actual_tokens=actual_tokens, cost_units=cost_units))
 
 
-def limits_settle_send(ctx: KeyContext, admission: Admission, *, actual_tokens: int | None) -> asyncio.Future | None:
+def limits_settle_send(
+    ctx: KeyContext, admission: Admission, *, actual_tokens: int | None, cost_units: int = 0
+) -> asyncio.Future | None:
     """`limits_settle` in two steps: queue the settlement in this event loop's Redis batch now (so it shares
     the round trip with whatever the caller queues next, e.g. the usage event), await it with
     `limits_settle_sent`. None when there is nothing to settle."""
@@ -488,7 +546,10 @@ def limits_settle_send(ctx: KeyContext, admission: Admission, *, actual_tokens: 
     delta = 0 if actual_tokens is None else max(0, int(actual_tokens)) - admission.reserved_tokens
     day = admission.day if admission.day is not None else _utc_day()
     keys = _keys(ctx.key_id, day)
-    return _SETTLE.send([keys[0], keys[2], keys[3]], [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0])
+    args = [admission.lease_id, delta, ctx.tpm or 0, ctx.daily_tokens or 0]
+    if admission.budget_keys:
+        args += [len(admission.budget_keys), admission.budget_reserved, max(0, int(cost_units))]
+    return _SETTLE.send([keys[0], keys[2], keys[3], *admission.budget_keys], args)
 
 
 async def limits_settle_sent(sent: asyncio.Future | None) -> None:

@@ -15,8 +15,9 @@ from django.utils import timezone
 from accounts.context import KeyContext
 from accounts.limits import limits_remaining
 from accounts.models import LIMIT_FIELDS, UsageDaily, UsageRecord
-from accounts.usage import usage_cost, usage_pending_totals
-from providers.models import Model
+from accounts.usage import usage_model_prices, usage_pending_totals
+from providers.dialects.canonical import Usage
+from providers.pricing import COST_QUANTUM
 
 USAGE_FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens")
 
@@ -30,36 +31,31 @@ def usage_daily_rows(*, api_key_id: int, start: date, end: date) -> list[dict]:
     )
 
 
-def model_prices(names) -> dict[str, tuple[Decimal, Decimal]]:
-    """Per-million input and output prices of the named public models (unset = free)."""
-    rows = Model.objects.filter(name__in=list(names)).values_list(
-        "name", "input_price_per_million", "output_price_per_million"
-    )
-    return {name: (price_in or Decimal(0), price_out or Decimal(0)) for name, price_in, price_out in rows}
-
-
 def usage_report_rows(*, api_key_id: int, start: date, end: date) -> list[dict]:
     """Per-day, per-model usage of one key: flushed rows plus events not yet flushed from Redis.
 
-    Queued events carry no cost yet; they are priced here as the flush will price them.
+    Queued events count at the cost they carry (priced when the call ran, as the flush stores it); those
+    without one are priced here as the flush will price them, at the model's prices now.
     """
     merged: dict[tuple[date, str], dict] = {}
     for row in usage_daily_rows(api_key_id=api_key_id, start=start, end=end):
         merged[(row["date"], row["model"])] = {**row, "cost": Decimal(row["cost"])}
 
-    pending = usage_pending_totals(api_key_id=api_key_id, start=start, end=end)
-    prices = model_prices({model for _, model in pending}) if pending else {}
+    pending = usage_pending_totals(api_key_id=api_key_id, start=start, end=end, costs=True)
+    prices = usage_model_prices({model for _, model in pending}) if pending else {}
     for (day, model), totals in pending.items():
         row = merged.setdefault(
             (day, model), {"date": day, "model": model, **dict.fromkeys(USAGE_FIELDS, 0), "cost": Decimal(0)}
         )
         for name in USAGE_FIELDS:
             row[name] += int(totals.get(name, 0))
-        row["cost"] += usage_cost(
-            prompt_tokens=int(totals.get("prompt_tokens", 0)),
-            completion_tokens=int(totals.get("completion_tokens", 0)),
-            prices=prices.get(model),
+        row["cost"] += totals["cost_units"] * COST_QUANTUM
+        unpriced = Usage(
+            max(totals["prompt_tokens"] - totals["costed_prompt_tokens"], 0),
+            max(totals["completion_tokens"] - totals["costed_completion_tokens"], 0),
         )
+        if model in prices and (unpriced.prompt_tokens or unpriced.completion_tokens):
+            row["cost"] += prices[model].cost(unpriced)
     return [merged[key] for key in sorted(merged)]
 
 
@@ -106,6 +102,11 @@ def _error_filter() -> Q:
     return Q(status_code__gte=400) & ~Q(status_code=499)
 
 
+def _refused_filter() -> Q:
+    """Answers refused with a 4xx (limits, budgets, models not allowed, bad requests), apart from failures."""
+    return Q(status_code__gte=400, status_code__lt=500) & ~Q(status_code=499)
+
+
 def _window_records(since: datetime):
     return UsageRecord.objects.filter(created_at__gte=since)
 
@@ -114,6 +115,7 @@ def _aggregates() -> dict:
     return {
         "requests": Count("id"),
         "errors": Count("id", filter=_error_filter()),
+        "refused": Count("id", filter=_refused_filter()),
         "prompt_tokens": Coalesce(Sum("prompt_tokens"), 0, output_field=BigIntegerField()),
         "completion_tokens": Coalesce(Sum("completion_tokens"), 0, output_field=BigIntegerField()),
         "cost": Coalesce(Sum("cost"), Decimal(0), output_field=DecimalField(max_digits=20, decimal_places=8)),
@@ -189,9 +191,38 @@ def usage_top_keys(*, since: datetime, limit: int = 10) -> list[dict]:
     return list(rows)
 
 
+def usage_refusals(*, since: datetime) -> list[dict]:
+    """Refused answers (4xx but 499) since `since` by status and error code, most frequent first."""
+    rows = (
+        _window_records(since)
+        .filter(_refused_filter())
+        .values("status_code", "error_type")
+        .annotate(requests=Count("id"))
+        .order_by("-requests", "status_code", "error_type")
+    )
+    return list(rows)
+
+
+def usage_team_spend(*, since: datetime) -> list[dict]:
+    """Requests and cost per team since `since`, dearest first; the team is the one a record was made under
+    (as team budgets count it), None for keys without a team."""
+    rows = (
+        _window_records(since)
+        .values("team_id", team_name=F("team__name"))
+        .annotate(
+            requests=Count("id"),
+            cost=Coalesce(Sum("cost"), Decimal(0), output_field=DecimalField(max_digits=20, decimal_places=8)),
+        )
+        .order_by("-cost", "-requests", "team_name")
+    )
+    return list(rows)
+
+
 def dashboard_data(*, window: str, now: datetime | None = None) -> dict:
     now = now or timezone.now()
     since = now - DASHBOARD_WINDOWS[window]
+    # Spend by team is the UTC calendar month's, as a monthly budget counts it.
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     # One read of the TTFB values serves the summary and both breakdowns.
     samples = usage_ttfb_samples(since=since)
     return {
@@ -203,6 +234,9 @@ def dashboard_data(*, window: str, now: datetime | None = None) -> dict:
         "endpoints": usage_breakdown(since=since, by="endpoint", ttfb_samples=samples),
         "timeseries": usage_timeseries(since=since, until=now, bucket="minute" if window == "1h" else "hour"),
         "top_keys": usage_top_keys(since=since),
+        "refusals": usage_refusals(since=since),
+        "month_start": month_start,
+        "team_spend": usage_team_spend(since=month_start),
     }
 
 

@@ -163,6 +163,22 @@ class ApiErrorDetailSerializer(serializers.Serializer):
     code = serializers.CharField(allow_null=True, help_text="Stable machine-readable code, e.g. invalid_api_key.")
 
 
+class BudgetSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=["key", "user", "team", "global"])
+    name = serializers.CharField(help_text="The key's, user's or team's name; \"global\" for a global budget.")
+    period = serializers.ChoiceField(choices=["day", "week", "month", "total"])
+    limit = serializers.CharField(help_text="Decimal string.")
+    spent = serializers.CharField(help_text="Settled calls of the current period; decimal string.")
+    reserved = serializers.CharField(help_text="The maximum cost of calls still in flight; decimal string.")
+    remaining = serializers.CharField(help_text="limit - spent - reserved, at least 0; decimal string.")
+    resets_at = serializers.CharField(allow_null=True, help_text="ISO-8601 UTC; null for a total budget.")
+
+
+class BudgetReportSerializer(serializers.Serializer):
+    currency = serializers.CharField()
+    budgets = BudgetSerializer(many=True)
+
+
 class ApiErrorSerializer(serializers.Serializer):
     """Every error of this API, in the OpenAI error shape."""
 

@@ -1,7 +1,8 @@
-"""Celery tasks for accounts: draining the usage queue into the database."""
+"""Celery tasks for accounts: draining the usage queue into the database, budget threshold alerts."""
 
 from celery import shared_task
 
+from accounts.alerts import budget_alerts_run
 from accounts.usage import usage_flush, usage_reconcile
 
 # Beat sends one flush every GATEWAY_USAGE_FLUSH_SECONDS; while no worker runs they pile up in the
@@ -13,3 +14,9 @@ FLUSH_TASK_EXPIRES_SECONDS = 60
 def flush_usage() -> int:
     usage_reconcile()
     return usage_flush(batch_size=1000, max_seconds=10.0)
+
+
+# Like the flush, a run left waiting in the broker is pointless once the next one is sent.
+@shared_task(ignore_result=True, expires=FLUSH_TASK_EXPIRES_SECONDS)
+def budget_alerts() -> int:
+    return budget_alerts_run().created

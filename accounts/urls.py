@@ -2,8 +2,9 @@
 
 from django.urls import path
 
-from accounts.api import UsageView
+from accounts.api import BudgetView, UsageView
 
 urlpatterns = [
     path("usage", UsageView.as_view(), name="api-usage"),
+    path("budget", BudgetView.as_view(), name="api-budget"),
 ]

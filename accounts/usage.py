@@ -9,6 +9,11 @@ replaced by the request's real event when that arrives after all.
 
 The usage report never reads the queue: each event raises its key's pending totals in Redis in the same
 transaction that queues it, and the trim of the flush that wrote it lowers them again.
+
+A call's cost is worked out by the relay when it finishes, at the prices of the deployment that served it,
+and travels in its event: the flush stores it as it is (a later price change never rewrites history). Only
+an event without one (a `lost` record made of a started marker, an event queued by an older version) is
+priced by the flush, at the model's prices of the moment.
 """
 
 import asyncio
@@ -19,7 +24,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 import orjson
 from django.conf import settings
@@ -29,6 +34,8 @@ from django.db.models.functions import Greatest
 from redis.exceptions import RedisError
 
 from aigateway.redis import redis_async, redis_sync
+from providers.dialects.canonical import Usage
+from providers.pricing import COST_QUANTUM, Prices, prices_resolve
 
 logger = logging.getLogger(__name__)
 
@@ -48,19 +55,24 @@ LOST_ERROR_TYPE = "lost"
 # that (no worker draining the queue) drop out of the report until they are flushed, never out of the books.
 USAGE_PENDING_KEY_PREFIX = "gw:usage:pending"
 PENDING_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens")
+# Beside them, what the report needs to price the queued events: the cost the events carried (an integer
+# of COST_QUANTUM units, as HINCRBY counts) and the tokens of those events, so the rest (events without a
+# cost) can be priced the way the flush will price them.
+PENDING_COSTS = ("cost_units", "costed_prompt_tokens", "costed_completion_tokens")
+_PENDING_FIELDS = PENDING_TOTALS + PENDING_COSTS
 PENDING_TTL_SECONDS = 7 * 86400
 RETRY_BUFFER_SIZE = 10_000
 DEFAULT_FLUSH_LOCK_SECONDS = 5.0
 _IN_CHUNK = 500  # SQLite allows 999 parameters per statement.
-_MILLION = Decimal(1_000_000)
-_COST_QUANTUM = Decimal("0.00000001")
+# UsageRecord.cost: max_digits=14, decimal_places=8.
+_COST_LIMIT = Decimal(10**6)
 
 # Trim what this flush read, dead-letter the malformed events and lower the pending totals by what was
 # trimmed, but only while the lock is still ours: a flusher whose lock expired must not trim events that
 # another flusher has not written yet. A pending hash gone (expired) is not recreated with negative totals.
 # KEYS[1] lock  KEYS[2] queue  KEYS[3] dead letters  KEYS[4...] pending hashes
 # ARGV: token, events read, number of dead events, the dead events...,
-#       then per (hash, model): index of the hash in KEYS, model, requests, errors, prompt, completion
+#       then per (hash, model): index of the hash in KEYS, model, then each of _PENDING_FIELDS
 _TRIM_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
     return 0
@@ -70,16 +82,17 @@ for i = 4, 3 + dead do
     redis.call('RPUSH', KEYS[3], ARGV[i])
 end
 redis.call('LTRIM', KEYS[2], tonumber(ARGV[2]), -1)
-local totals = {'requests', 'errors', 'prompt_tokens', 'completion_tokens'}
-for i = 4 + dead, #ARGV, 6 do
+local totals = __TOTALS__
+for i = 4 + dead, #ARGV, 2 + #totals do
     local key = KEYS[tonumber(ARGV[i])]
     local model = ARGV[i + 1]
     if redis.call('EXISTS', key) == 1 then
         if redis.call('HINCRBY', key, 'requests:' .. model, -tonumber(ARGV[i + 2])) <= 0 then
-            redis.call('HDEL', key, 'requests:' .. model, 'errors:' .. model, 'prompt_tokens:' .. model,
-                'completion_tokens:' .. model)
+            for j = 1, #totals do
+                redis.call('HDEL', key, totals[j] .. ':' .. model)
+            end
         else
-            for j = 2, 4 do
+            for j = 2, #totals do
                 local by = tonumber(ARGV[i + 1 + j])
                 if by ~= 0 and redis.call('HINCRBY', key, totals[j] .. ':' .. model, -by) < 0 then
                     redis.call('HSET', key, totals[j] .. ':' .. model, 0)
@@ -89,7 +102,7 @@ for i = 4 + dead, #ARGV, 6 do
     end
 end
 return 1
-"""
+""".replace("__TOTALS__", "{" + ", ".join(f"'{name}'" for name in _PENDING_FIELDS) + "}")
 _EXTEND_LOCK_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -339,11 +352,11 @@ async def usage_started_refresh_many(request_ids: list[str]) -> None:
 # a marker that is no longer the one read is left for the next run.
 # KEYS[1] markers  KEYS[2] deadlines  KEYS[3] queue  KEYS[4...] pending hashes
 # ARGV: now, pending TTL, then per request: id, marker read, index of its pending hash in KEYS (0: none),
-#       model, requests, errors, prompt, completion
+#       model, then each of _PENDING_FIELDS
 _RECONCILE_SCRIPT = """
 local moved = 0
-local totals = {'requests', 'errors', 'prompt_tokens', 'completion_tokens'}
-for i = 3, #ARGV, 8 do
+local totals = __TOTALS__
+for i = 3, #ARGV, 4 + #totals do
     local deadline = redis.call('ZSCORE', KEYS[2], ARGV[i])
     if not deadline or tonumber(deadline) <= tonumber(ARGV[1]) then
         local marker = redis.call('HGET', KEYS[1], ARGV[i])
@@ -354,7 +367,7 @@ for i = 3, #ARGV, 8 do
             local position = tonumber(ARGV[i + 2])
             if position > 0 then
                 local key = KEYS[position]
-                for j = 1, 4 do
+                for j = 1, #totals do
                     local by = tonumber(ARGV[i + 3 + j])
                     if by ~= 0 or j == 1 then
                         redis.call('HINCRBY', key, totals[j] .. ':' .. ARGV[i + 3], by)
@@ -369,7 +382,7 @@ for i = 3, #ARGV, 8 do
     end
 end
 return moved
-"""
+""".replace("__TOTALS__", "{" + ", ".join(f"'{name}'" for name in _PENDING_FIELDS) + "}")
 
 
 def usage_reconcile(*, limit: int = 1000, now: float | None = None) -> int:
@@ -387,7 +400,7 @@ def usage_reconcile(*, limit: int = 1000, now: float | None = None) -> int:
         for (name, model), row in pending.items():
             args += [request_id, marker, _key_index(keys, name), model, *row]
         if not pending:
-            args += [request_id, marker or "", 0, "", 0, 0, 0, 0]
+            args += [request_id, marker or "", 0, "", *[0] * len(_PENDING_FIELDS)]
     moved = int(client.eval(_RECONCILE_SCRIPT, len(keys), *keys, *args))
     if moved:
         logger.warning("usage: %d admitted requests never finished; recorded as %s", moved, LOST_ERROR_TYPE)
@@ -470,6 +483,22 @@ def _optional_int(value) -> int | None:
     return value
 
 
+def _cost(value) -> Decimal | None:
+    """An event's cost: a decimal string (events are JSON; a float would not be exact), or None when it has
+    none. Anything else, negative, or beyond what a record holds is malformed."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise MalformedEvent("cost is not a decimal string")
+    try:
+        cost = Decimal(value)
+    except InvalidOperation as exc:
+        raise MalformedEvent("cost is not a decimal string") from exc
+    if not cost.is_finite() or cost < 0 or cost >= _COST_LIMIT:
+        raise MalformedEvent("cost out of range")
+    return cost.quantize(COST_QUANTUM)
+
+
 def _count(event: dict, name: str, *, default: int = 0, maximum: int = 2**31 - 1) -> int:
     value = event.get(name, default)
     if value is None:
@@ -503,6 +532,8 @@ def _parse_event(raw: bytes) -> dict:
     fields = {
         "request_id": request_id,
         "api_key_id": _optional_int(event.get("api_key_id")),
+        "user_id": _optional_int(event.get("user_id")),
+        "team_id": _optional_int(event.get("team_id")),
         "deployment_id": _optional_int(event.get("deployment_id")),
         "stream": bool(event.get("stream", False)),
         "status_code": _count(event, "status_code", maximum=32767),
@@ -513,7 +544,14 @@ def _parse_event(raw: bytes) -> dict:
         "attempts": _count(event, "attempts", default=1, maximum=32767),
         "created_at": created_at,
     }
+    # The parts of the prompt and the completion, never more than the whole.
     fields["cached_tokens"] = min(_count(event, "cached_tokens"), fields["prompt_tokens"])
+    fields["cache_write_tokens"] = min(
+        _count(event, "cache_write_tokens"), fields["prompt_tokens"] - fields["cached_tokens"]
+    )
+    fields["reasoning_tokens"] = min(_count(event, "reasoning_tokens"), fields["completion_tokens"])
+    # Not a record field as it is: None = to be priced by the flush.
+    fields["cost"] = _cost(event.get("cost"))
     for name, limit in _STRING_LIMITS.items():
         value = event.get(name) or ""
         if not isinstance(value, str):
@@ -536,11 +574,11 @@ def _pending_key(api_key_id: int, day: date) -> str:
     return f"{USAGE_PENDING_KEY_PREFIX}:{api_key_id}:{day.isoformat()}"
 
 
-def _pending_of(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None:
-    """(pending hash, model, (requests, errors, prompt tokens, completion tokens)) of one queued event, or None
-    when the report does not count it (no key, or not an event). Read from the queued bytes the same way
-    when the event is queued and when the flush trims it, whatever else the flush makes of it (a record,
-    a copy skipped, a dead letter), so the totals fall by exactly what they rose."""
+def _pending_of(raw: bytes) -> tuple[str, str, tuple[int, ...]] | None:
+    """(pending hash, model, a value for each of _PENDING_FIELDS) of one queued event, or None when the
+    report does not count it (no key, or not an event). Read from the queued bytes the same way when the
+    event is queued and when the flush trims it, whatever else the flush makes of it (a record, a copy
+    skipped, a dead letter), so the totals fall by exactly what they rose."""
     try:
         event = orjson.loads(raw)
         key_id, model, created = event["api_key_id"], event["model"], event["created_at"]
@@ -548,14 +586,20 @@ def _pending_of(raw: bytes) -> tuple[str, str, tuple[int, int, int, int]] | None
             return None
         day = datetime.fromtimestamp(created, tz=UTC).date()
         errors = 1 if _count(event, "status_code", maximum=32767) >= 400 else 0
-        totals = (1, errors, _count(event, "prompt_tokens"), _count(event, "completion_tokens"))
+        prompt, completion = _count(event, "prompt_tokens"), _count(event, "completion_tokens")
+        try:
+            cost = _cost(event.get("cost"))
+        except MalformedEvent:
+            cost = None
+        costed = (0, 0, 0) if cost is None else (int(cost / COST_QUANTUM), prompt, completion)
+        totals = (1, errors, prompt, completion, *costed)
     except (orjson.JSONDecodeError, LookupError, TypeError, ValueError, OverflowError, OSError):
         return None  # MalformedEvent is a ValueError
     return _pending_key(key_id, day), model[: _STRING_LIMITS["model"]], totals
 
 
 def _pending_totals_of(payloads) -> dict[tuple[str, str], list[int]]:
-    """(pending hash, model) -> [requests, errors, prompt, completion] of queued events."""
+    """(pending hash, model) -> a total for each of _PENDING_FIELDS, of queued events."""
     totals: dict[tuple[str, str], list[int]] = {}
     for raw in payloads:
         counted = _pending_of(raw)
@@ -599,7 +643,7 @@ def _queue_events(pipe, payloads: list[bytes], request_ids: list[str]) -> None:
     raises: list = []
     for (name, model), row in _pending_totals_of(payloads).items():
         index = _key_index(keys, name)
-        for total, by in zip(PENDING_TOTALS, row, strict=True):
+        for total, by in zip(_PENDING_FIELDS, row, strict=True):
             if by or total == "requests":
                 raises += [index, f"{total}:{model}", by]
     args = [len(payloads), len(request_ids), PENDING_TTL_SECONDS, *payloads, *request_ids, *raises]
@@ -660,28 +704,36 @@ def _existing(model, field: str, values) -> set:
     return found
 
 
-def _prices(model_names) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
+def usage_model_prices(model_names) -> dict[str, Prices]:
+    """The named models' own prices as they stand now (a model not in the catalog is missing: free), for
+    events that carry no cost of their own."""
     from providers.models import Model
 
-    prices = {}
-    for name, price_in, price_out, price_cached in Model.objects.filter(name__in=list(model_names)).values_list(
-        "name", "input_price_per_million", "output_price_per_million", "cached_input_price_per_million"
-    ):
-        price_in = price_in or Decimal(0)
-        prices[name] = (price_in, price_out or Decimal(0), price_in if price_cached is None else price_cached)
-    return prices
+    rows = Model.objects.filter(name__in=list(model_names)).values_list(
+        "name",
+        "input_price_per_million",
+        "output_price_per_million",
+        "cached_input_price_per_million",
+        "cache_write_price_per_million",
+    )
+    return {
+        name: prices_resolve(input=price_in, output=price_out, cached_input=cached, cache_write=written)
+        for name, price_in, price_out, cached, written in rows
+    }
 
 
-def usage_cost(*, prompt_tokens: int, completion_tokens: int, prices: tuple | None, cached_tokens: int = 0) -> Decimal:
-    """Per-million prices (input, output[, cached input]); cached prompt tokens cost the cached price
-    when the model has one, the input price otherwise."""
-    if prices is None:
+def _event_cost(event: dict, prices: dict[str, Prices]) -> Decimal:
+    """The cost the event carried (priced when the call ran), or its tokens at the model's prices now."""
+    cost = event.pop("cost")
+    if cost is not None:
+        return cost
+    model_prices = prices.get(event["model"])
+    if model_prices is None:
         return Decimal(0)
-    price_in, price_out = prices[0], prices[1]
-    price_cached = prices[2] if len(prices) > 2 else price_in
-    cached = min(cached_tokens, prompt_tokens)
-    total = (prompt_tokens - cached) * price_in + cached * price_cached + completion_tokens * price_out
-    return (total / _MILLION).quantize(_COST_QUANTUM)
+    usage = Usage(
+        event["prompt_tokens"], event["completion_tokens"], event["cached_tokens"], event["cache_write_tokens"]
+    )
+    return model_prices.cost(usage)
 
 
 _LOST_RECORD_FIELDS = ("pk", "request_id", "api_key_id", "model", "created_at", "status_code", "prompt_tokens",
@@ -714,7 +766,9 @@ def _daily_count(daily: dict, *, day: date, key_id: int, model: str, fields: dic
 def _write_events(events: list[dict]) -> int:
     """Write one batch in one transaction; returns the number of records written (new ones, and `lost`
     records replaced by the request's real event). Raises on DB errors."""
-    from accounts.models import ApiKey, UsageDaily, UsageRecord
+    from django.contrib.auth import get_user_model
+
+    from accounts.models import ApiKey, Team, UsageDaily, UsageRecord
     from providers.models import Deployment
 
     with transaction.atomic():
@@ -723,10 +777,13 @@ def _write_events(events: list[dict]) -> int:
         if not new:
             return 0
         key_ids = _existing(ApiKey, "pk", {e["api_key_id"] for e in new if e["api_key_id"] is not None})
+        user_ids = _existing(get_user_model(), "pk", {e["user_id"] for e in new if e["user_id"] is not None})
+        team_ids = _existing(Team, "pk", {e["team_id"] for e in new if e["team_id"] is not None})
         deployment_ids = _existing(
             Deployment, "pk", {e["deployment_id"] for e in new if e["deployment_id"] is not None}
         )
-        prices = _prices({event["model"] for event in new})
+        unpriced = {event["model"] for event in new if event["cost"] is None}
+        prices = usage_model_prices(unpriced) if unpriced else {}
         records, replacing = [], []
         daily: dict[tuple[date, int, str], dict] = {}
         last_used: dict[int, datetime] = {}
@@ -745,12 +802,11 @@ def _write_events(events: list[dict]) -> int:
                 event["api_key_id"] = None
             if event["deployment_id"] not in deployment_ids:
                 event["deployment_id"] = None
-            cost = usage_cost(
-                prompt_tokens=event["prompt_tokens"],
-                completion_tokens=event["completion_tokens"],
-                prices=prices.get(event["model"]),
-                cached_tokens=event["cached_tokens"],
-            )
+            if event["user_id"] not in user_ids:
+                event["user_id"] = None
+            if event["team_id"] not in team_ids:
+                event["team_id"] = None
+            cost = _event_cost(event, prices)
             if event["request_id"] in lost:
                 replacing.append((event, cost))
                 continue
@@ -926,13 +982,18 @@ async def usage_queue_depths() -> tuple[int, int]:
     return queued, dead
 
 
-def usage_pending_totals(*, api_key_id: int, start: date, end: date) -> dict[tuple[date, str], dict[str, int]]:
+def usage_pending_totals(
+    *, api_key_id: int, start: date, end: date, costs: bool = False
+) -> dict[tuple[date, str], dict[str, int]]:
     """Totals of events still queued (not yet flushed) for one key, per (UTC date, model), start..end inclusive:
-    one read of the key's pending hash per day, whatever the length of the queue.
+    one read of the key's pending hash per day, whatever the length of the queue. With `costs`, each row
+    also has PENDING_COSTS: the cost the events carried, in COST_QUANTUM units, and their tokens (the
+    other tokens are of events the flush will price).
 
     Between a batch's commit and its trim the same events can be counted both here and in the database
     for a few milliseconds; everything else is counted exactly once.
     """
+    names = _PENDING_FIELDS if costs else PENDING_TOTALS
     days = [start + timedelta(days=offset) for offset in range((end - start).days + 1)]
     pipe = redis_sync().pipeline(transaction=False)
     for day in days:
@@ -941,6 +1002,6 @@ def usage_pending_totals(*, api_key_id: int, start: date, end: date) -> dict[tup
     for day, fields in zip(days, pipe.execute(), strict=True):
         for field, value in fields.items():
             total, _, model = field.decode().partition(":")
-            if total in PENDING_TOTALS:
-                totals.setdefault((day, model), dict.fromkeys(PENDING_TOTALS, 0))[total] = int(value)
+            if total in names:
+                totals.setdefault((day, model), dict.fromkeys(names, 0))[total] = int(value)
     return {row: values for row, values in sorted(totals.items()) if values["requests"] > 0}

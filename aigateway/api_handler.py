@@ -52,10 +52,16 @@ class ApiHeaders(dict):
 class ApiRequest:
     """What an API view reads of its request, built from the ASGI scope and the received body."""
 
-    __slots__ = ("method", "path", "headers", "scope", "gateway_request_id", "_body", "_too_big", "_meta")
+    # gateway_*: what the edge learns of the request on its way (its id, its key's context, its JSON body).
+    __slots__ = (
+        "method", "path", "headers", "scope", "gateway_request_id", "gateway_key", "gateway_body",
+        "_body", "_too_big", "_meta",
+    )  # fmt: skip
 
     def __init__(self, scope, body: bytes, too_big: bool) -> None:
         self.scope = scope
+        self.gateway_key = None
+        self.gateway_body = None
         self.method = scope["method"]
         self.path = scope["path"]
         headers = ApiHeaders()

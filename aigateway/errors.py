@@ -26,12 +26,21 @@ class GatewayError(Exception):
     """A failure the client should see: HTTP status, stable code, message naming the problem."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None, param: str | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+        error_type: str | None = None,
     ) -> None:
         message = message_cap(message)
         super().__init__(message)
         self.status = status
         self.code = code
+        # The OpenAI error type when the status alone does not say it (e.g. "insufficient_quota").
+        self.error_type = error_type
         self.message = message
         self.headers = headers or {}
         self.param = param if param is None else message_cap(param)

@@ -6,6 +6,11 @@ call); a timer writes them to prometheus-client's multi-process files once per F
 public API (a counter's `inc`, a histogram's `observe`), and a scrape writes its own process's tallies
 first. Gauges that describe shared state (usage queue, provider
 health, breakers) are read from Redis when scraped, so every worker reports the same, exact value.
+
+Refusals (the 4xx answers the gateway gives on its API doors: a bad key, a limit, a budget, a model the key
+may not use, a body too large...) are counted apart, by status, error code and the refused key's display
+prefix. Their labels stay bounded: the code comes from a fixed set (any other is "other"), and the key
+label is a known key's prefix (keys are issued by admin) or "" when no valid key was sent.
 """
 
 import asyncio
@@ -61,6 +66,40 @@ HTTP_RESPONSES = Counter(
     "Every API answer by view and HTTP status, refusals before a relay call (401, 404, 429...) included.",
     ["view", "status"],
 )
+REFUSALS = Counter(
+    "gateway_refusals",
+    "Requests refused by the gateway (HTTP 4xx) on the API doors, by status, error code and the refused key's "
+    "display prefix (empty when no valid key was sent).",
+    ["status", "code", "key"],
+)
+# The error codes a refusal is counted under; any other code is counted as "other", so a new code cannot grow
+# the label set unseen.
+REFUSAL_CODES = frozenset(
+    {
+        "missing_api_key",
+        "invalid_api_key",
+        "unauthenticated",
+        "session_ended",
+        "key_revoked",
+        "no_usable_key",
+        "method_not_allowed",
+        "unsupported_media_type",
+        "unsupported_content_encoding",
+        "request_too_large",
+        "invalid_request",
+        "json_too_deep",
+        "too_many_models",
+        "context_length_exceeded",
+        "unsupported_endpoint",
+        "not_found",
+        "model_not_found",
+        "model_not_allowed",
+        "rate_limit_exceeded",
+        "budget_exceeded",
+        "run_in_progress",
+        "no_run",
+    }
+)
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streamed answers being relayed now.", multiprocess_mode="livesum"
 )
@@ -80,6 +119,7 @@ class _Tally:
         self.tokens: dict[tuple, int] = {}
         self.errors: dict[tuple, int] = {}
         self.responses: dict[tuple, int] = {}
+        self.refusals: dict[tuple, int] = {}
         # (model, provider) -> the seconds observed since the last flush. A histogram takes one
         # observation at a time (prometheus-client has no public call that adds a bucket count), so each
         # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
@@ -130,6 +170,13 @@ def metrics_response(view: str, status: int) -> None:
     _flush_soon()
 
 
+def metrics_refusal(status: int, code: str, key_prefix: str = "") -> None:
+    """Count one refused request: its HTTP status, its error code (see REFUSAL_CODES) and the key's display
+    prefix ("" when the request carried no valid key)."""
+    _add(_tally.refusals, (status, code if code in REFUSAL_CODES else "other", key_prefix), 1)
+    _flush_soon()
+
+
 def metrics_stream_opened() -> None:
     _tally.streams += 1
     _tally.streams_changed = True
@@ -173,6 +220,7 @@ def metrics_flush() -> None:
     """Write this process's tallies to the shared multi-process files (and start a new tally)."""
     tally = _tally
     requests, tokens, errors, responses = tally.requests, tally.tokens, tally.errors, tally.responses
+    refusals = tally.refusals
     duration, ttfb, streams_changed = tally.duration, tally.ttfb, tally.streams_changed
     handle = tally.flush_handle
     if handle is not None:
@@ -187,6 +235,8 @@ def metrics_flush() -> None:
         UPSTREAM_ERRORS.labels(provider, kind).inc(count)
     for (view, status), count in responses.items():
         HTTP_RESPONSES.labels(view, str(status)).inc(count)
+    for (status, code, key), count in refusals.items():
+        REFUSALS.labels(str(status), code, key).inc(count)
     _histogram_add(DURATION, duration)
     _histogram_add(TTFB, ttfb)
     if streams_changed:

@@ -153,7 +153,10 @@ GATEWAY_HEALTH_CHECK_SECONDS = env.float("GATEWAY_HEALTH_CHECK_SECONDS", default
 CELERY_BEAT_SCHEDULE = {
     "flush-usage": {"task": "accounts.tasks.flush_usage", "schedule": GATEWAY_USAGE_FLUSH_SECONDS},
     "check-health": {"task": "providers.tasks.check_health", "schedule": GATEWAY_HEALTH_CHECK_SECONDS},
-    "budget-alerts": {"task": "accounts.tasks.budget_alerts", "schedule": env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0)},
+    "budget-alerts": {
+        "task": "accounts.tasks.budget_alerts",
+        "schedule": env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0),
+    },
 }
 
 # Gateway behaviour.

@@ -9,6 +9,7 @@ Celery worker writes.
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import statistics
@@ -86,23 +87,43 @@ def usage_event(index: int, run: str) -> dict:
 
 
 async def measure_hot_path(iterations: int) -> dict[str, list[float]]:
+    from accounts.budgets import BudgetRef
     from accounts.limits import limits_admit, limits_settle
     from accounts.usage import USAGE_QUEUE_KEY, usage_record
     from aigateway.redis import redis_async
 
     every_limit = key_context(1, rpm=10**7, tpm=10**9, max_concurrent=10_000, daily_tokens=10**15)
+    # The same limits plus three budgets applying (key, team, global), as a key in a team sees them.
+    budgets = tuple(
+        BudgetRef(id=9000 + i, scope=scope, name=scope, period=period, limit_units=10**17)
+        for i, (scope, period) in enumerate([("key", "day"), ("team", "month"), ("global", "total")])
+    )
+    with_budgets = key_context(4, rpm=10**7, tpm=10**9, max_concurrent=10_000, daily_tokens=10**15)
+    with_budgets = dataclasses.replace(with_budgets, budgets=budgets)
     rpm_only = key_context(2, rpm=10**7)
     no_limits = key_context(3)
-    samples: dict[str, list[float]] = {"admit+settle (all limits)": [], "admit (rpm only)": [], "admit (no limits)": []}
+    samples: dict[str, list[float]] = {
+        "admit+settle (all limits)": [],
+        "admit+settle (+3 budgets)": [],
+        "admit (rpm only)": [],
+        "admit (no limits)": [],
+    }
     samples["usage_record"] = []
-    for i in range(200):  # warm up connections and script cache
+    for i in range(200):  # warm up connections and script cache (and seed the budget counters)
         admission = await limits_admit(every_limit, estimate_tokens=100, request_id=f"warm-{i}")
         await limits_settle(every_limit, admission, actual_tokens=90)
+        admission = await limits_admit(with_budgets, estimate_tokens=100, request_id=f"wb-{i}", max_cost_units=10**6)
+        await limits_settle(with_budgets, admission, actual_tokens=90, cost_units=5 * 10**5)
     for i in range(iterations):
         started = time.perf_counter_ns()
         admission = await limits_admit(every_limit, estimate_tokens=100, request_id=f"r-{i}")
         await limits_settle(every_limit, admission, actual_tokens=90)
         samples["admit+settle (all limits)"].append((time.perf_counter_ns() - started) / 1000)
+
+        started = time.perf_counter_ns()
+        admission = await limits_admit(with_budgets, estimate_tokens=100, request_id=f"b-{i}", max_cost_units=10**6)
+        await limits_settle(with_budgets, admission, actual_tokens=90, cost_units=5 * 10**5)
+        samples["admit+settle (+3 budgets)"].append((time.perf_counter_ns() - started) / 1000)
 
         started = time.perf_counter_ns()
         await limits_admit(rpm_only, estimate_tokens=100, request_id=f"o-{i}")

@@ -14,6 +14,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from providers.admin_actions import check_health_now
 from providers.admin_routing import routing_test_view, when_summary
+from providers.admin_widgets import KindsField, NameListField, StructuredFormMixin, TransformsField
 from providers.models import Deployment, HealthCheck, Model, Provider, RouteRule
 from providers.route_rules import is_pattern
 
@@ -29,7 +30,12 @@ def _provider_formfield(db_field, **kwargs):
     return db_field.formfield(**kwargs)
 
 
-class ProviderAdminForm(forms.ModelForm):
+class ProviderAdminForm(StructuredFormMixin, forms.ModelForm):
+    request_transforms = TransformsField(
+        help_text="Edits to every request sent to this provider, applied in order after translation: drop a "
+        "field, set a default or force a value, cap a number, rename a field, or set a header. A field is a "
+        'dotted path (metadata.user_id); a default or forced value is JSON: 0.7, true, "text", {"a": 1}.',
+    )
     api_key = forms.CharField(
         label="API key",
         required=False,
@@ -162,7 +168,17 @@ def _none_as_empty(value):
     return [] if value is None else value
 
 
-class PublicModelAdminForm(forms.ModelForm):
+class PublicModelAdminForm(StructuredFormMixin, forms.ModelForm):
+    kinds = KindsField(help_text="What the model is for, shown in /v1/models; none checked = chat.")
+    aliases = NameListField(
+        patterns=True,
+        noun="alias",
+        help_text="Other names clients may send: exact names or glob patterns (claude-*, gpt-4o-?).",
+    )
+    fallbacks = NameListField(patterns=False, noun="fallback", help_text=Model._meta.get_field("fallbacks").help_text)
+    context_fallbacks = NameListField(
+        patterns=False, noun="context fallback", help_text=Model._meta.get_field("context_fallbacks").help_text
+    )
     alias_order = forms.IntegerField(
         required=False,
         initial=0,
@@ -251,8 +267,8 @@ class PublicModelAdmin(admin.ModelAdmin):
                 "fields": ["context_window", "aliases", "alias_order", "fallbacks", "context_fallbacks"],
                 "description": (
                     "A name a client sends is matched first against the models themselves, then against exact "
-                    "aliases, then against alias patterns (by alias order, then model name). Lists are JSON, "
-                    'e.g. ["backup-model"]; leave a box empty for none. Test the result on the routing rules\' '
+                    "aliases, then against alias patterns (by alias order, then model name). Lists take one name "
+                    "per row; fallbacks are tried from the top. Test the result on the routing rules' "
                     '"Test routing" page.'
                 ),
             },

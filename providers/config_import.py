@@ -1,5 +1,5 @@
-"""Import providers, models with their deployments and routing, tiers and routing rules from a YAML
-document (idempotent upsert).
+"""Import providers, models with their deployments and routing, tiers, routing rules and teams with their
+budgets from a YAML document (idempotent upsert).
 
 Rows are matched by name. The whole document is validated before anything is written, every
 problem is reported with its line, and the write is one transaction. Provider API keys are never
@@ -13,6 +13,9 @@ the model's other deployments are deleted. Rows not mentioned in the file are le
 for routing rules too (`routes:`), which are upserted by name, so a rule dropped from the file stays
 until it is deleted in admin or listed with `enabled: false`. A rule's `order` defaults to its position
 in the list. Models named by fallbacks, context fallbacks and rules must be in the file or the database.
+A listed team's members (usernames) must exist already; its budgets are exactly the file's: matched by
+period (one budget per period), updated in place (so alerts already sent this period are not sent again),
+and the team's other budgets deleted.
 """
 
 import difflib
@@ -23,14 +26,18 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 from django.db import transaction
 
-from accounts.models import LIMIT_FIELDS, Tier
+from accounts.budget_rules import budget_amount_parse, budget_thresholds_normalize, budget_thresholds_problem
+from accounts.budgets import PERIODS
+from accounts.models import LIMIT_FIELDS, Budget, Team, Tier, soft_thresholds_default
 from providers.models import MODEL_KINDS, Deployment, Dialect, Model, Provider, RouteRule
 from providers.route_rules import conditions_problems, model_routing_problems
 from providers.transforms import shown, transforms_problems, type_name
+from providers.upstream_policy import base_url_problem
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -41,7 +48,7 @@ HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 RAW_SECRET_RE = re.compile(r"""api_key\s*:\s*["']?([^\s"'#,}\]]+)""")
 MIN_REDACTED_LENGTH = 6
 
-TOP_LEVEL_KEYS = ("providers", "models", "tiers", "routes")
+TOP_LEVEL_KEYS = ("providers", "models", "tiers", "routes", "teams")
 PROVIDER_KEYS = (
     "name",
     "dialect",
@@ -73,6 +80,8 @@ MODEL_KEYS = (
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled")
 TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "models")
 ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
+TEAM_KEYS = ("name", "members", "models", "alert_webhook", "budgets")
+BUDGET_KEYS = ("period", "amount", "soft", "enabled")
 # "fallbacks[2] must be ..." from model_routing_problems: the index of the item, to report its line.
 ITEM_INDEX_RE = re.compile(r"^\w+\[(\d+)\]")
 
@@ -112,9 +121,11 @@ class ImportSummary:
     deployments: ImportCounts = field(default_factory=ImportCounts)
     tiers: ImportCounts = field(default_factory=ImportCounts)
     routes: ImportCounts = field(default_factory=ImportCounts)
+    teams: ImportCounts = field(default_factory=ImportCounts)
+    budgets: ImportCounts = field(default_factory=ImportCounts)
 
     def lines(self) -> list[str]:
-        kinds = ("providers", "models", "deployments", "tiers", "routes")
+        kinds = ("providers", "models", "deployments", "tiers", "routes", "teams", "budgets")
         return [f"{kind + ':':13} {getattr(self, kind)}" for kind in kinds]
 
 
@@ -246,11 +257,29 @@ class _RouteSpec:
 
 
 @dataclass
+class _BudgetSpec:
+    line: int
+    period: str
+    fields: dict
+
+
+@dataclass
+class _TeamSpec:
+    line: int
+    name: str
+    fields: dict
+    members: list[str]
+    models: list[str]
+    budgets: list[_BudgetSpec]
+
+
+@dataclass
 class _Plan:
     providers: list[_ProviderSpec]
     models: list[_ModelSpec]
     tiers: list[_TierSpec]
     routes: list[_RouteSpec]
+    teams: list[_TeamSpec] = field(default_factory=list)
 
 
 class _Problems:
@@ -465,6 +494,27 @@ class _Entry:
             result.append((item, line))
         return result
 
+    def money(self, key: str) -> Decimal | _Invalid:
+        """A required amount of money: a number, or a numeric string (quoted, it is read exactly)."""
+        if key not in self.mapping:
+            return self.missing(key)
+        try:
+            return budget_amount_parse(self.mapping[key])
+        except ValueError as exc:
+            return self.problem(key, str(exc))
+
+    def thresholds(self, key: str) -> list[float] | _Invalid:
+        """Soft alert thresholds: fractions of a budget's amount; omitted = the model's default."""
+        if key not in self.mapping:
+            return soft_thresholds_default()
+        value = self.mapping[key]
+        if value is None:
+            return []
+        problem = budget_thresholds_problem(value)
+        if problem:
+            return self.problem(key, problem)
+        return budget_thresholds_normalize(value)
+
     def share(self, key: str) -> float | _Invalid:
         value = self.number(key, default=1.0, minimum=0.0)
         if isinstance(value, float) and value > 1.0:
@@ -493,12 +543,15 @@ class _Entry:
 def _plan_build(document: Any, source: str, secrets: set[str]) -> _Plan:
     problems = _Problems(source)
     if document is None:
-        problems.add(None, "the document is empty; expected a mapping with providers, models, tiers and/or routes")
+        problems.add(
+            None, "the document is empty; expected a mapping with providers, models, tiers, routes and/or teams"
+        )
         problems.raise_if_any()
     if not isinstance(document, _Mapping):
         problems.add(
             1,
-            f"the document must be a mapping with providers, models, tiers and/or routes, not {_type_name(document)}",
+            f"the document must be a mapping with providers, models, tiers, routes and/or teams, "
+            f"not {_type_name(document)}",
         )
         problems.raise_if_any()
     top = _Entry(document, kind="document", label="the document", allowed=TOP_LEVEL_KEYS, problems=problems)
@@ -513,8 +566,9 @@ def _plan_build(document: Any, source: str, secrets: set[str]) -> _Plan:
     # A rule naming a model that the file defines but gets wrong is reported once, at that model.
     named = set() if isinstance(model_entries, _Invalid) else {entry.get("name") for entry in model_entries}
     routes = _routes_validate(top.mappings("routes"), problems, file_models | named)
+    teams = _teams_validate(top.mappings("teams"), problems, file_models)
     problems.raise_if_any()
-    return _Plan(providers=providers, models=models, tiers=tiers, routes=routes)
+    return _Plan(providers=providers, models=models, tiers=tiers, routes=routes, teams=teams)
 
 
 def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list[_ProviderSpec]:
@@ -743,6 +797,91 @@ def _routes_validate(entries, problems: _Problems, file_models: set[str]) -> lis
     return specs
 
 
+def _teams_validate(entries, problems: _Problems, file_models: set[str]) -> list[_TeamSpec]:
+    if isinstance(entries, _Invalid):
+        return []
+    specs, seen = [], {}
+    referenced_models: list[tuple[str, int, str]] = []
+    referenced_users: list[tuple[str, int, str]] = []
+    for position, mapping in enumerate(entries, start=1):
+        entry = _Entry(mapping, kind="team", label=f"team #{position}", allowed=TEAM_KEYS, problems=problems)
+        name = entry.name("name", slug=False, max_length=Team._meta.get_field("name").max_length)
+        entry.reject_unknown_keys()
+        fields = {"alert_webhook": _team_webhook(entry)}
+        members = entry.names("members")
+        models = entry.names("models")
+        budgets = _budgets_validate(entry, problems)
+        _note_duplicate(problems, seen, "team", name, mapping.line)
+        if not isinstance(members, _Invalid):
+            referenced_users.extend((user, line, f"{entry.label} members") for user, line in members)
+        if not isinstance(models, _Invalid):
+            referenced_models.extend((model, line, f"{entry.label} models") for model, line in models)
+        if _all_valid(name, members, models, budgets, *fields.values()):
+            specs.append(
+                _TeamSpec(
+                    line=mapping.line,
+                    name=name,
+                    fields=fields,
+                    members=[user for user, _line in members],
+                    models=[model for model, _line in models],
+                    budgets=budgets,
+                )
+            )
+
+    _note_unknown(problems, referenced_models, Model, "model", defined_here=file_models)
+    User = get_user_model()
+    usernames = {name for name, _line, _label in referenced_users}
+    known = set(
+        User.objects.filter(**{f"{User.USERNAME_FIELD}__in": usernames}).values_list(User.USERNAME_FIELD, flat=True)
+    )
+    for username, line, label in referenced_users:
+        if username not in known:
+            problems.add(line, f"{label} refers to unknown user '{username}' (not in the database)")
+    return specs
+
+
+def _team_webhook(entry: _Entry) -> str | _Invalid:
+    if entry.mapping.get("alert_webhook") in (None, ""):
+        return ""
+    url = entry.url("alert_webhook", max_length=Team._meta.get_field("alert_webhook").max_length)
+    if isinstance(url, str):
+        # The upstream address policy, as for a provider's base URL: alerts leave through the upstream client.
+        problem = base_url_problem(url)
+        if problem:
+            return entry.problem("alert_webhook", problem)
+    return url
+
+
+def _budgets_validate(owner: _Entry, problems: _Problems) -> list[_BudgetSpec] | _Invalid:
+    entries = owner.mappings("budgets")
+    if isinstance(entries, _Invalid):
+        return entries
+    specs, seen, valid = [], {}, True
+    for position, mapping in enumerate(entries, start=1):
+        label = f"budget #{position} of {owner.label}"
+        entry = _Entry(mapping, kind="budget", label=label, allowed=BUDGET_KEYS, problems=problems)
+        entry.reject_unknown_keys()
+        period = entry.choice("period", list(PERIODS), default="month")
+        fields = {
+            "amount": entry.money("amount"),
+            "soft_thresholds": entry.thresholds("soft"),
+            "enabled": entry.boolean("enabled", default=True),
+        }
+        if isinstance(period, str):
+            if period in seen:
+                problems.add(
+                    mapping.line,
+                    f"{label} repeats period '{period}' (first at line {seen[period]}); one budget per period",
+                )
+                valid = False
+            seen.setdefault(period, mapping.line)
+        if _all_valid(period, *fields.values()):
+            specs.append(_BudgetSpec(line=mapping.line, period=period, fields=fields))
+        else:
+            valid = False
+    return specs if valid else INVALID
+
+
 # Writing
 
 
@@ -798,7 +937,58 @@ def _plan_write(plan: _Plan, source: str) -> ImportSummary:
             _full_clean(rule, source=source, line=spec.line, label=f"route '{spec.name}'")
             rule.save()
         summary.routes.record(created=created, changed=changed)
+
+    _teams_write(plan.teams, models, source, summary)
     return summary
+
+
+def _teams_write(specs: list[_TeamSpec], models: dict, source: str, summary: ImportSummary) -> None:
+    User = get_user_model()
+    usernames = {username for spec in specs for username in spec.members}
+    users = {
+        getattr(user, User.USERNAME_FIELD): user.pk
+        for user in User.objects.filter(**{f"{User.USERNAME_FIELD}__in": usernames})
+    }
+    teams = {team.name: team for team in Team.objects.filter(name__in=[spec.name for spec in specs])}
+    for spec in specs:
+        team = teams.get(spec.name) or Team(name=spec.name)
+        created = team.pk is None
+        changed = _assign(team, spec.fields)
+        if created or changed:
+            _full_clean(team, source=source, line=spec.line, label=f"team '{spec.name}'")
+            team.save()
+        for relation, wanted in (
+            (team.members, {users[name] for name in spec.members}),
+            (team.allowed_models, {models[name].pk for name in spec.models}),
+        ):
+            current = set() if created else set(relation.values_list("pk", flat=True))
+            if wanted != current:
+                relation.set(wanted)
+                changed = True
+        _team_budgets_write(team, spec.budgets, summary.budgets, created=created)
+        summary.teams.record(created=created, changed=changed)
+
+
+def _team_budgets_write(team: Team, specs: list[_BudgetSpec], counts: ImportCounts, *, created: bool) -> None:
+    """The team's budgets become the file's, one per period; a kept budget keeps its id (and its alerts)."""
+    by_period: dict[str, list[Budget]] = {}
+    for budget in [] if created else team.budgets.order_by("id"):
+        by_period.setdefault(budget.period, []).append(budget)
+    for spec in specs:
+        kept = by_period.get(spec.period, [])
+        budget = kept.pop(0) if kept else None
+        if budget is None:
+            Budget.objects.create(scope="team", team=team, period=spec.period, **spec.fields)
+            counts.record(created=True, changed=True)
+            continue
+        changed = _assign(budget, spec.fields)
+        if changed:
+            budget.save()
+        counts.record(created=False, changed=changed)
+    for budgets in by_period.values():
+        for budget in budgets:
+            budget.delete()
+            counts.deleted += 1
 
 
 def _deployments_write(model: Model, specs, providers: dict, counts: ImportCounts, *, created: bool) -> None:

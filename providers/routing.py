@@ -9,6 +9,7 @@ bad upstream model does not take every other model of its provider out of rotati
 import logging
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from aigateway.config_watch import config_watch
 from aigateway.db import db_read
 from aigateway.redis import redis_async
 from providers.health import HEALTH_DOWN_KEY
+from providers.pricing import FREE, Prices, deployment_prices, prices_max
 from providers.route_rules import RoutingConfig, conditions_problems, is_pattern, rule_compile, rule_header_names
 from providers.transforms import Transform, TransformsInvalid, transforms_compile
 
@@ -52,9 +54,9 @@ class Route:
     priority: int
     weight: int
     provider: ProviderRoute
-    input_price: float | None
-    output_price: float | None
-    cached_price: float | None = None
+    # The deployment's prices (its overrides, the model's otherwise), as they stood when the table was loaded:
+    # what a call served here costs when it finishes.
+    prices: Prices = FREE
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +68,13 @@ class RouteTable:
     # What each model is for ("chat", "embeddings", ...), as /v1/models shows it.
     kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
+    # The documented output cap of each model that has one (what a budget reserves when a request sets none).
+    max_output: dict[str, int] = field(default_factory=dict)
 
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
+    def max_prices(self, model_names: Iterable[str]) -> Prices | None:
+        """Field by field the highest prices over the enabled deployments of the named models; None when
+        none of them has an enabled deployment."""
+        return prices_max(route.prices for name in model_names for route in self.routes.get(name, ()))
 
 
 def route_table_load() -> RouteTable:
@@ -77,6 +83,7 @@ def route_table_load() -> RouteTable:
     enabled = list(Model.objects.filter(enabled=True))
     models = {m.name: m.created_at.timestamp() for m in enabled}
     kinds = {m.name: tuple(m.kinds) if isinstance(m.kinds, list) else ("chat",) for m in enabled}
+    max_output = {m.name: m.max_output_tokens for m in enabled if m.max_output_tokens}
     routes: dict[str, list[Route]] = {}
     deployments = Deployment.objects.filter(enabled=True, model__enabled=True, provider__enabled=True).select_related(
         "model", "provider"
@@ -95,8 +102,6 @@ def route_table_load() -> RouteTable:
             max_connections=p.max_connections,
             request_transforms=_provider_transforms(p),
         )
-        price_in = dep.model.input_price_per_million
-        price_out = dep.model.output_price_per_million
         routes.setdefault(dep.model.name, []).append(
             Route(
                 deployment_id=dep.id,
@@ -105,13 +110,15 @@ def route_table_load() -> RouteTable:
                 priority=dep.priority,
                 weight=dep.weight,
                 provider=provider,
-                input_price=float(price_in) if price_in is not None else None,
-                output_price=float(price_out) if price_out is not None else None,
-                cached_price=_float_or_none(dep.model.cached_input_price_per_million),
+                prices=deployment_prices(dep),
             )
         )
     return RouteTable(
-        routes={k: tuple(v) for k, v in routes.items()}, models=models, routing=_routing_load(models), kinds=kinds
+        routes={k: tuple(v) for k, v in routes.items()},
+        models=models,
+        routing=_routing_load(models),
+        kinds=kinds,
+        max_output=max_output,
     )
 
 
@@ -187,6 +194,11 @@ class Router:
         available = await self._available(ordered)
         healthy = [r for r in ordered if available.get(r.deployment_id, True)]
         return healthy or ordered
+
+    async def max_prices(self, model_names: Iterable[str]) -> Prices | None:
+        """Field by field the highest prices over the enabled deployments of the named models (whichever
+        serves, a fallback included, costs no more), from the in-process table; None when none has one."""
+        return (await self.table()).max_prices(model_names)
 
     async def _available(self, routes: list[Route]) -> dict[int, bool]:
         """Deployment id -> whether it may be tried: its breaker is closed and its provider is not down."""

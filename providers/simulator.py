@@ -49,6 +49,7 @@ OPTION_NAMES = (
     "echo",  # the answer is the last user message, word by word
     "reasoning",  # stream this many reasoning ("thinking") tokens before the answer
     "cached",  # report this many of the prompt tokens as read from a prompt cache
+    "cache_write",  # report this many of the other prompt tokens as written to a prompt cache
     "tool",  # call the offered tool with this name instead of the first one
     "tool_args",  # the tool call's arguments: a JSON object (default {"location": "Paris"})
 )
@@ -285,6 +286,8 @@ class Completion:
     # Reasoning tokens written before the answer (first choice only); counted as completion tokens.
     reasoning: list[str] = field(default_factory=list)
     cached_tokens: int = 0
+    # Prompt tokens written to a prompt cache (apart from those read from it).
+    cache_write_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -297,7 +300,7 @@ def completion_plan(
     prompt_tokens = prompt_token_count(messages, system)
     if tool_name:
         plan = Completion([tool_argument_pieces(options) for _ in range(n)], "tool", tool_name, prompt_tokens)
-        plan.cached_tokens = min(max(options.get("cached", 0), 0), prompt_tokens)
+        plan.cached_tokens, plan.cache_write_tokens = _prompt_cache(options, prompt_tokens)
         return plan
     if options.get("echo"):
         words = last_user_text(messages).split()
@@ -316,8 +319,14 @@ def completion_plan(
         choices = [tokens[: max(cap, 0)] for tokens in choices]
         finish = "length"
     reasoning = [f" step{index + 1}" for index in range(max(options.get("reasoning", 0), 0))]
+    cached, written = _prompt_cache(options, prompt_tokens)
+    return Completion(choices, finish, None, prompt_tokens, reasoning, cached, written)
+
+
+def _prompt_cache(options: dict, prompt_tokens: int) -> tuple[int, int]:
+    """(cache reads, cache writes) of the prompt: never more than the prompt between them."""
     cached = min(max(options.get("cached", 0), 0), prompt_tokens)
-    return Completion(choices, finish, None, prompt_tokens, reasoning, cached)
+    return cached, min(max(options.get("cache_write", 0), 0), prompt_tokens - cached)
 
 
 def _new_id(prefix: str) -> str:
@@ -844,16 +853,24 @@ class Simulator:
             "completion_tokens": plan.completion_tokens,
             "total_tokens": plan.prompt_tokens + plan.completion_tokens,
         }
-        if plan.cached_tokens:
+        if plan.cached_tokens or plan.cache_write_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": plan.cached_tokens}
+            if plan.cache_write_tokens:
+                # Not OpenAI's own (it does not bill writes apart): as OpenRouter reports them.
+                usage["prompt_tokens_details"]["cache_write_tokens"] = plan.cache_write_tokens
+        if plan.reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": len(plan.reasoning)}
         return usage
 
     @staticmethod
     def _anthropic_input(plan: Completion) -> dict:
-        """Anthropic counts cache reads apart from input_tokens."""
-        usage = {"input_tokens": plan.prompt_tokens - plan.cached_tokens}
+        """Anthropic counts cache reads and cache writes apart from input_tokens (thinking is part of
+        output_tokens, not counted apart)."""
+        usage = {"input_tokens": plan.prompt_tokens - plan.cached_tokens - plan.cache_write_tokens}
         if plan.cached_tokens:
             usage["cache_read_input_tokens"] = plan.cached_tokens
+        if plan.cache_write_tokens:
+            usage["cache_creation_input_tokens"] = plan.cache_write_tokens
         return usage
 
     async def openai_stream(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
@@ -1026,9 +1043,12 @@ class Simulator:
 
     @staticmethod
     def _responses_usage(plan: Completion) -> dict:
+        details = {"cached_tokens": plan.cached_tokens}
+        if plan.cache_write_tokens:
+            details["cache_write_tokens"] = plan.cache_write_tokens
         return {
             "input_tokens": plan.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": plan.cached_tokens},
+            "input_tokens_details": details,
             "output_tokens": plan.completion_tokens,
             "output_tokens_details": {"reasoning_tokens": len(plan.reasoning)},
             "total_tokens": plan.prompt_tokens + plan.completion_tokens,

@@ -15,10 +15,8 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 from accounts.context import KeyContext
-from accounts.usage import usage_cost
 from aigateway.errors import GatewayError, bad_request
 from providers.dialects.base import Dialect, StreamRenderer
 from providers.dialects.canonical import ChatRequest, StreamError, StreamEvent, TextDelta, ThinkingDelta
@@ -26,7 +24,8 @@ from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
 from streaming.edge import call_admit, check_chat_body, route_choose
 from streaming.meter import StreamMeter
-from streaming.relay import RelayCall, call_end, call_usage, new_request_id, relay_open
+from streaming.refusals import refusal_count, refusal_record
+from streaming.relay import RelayCall, call_cost, call_end, call_usage, new_request_id, relay_open
 
 logger = logging.getLogger(__name__)
 
@@ -199,17 +198,7 @@ def _done_event(call: RelayCall) -> dict:
     ttft, duration = summary["ttfb_ms"], summary["duration_ms"]
     generating = (duration - ttft) / 1000.0 if ttft is not None and duration > ttft else None
     route = call.route
-    prices = None
-    if route is not None and (route.input_price is not None or route.output_price is not None):
-        price_in = Decimal(str(route.input_price or 0))
-        cached = price_in if route.cached_price is None else Decimal(str(route.cached_price))
-        prices = (price_in, Decimal(str(route.output_price or 0)), cached)
-    cost = usage_cost(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        prices=prices,
-        cached_tokens=usage.cached_tokens,
-    )
+    cost = call_cost(call, usage)
     return {
         "type": "done",
         "model": call.requested_model or call.model,
@@ -344,6 +333,8 @@ class CompareRun:
             try:
                 await call_admit(call, request.body_size)
             except GatewayError as error:
+                if refusal_count(error, call.ctx):
+                    refusal_record(call, error)  # refused by the key's limits or budgets: booked as such
                 self._failed(name, error, call)
                 return
             self._queue.put_nowait((None, {"type": "start", "model": name, "request_id": call.request_id}))

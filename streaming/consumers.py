@@ -25,6 +25,7 @@ from accounts.services import playground_key_get_or_create
 from aigateway.errors import GatewayError, bad_request
 from streaming.compare import CompareRun, compare_prepare, error_event
 from streaming.edge import json_depth_check
+from streaming.refusals import refusal_note
 from streaming.session_sockets import session_group, session_user
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         else:
             problem = "log in, or send an API key"
         if problem:
-            await self.send_json(error_event(GatewayError(401, "unauthenticated", problem)))
+            await self._refuse(GatewayError(401, "unauthenticated", problem))
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         await self.send_json({"type": "ready", "auth": self.auth})
@@ -183,8 +184,16 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         else:
             await self._refuse(bad_request(f"unknown frame type {kind!r}; expected 'chat' or 'cancel'", param="type"))
 
-    async def _refuse(self, error: GatewayError) -> None:
-        await self.send_json(error_event(error))
+    async def _refuse(self, error: GatewayError, ctx: KeyContext | None = None, body: dict | None = None) -> None:
+        """A run-level error frame. A refusal is counted, and recorded when the key is known (the socket's
+        API key, or the key a chat frame ran as): the frame then carries the record's request id."""
+        if ctx is None and self.auth == "key" and self.plaintext_key:
+            ctx = await key_context_resolve(self.plaintext_key)
+        event = error_event(error)
+        request_id = refusal_note(error, ctx, endpoint="compare", body=body)
+        if request_id is not None:
+            event["request_id"] = request_id
+        await self.send_json(event)
 
     async def _chat(self, content: dict, size: int) -> None:
         if self.run_task is not None and not self.run_task.done():
@@ -195,11 +204,12 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         if self.auth == "session" and not await self._session_current():
             await self._session_end("it expired or was ended")
             return
+        ctx = None
         try:
             ctx = await self._key_context(content.get("key_id"))
             prepared = await compare_prepare(ctx=ctx, body=content, body_size=size, meta=self.meta)
         except GatewayError as error:
-            await self._refuse(error)
+            await self._refuse(error, ctx, content)
             return
         self.run = CompareRun(prepared)
         self.run_task = asyncio.create_task(self._stream(self.run))
@@ -239,9 +249,7 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             return
         self.ending = True
         await self._run_stop()
-        await self.send_json(
-            error_event(GatewayError(401, "session_ended", f"your session has ended ({why}); log in again"))
-        )
+        await self._refuse(GatewayError(401, "session_ended", f"your session has ended ({why}); log in again"))
         await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def _key_context(self, key_id) -> KeyContext:

@@ -3,6 +3,7 @@ GatewayError in the client's dialect (the one place errors become responses)."""
 
 import asyncio
 import logging
+import time
 import zlib
 from functools import wraps
 
@@ -12,6 +13,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 
 from accounts.auth import key_context_resolve, key_from_headers
+from accounts.budgets import to_units
 from accounts.context import KeyContext
 from accounts.limits import limits_admit
 from accounts.usage import usage_started
@@ -23,6 +25,7 @@ from providers.dialects.nesting import JSON_DEPTH_MAX, may_nest_deeper, too_deep
 from providers.dialects.openai import openai
 from providers.route_rules import PromptTooLong, RouteDecision, UnknownModel, request_facts, route_decide
 from providers.routing import router
+from streaming.refusals import request_refused
 from streaming.relay import call_end, call_in_flight, call_marker, new_request_id, spawn
 from streaming.tokens import rough_prompt_estimate
 
@@ -41,23 +44,26 @@ def _dialect_for(dialect, request):
     return dialect(request) if callable(dialect) and not isinstance(dialect, Dialect) else dialect
 
 
-def speaks(dialect):
+def speaks(dialect, *, endpoint: str | None = None):
     """View decorator for the API: every response carries the request id (`x-request-id`, and
     `request-id` for Anthropic clients, whose SDKs read that one), and any GatewayError (or
     unexpected exception) leaves in `dialect`'s error shape. `dialect` may be a function of the
-    request, for paths both families of clients call."""
+    request, for paths both families of clients call. A refusal is counted in the metrics and, for a
+    door whose calls are booked under `endpoint`, recorded when its key is known (streaming.refusals)."""
 
     def decorator(view):
         view_name = view.__name__
 
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
+            started = time.perf_counter()
             request.gateway_request_id = request_id = new_request_id()
             speaking = _dialect_for(dialect, request)
             try:
                 response = await view(request, *args, **kwargs)
             except GatewayError as error:
                 response = error_response(speaking, error)
+                request_refused(request, error, endpoint=endpoint, started=started)
             except Exception:
                 logger.exception("unhandled error in %s (request %s)", view.__name__, request_id)
                 error = GatewayError(500, "internal_error", "the gateway failed to handle this request")
@@ -102,14 +108,15 @@ async def authenticate(request) -> KeyContext:
     if ctx is None:
         # Never echo the key back; the prefix alone is not a secret but adds nothing either.
         raise GatewayError(401, "invalid_api_key", "invalid, disabled or expired API key")
+    # For the edge: a refusal from here on is this key's (streaming.refusals).
+    request.gateway_key = ctx
     return ctx
 
 
-async def call_admit(call, body_size: int) -> None:
-    """Admit one relay call under its key's limits (one Redis round trip); a refusal is a 429, and a
-    limits store that cannot be reached a 503 `limits_unavailable` (unless GATEWAY_LIMITS_FAIL_OPEN)."""
+def _output_cap(call) -> int | None:
+    """The most output the call may produce: its max_tokens (however its format names it), capped by the
+    key's tier; else the tier's cap."""
     body = call.body
-    call.body_size = body_size
     max_output = (
         body.get("max_completion_tokens")
         or body.get("max_tokens")
@@ -118,6 +125,31 @@ async def call_admit(call, body_size: int) -> None:
     )
     if call.ctx.max_output_tokens and max_output:
         max_output = min(max_output, call.ctx.max_output_tokens)
+    return max_output
+
+
+async def _max_cost_units(call, max_output: int | None) -> int:
+    """What a key with budgets reserves: the call's maximum cost at the dearest deployment that may serve it.
+    The prompt is counted as one token per byte of the body (a byte-level tokenizer never makes more), the
+    output as the call's cap, else the model's documented one. That cap is then sent upstream
+    (`call.output_cap`), so the real cost can never pass the reservation."""
+    table = await router.table()
+    if max_output is None:
+        max_output = table.max_output.get(call.model) or settings.GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS
+    call.output_cap = max_output
+    prices = table.max_prices((call.model, *call.fallbacks))
+    if prices is None:
+        return 0
+    return to_units(prices.max_cost(call.body_size, max_output))
+
+
+async def call_admit(call, body_size: int) -> None:
+    """Admit one relay call under its key's limits and budgets (one Redis round trip); a refusal is a 429
+    (`budget_exceeded`, not to be retried, when a budget refused), and a limits store that cannot be reached
+    a 503 `limits_unavailable` (unless GATEWAY_LIMITS_FAIL_OPEN)."""
+    call.body_size = body_size
+    max_output = _output_cap(call)
+    max_cost = await _max_cost_units(call, max_output) if call.ctx.budgets else 0
     marker = call_marker(call)
     try:
         call.admission = await limits_admit(
@@ -125,6 +157,7 @@ async def call_admit(call, body_size: int) -> None:
             estimate_tokens=rough_prompt_estimate(body_size, max_output),
             request_id=call.request_id,
             marker=marker,
+            max_cost_units=max_cost,
         )
         if call.admission.allowed and not call.admission.marked:
             # A key without limits has no admission round trip to carry the marker: it is written
@@ -139,6 +172,12 @@ async def call_admit(call, body_size: int) -> None:
     if not call.admission.allowed:
         headers = dict(call.admission.headers_for(call.dialect.name))
         headers["x-request-id"] = call.request_id
+        if call.admission.budget is not None:
+            # Waiting does not help (the period resets later, or ops raise the budget): the SDKs must not retry.
+            headers["x-should-retry"] = "false"
+            raise GatewayError(
+                429, "budget_exceeded", call.admission.message, headers=headers, error_type="insufficient_quota"
+            )
         raise GatewayError(
             429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code
         )
@@ -279,6 +318,7 @@ def read_json_body(request) -> dict:
     if not isinstance(body, dict):
         raise bad_request(f"request body must be a JSON object, got {type(body).__name__}")
     json_depth_check(raw, body)
+    request.gateway_body = body  # what a refusal record names as the model sent
     return body
 
 

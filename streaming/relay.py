@@ -16,6 +16,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -24,6 +25,7 @@ from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.auth import key_still_usable
+from accounts.budgets import to_units
 from accounts.context import KeyContext
 from accounts.limits import Admission, limits_settle_send, limits_settle_sent
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record
@@ -99,6 +101,8 @@ class RelayCall:
     usage: Usage | None = None
     # Prompt tokens reported before the final usage (Anthropic's message_start), kept in case it never comes.
     prompt_tokens_reported: int | None = None
+    # The cache reads and writes reported with it: a call cut short is still billed them at their own prices.
+    prompt_cache_reported: tuple[int, int] = (0, 0)
     finish_reason: str | None = None
     completion_parts: list[str] = field(default_factory=list)
     finished: bool = False
@@ -115,6 +119,8 @@ class RelayCall:
     operation: str = "chat"
     # Size of the client's body: the one prompt estimate admission, routing and renderers share.
     body_size: int = 0
+    # The output a budget reserved for (sent upstream as the cap, so the cost never passes the reservation).
+    output_cap: int | None = None
     # The client started reading the streamed body (its cleanup runs however it ends).
     body_started: bool = False
     # Why each deployment tried before the first byte failed; whether one answered.
@@ -186,17 +192,26 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     if not call.answered:
         # No deployment answered (or the client left first): the provider did no work to bill.
         return Usage(), False
-    prompt = call.prompt_tokens_reported
+    prompt, (cached, written) = call.prompt_tokens_reported, call.prompt_cache_reported
     if prompt is None:
         system = _system_text(call.body.get("system", call.body.get("instructions")))
-        prompt = count_prompt_tokens(_prompt_messages(call.body), system)
-    return Usage(prompt_tokens=prompt, completion_tokens=count_tokens("".join(call.completion_parts))), True
+        prompt, cached, written = count_prompt_tokens(_prompt_messages(call.body), system), 0, 0
+    completion = count_tokens("".join(call.completion_parts))
+    return Usage(prompt, completion, cached, written), True
 
 
-def _call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
-    return {
+def call_cost(call: RelayCall, usage: Usage) -> Decimal:
+    """What the call costs at the prices of the deployment that served it, as they stood when it ran (the
+    route table's); 0 when none served."""
+    return call.route.prices.cost(usage) if call.route is not None else Decimal(0)
+
+
+def call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
+    event = {
         "request_id": call.request_id,
         "api_key_id": call.ctx.key_id,
+        "user_id": call.ctx.owner_id,
+        "team_id": call.ctx.team_id,
         "model": call.model,
         "requested_model": call.requested_model if call.requested_model != call.model else "",
         "route": call.route_label,
@@ -209,17 +224,24 @@ def _call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "cached_tokens": usage.cached_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
         "tokens_estimated": estimated,
         "attempts": call.attempts,
         "run_id": call.run_id,
         "created_at": time.time(),
     }
+    if call.route is not None:
+        # Priced now, at the prices in force when the call ran: a later price change never rewrites it. A
+        # started marker (no route yet) carries none: its record is priced by the flush.
+        event["cost"] = str(call_cost(call, usage))
+    return event
 
 
 def call_marker(call: RelayCall) -> bytes:
     """The "started" marker stored at admission: the usage event the books get if the process dies
     before this call finishes (status "lost", the prompt estimated from the body's size)."""
-    event = _call_event(call, Usage(prompt_tokens=call.body_size // 4), True)
+    event = call_event(call, Usage(prompt_tokens=call.body_size // 4), True)
     event["status_code"], event["error_type"] = LOST_STATUS, LOST_ERROR_TYPE
     return orjson.dumps(event)
 
@@ -257,7 +279,7 @@ async def call_finish(call: RelayCall) -> None:
     """Settle the limits lease, push the usage event, count it in metrics and log it; never raises.
     Called by call_end only."""
     usage, estimated = call_usage(call)
-    event = _call_event(call, usage, estimated)
+    event = call_event(call, usage, estimated)
     event.update(call.meter.summary())
     try:
         metrics_record(event, _upstream_errors(call))
@@ -265,7 +287,7 @@ async def call_finish(call: RelayCall) -> None:
     except Exception as exc:
         logger.warning("metrics or request log failed for %s: %s", call.request_id, type(exc).__name__)
     # Queued together, so both ride in one Redis round trip (no task per step).
-    settling = _settle_send(call, usage)
+    settling = _settle_send(call, usage, event.get("cost"))
     await _record(call.request_id, event)
     try:
         await limits_settle_sent(settling)
@@ -282,12 +304,13 @@ def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
     return errors
 
 
-def _settle_send(call: RelayCall, usage: Usage):
+def _settle_send(call: RelayCall, usage: Usage, cost: str | None):
     if call.admission is None or not call.admission.allowed:
         return None
     actual = usage.prompt_tokens + usage.completion_tokens if call.route is not None else 0
     try:
-        return limits_settle_send(call.ctx, call.admission, actual_tokens=actual)
+        cost_units = to_units(Decimal(cost)) if cost and call.admission.budget_keys else 0
+        return limits_settle_send(call.ctx, call.admission, actual_tokens=actual, cost_units=cost_units)
     except Exception as exc:
         logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
         return None
@@ -367,7 +390,7 @@ def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
     options = {
         "upstream_model": route.upstream_model,
         "stream": call.stream,
-        "max_output_tokens": call.ctx.max_output_tokens,
+        "max_output_tokens": call.output_cap if call.output_cap is not None else call.ctx.max_output_tokens,
     }
     if call.operation == "embeddings":
         # Nothing to cap or force: the body goes as it came, under the deployment's model name.
@@ -628,9 +651,14 @@ def _account(call: RelayCall, events: list[StreamEvent]) -> None:
             case UsageReport():
                 if event.prompt_tokens is not None:
                     call.prompt_tokens_reported = event.prompt_tokens
+                    call.prompt_cache_reported = (event.cached_tokens or 0, event.cache_write_tokens or 0)
                 if event.completion_tokens is not None:
                     call.usage = Usage(
-                        call.prompt_tokens_reported or 0, event.completion_tokens, event.cached_tokens or 0
+                        call.prompt_tokens_reported or 0,
+                        event.completion_tokens,
+                        event.cached_tokens or 0,
+                        event.cache_write_tokens or 0,
+                        event.reasoning_tokens or 0,
                     )
             case Finish(reason=reason):
                 call.finish_reason = reason
@@ -685,7 +713,13 @@ class StreamBridge:
         if self.call.usage is None:
             # The provider reported no usage: the client's format gets the gateway's count, marked as such.
             usage = self.estimate()
-            report = UsageReport(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, estimated=True)
+            report = UsageReport(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+                estimated=True,
+                cache_write_tokens=usage.cache_write_tokens,
+            )
             out = self.renderer.render(report)
         return out + self.renderer.close()
 

@@ -90,25 +90,25 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         raise
 
 
-@speaks(openai)
+@speaks(openai, endpoint="chat.completions")
 async def chat_completions(request):
     """OpenAI Chat Completions, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=openai, endpoint="chat.completions", check_body=check_chat_body)
 
 
-@speaks(openai)
+@speaks(openai, endpoint="responses")
 async def create_response(request):
     """OpenAI Responses without stored state, relayed to any deployment (translated unless it speaks Responses)."""
     return await _chat(request, dialect=responses, endpoint="responses", check_body=check_responses_body)
 
 
-@speaks(anthropic)
+@speaks(anthropic, endpoint="messages")
 async def messages(request):
     """Anthropic Messages, relayed to any deployment (translated when it speaks another dialect)."""
     return await _chat(request, dialect=anthropic, endpoint="messages", check_body=check_messages_body)
 
 
-@speaks(openai)
+@speaks(openai, endpoint="embeddings")
 async def embeddings(request):
     """OpenAI embeddings, relayed to deployments that speak OpenAI's API; usage counts the input tokens."""
     return await _chat(
@@ -116,7 +116,7 @@ async def embeddings(request):
     )
 
 
-@speaks(openai)
+@speaks(openai, endpoint="completions")
 async def completions(request):
     """Legacy text completions, streamed or not, relayed to deployments that speak OpenAI's API."""
     return await _chat(
@@ -156,7 +156,7 @@ async def count_tokens(request):
     return HttpResponse(orjson.dumps(answer), content_type="application/json", headers=call.headers())
 
 
-@speaks(openai)
+@speaks(openai, endpoint="compare")
 async def compare(request):
     """Several models at once, their events merged into one SSE stream (see streaming.compare)."""
     started = time.perf_counter()

@@ -115,6 +115,7 @@ def test_no_secret_in_logs_pages_responses_or_database(
     issued_page = admin_client.post(
         reverse("admin:accounts_apikey_add"),
         {"name": "via-admin", "owner": staff.pk, "tier": Tier.objects.get(name="secrets").pk, "enabled": "on"},
+        follow=True,
     )
     admin_key = KEY_RE.findall(issued_page.content.decode())[0]
 

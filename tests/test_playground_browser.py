@@ -2,45 +2,22 @@
 simulator and real Redis, over loopback. Screenshots land in var/test-artifacts/."""
 
 import time
-from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from accounts.models import Tier
 from accounts.services import api_key_issue
+from tests.support.browser import ARTIFACTS
 from tests.support.data import model_create, provider_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "var" / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PASSWORD = "pw-browser-check-1234"
 A_UPSTREAM = "sim-echo?tokens=30&interval_ms=60"
 SLOW_UPSTREAM = "sim-echo?tokens=400&interval_ms=50"
 XSS_PROMPT = "<img src=x onerror=alert(1)> <script>alert(2)</script> <b onmouseover=alert(3)>hi</b> **bold**"
-
-
-@pytest.fixture
-def browser():
-    # A missing browser is a failure, not a skip: .ci/run installs Debian's chromium.
-    assert CHROMIUM.exists(), "chromium is not installed (apt-get install chromium)"
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

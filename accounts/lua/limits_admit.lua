@@ -7,10 +7,15 @@
 -- KEYS[1] leases (sorted set: lease id -> expiry ms)   KEYS[2] requests bucket
 -- KEYS[3] tokens bucket                                KEYS[4] daily token counter (UTC day)
 -- KEYS[5] usage markers (hash)                        KEYS[6] usage marker deadlines (sorted set)
+-- KEYS[7...] budget counters (hash: "s" spent, "r" reserved; in units of 1e-8 of the currency)
 -- ARGV: lease_id, lease_ttl_ms, max_concurrent, rpm, tpm, daily_tokens, estimate, need_lease,
 --       request_id, marker, marker_deadline (epoch s)   (a limit of 0 means "not set"; no marker: '')
--- Returns {code, retry_ms, requests_remaining, requests_reset_ms, tokens_remaining, tokens_reset_ms, daily_used}
--- code: 0 admitted, 1 concurrency, 2 requests, 3 tokens, 4 daily_tokens, 5 tokens (request larger than tpm)
+--       then (optional) number of budgets n, the reservation (units), n budget limits, n counter TTLs (s, 0 = none)
+-- Returns {code, retry_ms, requests_remaining, requests_reset_ms, tokens_remaining, tokens_reset_ms, daily_used,
+--          budget (1-based index of the refusing or missing budget, else 0), its spent, its reserved}
+-- code: 0 admitted, 1 concurrency, 2 requests, 3 tokens, 4 daily_tokens, 5 tokens (request larger than tpm),
+--       6 budget (the one with the least left among those the reservation would overdraw),
+--       7 a budget counter is missing (new period or lost): the caller seeds it from the database and asks again
 
 local window = 60000
 local clock = redis.call('TIME')
@@ -77,7 +82,42 @@ if daily > 0 then
     end
 end
 
+-- Budgets: every one that applies must hold the request's maximum cost on top of what is spent and reserved.
+local budgets = tonumber(ARGV[12] or '0')
+local reserve = tonumber(ARGV[13] or '0')
+local budget, budget_spent, budget_reserved = 0, 0, 0
+if code == 0 and budgets > 0 then
+    local least = nil
+    for i = 1, budgets do
+        local values = redis.call('HMGET', KEYS[6 + i], 's', 'r')
+        if not values[1] then
+            code = 7
+            budget = i
+            break
+        end
+        local spent = tonumber(values[1])
+        local reserved = tonumber(values[2] or '0')
+        local left = tonumber(ARGV[13 + i]) - spent - reserved
+        if reserve > left and (least == nil or left < least) then
+            least = left
+            budget, budget_spent, budget_reserved = i, spent, reserved
+        end
+    end
+    if code == 0 and budget > 0 then
+        code = 6
+    end
+end
+
 if code == 0 then
+    for i = 1, budgets do
+        if reserve > 0 then
+            redis.call('HINCRBY', KEYS[6 + i], 'r', reserve)
+        end
+        local ttl = tonumber(ARGV[13 + budgets + i])
+        if ttl > 0 then
+            redis.call('EXPIRE', KEYS[6 + i], ttl)
+        end
+    end
     if need_lease then
         redis.call('ZADD', KEYS[1], now + lease_ttl, lease_id)
         redis.call('PEXPIRE', KEYS[1], lease_ttl + 1000)
@@ -116,4 +156,7 @@ return {
     remaining(tok_tat, tok_interval),
     math.ceil(tok_tat - now),
     daily_used,
+    budget,
+    budget_spent,
+    budget_reserved,
 }

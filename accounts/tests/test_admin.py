@@ -69,6 +69,8 @@ def api_key_post_data(owner, tier, **overrides) -> dict:
         "max_concurrent": "",
         "daily_tokens": "",
         "max_output_tokens": "",
+        "budgets-TOTAL_FORMS": "0",
+        "budgets-INITIAL_FORMS": "0",
         "_save": "Save",
     }
     data.update(overrides)
@@ -148,9 +150,10 @@ def test_api_key_pages_never_show_the_hash(admin_client, accounts_data):
 
 def test_adding_a_key_issues_it_and_shows_the_plaintext_once(admin_client, accounts_data, admin_user):
     tier = accounts_data["tier"]
-    response = admin_client.post(admin_url("apikey_add"), api_key_post_data(admin_user, tier, rpm="5"))
+    response = admin_client.post(admin_url("apikey_add"), api_key_post_data(admin_user, tier, rpm="5"), follow=True)
 
     assert response.status_code == 200
+    assert len(response.redirect_chain) == 1
     html = response.content.decode()
     shown = KEY_RE.findall(html)
     assert len(shown) == 1

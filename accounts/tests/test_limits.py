@@ -324,6 +324,10 @@ async def test_an_admission_cancelled_at_any_point_leaves_no_lease_and_no_usage_
     ctx = key_context(key_id=42, max_concurrent=5)
     client = redis_sync()
 
+    def clear_marker(request_id):
+        client.hdel(USAGE_INFLIGHT_KEY, request_id)
+        client.zrem(USAGE_INFLIGHT_DEADLINES_KEY, request_id)
+
     async def admit_marked(request_id):
         return await limits_admit(ctx, estimate_tokens=0, request_id=request_id, marker=b'{"m":1}')
 
@@ -339,18 +343,20 @@ async def test_an_admission_cancelled_at_any_point_leaves_no_lease_and_no_usage_
         cancelled = task.cancel()
         settled = await other
         await limits_settle(ctx, settled, actual_tokens=None)
-        client.hdel(USAGE_INFLIGHT_KEY, f"other-{steps}")  # its usage event would clear it
+        clear_marker(f"other-{steps}")  # its usage event would
         if cancelled:
             with pytest.raises(asyncio.CancelledError):
                 await task
         else:
             # It had already finished: its caller holds the admission, settles it and records the call.
             await limits_settle(ctx, task.result(), actual_tokens=None)
-            client.hdel(USAGE_INFLIGHT_KEY, f"cancelled-{steps}")
+            clear_marker(f"cancelled-{steps}")
+        request_id = f"cancelled-{steps}"
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and (
-            (await limits_remaining(ctx))["concurrent"]["in_flight"] or client.hexists(USAGE_INFLIGHT_KEY, f"cancelled-{steps}")
-        ):
+        while time.monotonic() < deadline:
+            if not (await limits_remaining(ctx))["concurrent"]["in_flight"]:
+                if not client.hexists(USAGE_INFLIGHT_KEY, request_id):
+                    break
             await asyncio.sleep(0.01)
         assert (await limits_remaining(ctx))["concurrent"]["in_flight"] == 0, f"lease left after {steps} steps"
         # The caller is gone: a marker left would be booked as a lost call (or outlive the call's own record).

@@ -111,8 +111,10 @@ class _PromptCount:
         return seen
 
     def usage(self, completion: int | None) -> UsageReport:
+        """The canonical count: prompt_tokens is the whole prompt, cache reads and writes included.
+        Anthropic reports no reasoning count apart (thinking is part of output_tokens)."""
         prompt = (self.input or 0) + (self.cache_read or 0) + (self.cache_write or 0)
-        return UsageReport(prompt, completion, self.cache_read or 0)
+        return UsageReport(prompt, completion, self.cache_read or 0, cache_write_tokens=self.cache_write)
 
 
 def _usage(raw) -> Usage | None:
@@ -120,16 +122,24 @@ def _usage(raw) -> Usage | None:
         return None
     prompt = _PromptCount()
     prompt.update(raw)
-    report = prompt.usage(raw.get("output_tokens") or 0)
-    return Usage(report.prompt_tokens, report.completion_tokens, report.cached_tokens)
+    return prompt.usage(raw.get("output_tokens") or 0).usage()
+
+
+def _prompt_fields(prompt: int, cached: int, written: int) -> dict:
+    """The canonical prompt count in Anthropic's terms: input_tokens excludes cache reads and writes."""
+    fields = {"input_tokens": max(prompt - cached - written, 0)}
+    if cached:
+        fields["cache_read_input_tokens"] = cached
+    if written:
+        fields["cache_creation_input_tokens"] = written
+    return fields
 
 
 def _usage_body(usage: Usage | None) -> dict:
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0}
-    body = {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens}
-    if usage.cached_tokens:
-        body["cache_read_input_tokens"] = usage.cached_tokens
+    body = _prompt_fields(usage.prompt_tokens, usage.cached_tokens, usage.cache_write_tokens)
+    body["output_tokens"] = usage.completion_tokens
     return body
 
 
@@ -378,7 +388,8 @@ class AnthropicStreamRenderer(StreamRenderer):
             return []
         self.started = True
         prompt = self.usage.prompt_tokens if self.usage.prompt_tokens is not None else self.prompt_estimate
-        usage = {"input_tokens": prompt - (self.usage.cached_tokens or 0), "output_tokens": 0}
+        usage = _prompt_fields(prompt, self.usage.cached_tokens or 0, self.usage.cache_write_tokens or 0)
+        usage["output_tokens"] = 0
         message = {
             "id": self.id or _new_id(),
             "type": "message",
@@ -411,9 +422,11 @@ class AnthropicStreamRenderer(StreamRenderer):
         self.delta_sent = True
         usage: dict = {"output_tokens": self.usage.completion_tokens or 0}
         if self.usage.prompt_tokens is not None:
-            usage["input_tokens"] = self.usage.prompt_tokens - (self.usage.cached_tokens or 0)
-        if self.usage.cached_tokens:
-            usage["cache_read_input_tokens"] = self.usage.cached_tokens
+            usage.update(
+                _prompt_fields(
+                    self.usage.prompt_tokens, self.usage.cached_tokens or 0, self.usage.cache_write_tokens or 0
+                )
+            )
         if self.usage.estimated:
             usage["estimated"] = True
         delta = {"stop_reason": _stop_reason(self.finish, self.stop_sequence), "stop_sequence": self.stop_sequence}
@@ -456,9 +469,7 @@ class AnthropicStreamRenderer(StreamRenderer):
                 self.finish, self.stop_sequence = reason, stop_sequence
                 return self._start() + self._close_block()
             case UsageReport():
-                for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "estimated"):
-                    if getattr(event, name) is not None:
-                        setattr(self.usage, name, getattr(event, name))
+                self.usage.merge(event)
                 # The provider's final count after the finish: the stop reason and usage go out now.
                 if self.finish is not None and not self.delta_sent and event.completion_tokens is not None:
                     return [self._message_delta()]

@@ -17,6 +17,10 @@ class Usage:
     completion_tokens: int = 0
     # The part of prompt_tokens read from a prompt cache.
     cached_tokens: int = 0
+    # The part of prompt_tokens written to a prompt cache (Anthropic bills it apart).
+    cache_write_tokens: int = 0
+    # The part of completion_tokens the model spent reasoning (billed as output).
+    reasoning_tokens: int = 0
 
 
 # Content parts ----------------------------------------------------------------------------------
@@ -157,6 +161,30 @@ class UsageReport:
     cached_tokens: int | None = None
     # The gateway's own count, for a provider that reported none.
     estimated: bool = False
+    # Parts of prompt_tokens and completion_tokens, as in Usage.
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+    def usage(self) -> Usage:
+        """The counts as a Usage, those not reported as 0."""
+        return Usage(
+            self.prompt_tokens or 0,
+            self.completion_tokens or 0,
+            self.cached_tokens or 0,
+            self.cache_write_tokens or 0,
+            self.reasoning_tokens or 0,
+        )
+
+    def merge(self, event: "UsageReport") -> None:
+        """Keep what `event` reports, and the last known value of each count it leaves out."""
+        for name in _REPORT_FIELDS:
+            value = getattr(event, name)
+            if value is not None:
+                setattr(self, name, value)
+        self.estimated = event.estimated
+
+
+_REPORT_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
 
 @dataclass(slots=True)

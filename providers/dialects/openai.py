@@ -60,12 +60,31 @@ _FINISH_IN = {"function_call": "tool_calls"}
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
-def _usage(raw) -> Usage | None:
+def usage_detail(raw: dict, details: str, name: str) -> int | None:
+    """A count inside a usage's details object (`prompt_tokens_details.cached_tokens`), None when absent."""
+    value = raw.get(details)
+    value = value.get(name) if isinstance(value, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _usage_report(raw) -> UsageReport | None:
+    """OpenAI's usage: cache reads in prompt_tokens_details.cached_tokens, reasoning in
+    completion_tokens_details.reasoning_tokens; cache writes, which OpenAI does not bill apart, as
+    prompt_tokens_details.cache_write_tokens where an OpenAI-compatible provider reports them (OpenRouter)."""
     if not isinstance(raw, dict):
         return None
-    details = raw.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(raw.get("prompt_tokens") or 0, raw.get("completion_tokens") or 0, cached or 0)
+    return UsageReport(
+        raw.get("prompt_tokens") or 0,
+        raw.get("completion_tokens") or 0,
+        usage_detail(raw, "prompt_tokens_details", "cached_tokens") or 0,
+        cache_write_tokens=usage_detail(raw, "prompt_tokens_details", "cache_write_tokens"),
+        reasoning_tokens=usage_detail(raw, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _usage(raw) -> Usage | None:
+    report = _usage_report(raw)
+    return None if report is None else report.usage()
 
 
 def _usage_body(usage: Usage, *, estimated: bool = False) -> dict:
@@ -74,8 +93,12 @@ def _usage_body(usage: Usage, *, estimated: bool = False) -> dict:
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
-    if usage.cached_tokens:
+    if usage.cached_tokens or usage.cache_write_tokens:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+        if usage.cache_write_tokens:
+            body["prompt_tokens_details"]["cache_write_tokens"] = usage.cache_write_tokens
+    if usage.reasoning_tokens:
+        body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     if estimated:
         body["estimated"] = True
     return body
@@ -288,9 +311,9 @@ class OpenAIStreamParser(StreamParser):
             finish = choice.get("finish_reason")
             if finish:
                 events.append(Finish(_FINISH_IN.get(finish, finish)))
-        usage = _usage(chunk.get("usage"))
+        usage = _usage_report(chunk.get("usage"))
         if usage is not None:
-            events.append(UsageReport(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
+            events.append(usage)
         return chunk, events
 
 
@@ -356,9 +379,7 @@ class OpenAIStreamRenderer(StreamRenderer):
             case Finish(reason=reason):
                 return self._delta({}, reason)
             case UsageReport():
-                for name in ("prompt_tokens", "completion_tokens", "cached_tokens", "estimated"):
-                    if getattr(event, name) is not None:
-                        setattr(self.usage, name, getattr(event, name))
+                self.usage.merge(event)
                 return []
             case StreamError(message=message):
                 self.errored = True
@@ -372,8 +393,7 @@ class OpenAIStreamRenderer(StreamRenderer):
         out = self._start()
         reported = self.usage
         if self.include_usage and (reported.prompt_tokens is not None or reported.completion_tokens is not None):
-            usage = Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0, reported.cached_tokens or 0)
-            out.append(self._chunk([], usage=_usage_body(usage, estimated=reported.estimated)))
+            out.append(self._chunk([], usage=_usage_body(reported.usage(), estimated=reported.estimated)))
         out.append(DONE)
         return out
 
@@ -434,7 +454,9 @@ class OpenAIDialect(Dialect):
         return headers
 
     def error_body(self, error: GatewayError) -> dict:
-        error_type = _ERROR_TYPES.get(error.status, "server_error" if error.status >= 500 else "invalid_request_error")
+        error_type = error.error_type or _ERROR_TYPES.get(
+            error.status, "server_error" if error.status >= 500 else "invalid_request_error"
+        )
         return {"error": {"message": error.message, "type": error_type, "param": error.param, "code": error.code}}
 
     def stream_error_event(self, error: GatewayError) -> bytes:

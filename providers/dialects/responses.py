@@ -42,7 +42,7 @@ from providers.dialects.canonical import (
 )
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.openai import openai as chat_dialect
-from providers.dialects.openai import tool_arguments
+from providers.dialects.openai import tool_arguments, usage_detail
 from providers.dialects.sse import data_verbatim, sse_encode
 
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
@@ -62,23 +62,37 @@ def _response_id(value: str | None) -> str:
     return "resp_" + (value.replace("-", "_") if value else uuid.uuid4().hex)
 
 
-def _usage(raw) -> Usage | None:
+def _usage_report(raw) -> UsageReport | None:
+    """input_tokens_details.cached_tokens are cache reads, output_tokens_details.reasoning_tokens the
+    reasoning part of output_tokens; cache writes as input_tokens_details.cache_write_tokens where a
+    compatible provider reports them, as in Chat Completions."""
     if not isinstance(raw, dict):
         return None
-    details = raw.get("input_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    return Usage(raw.get("input_tokens") or 0, raw.get("output_tokens") or 0, cached or 0)
+    return UsageReport(
+        raw.get("input_tokens") or 0,
+        raw.get("output_tokens") or 0,
+        usage_detail(raw, "input_tokens_details", "cached_tokens") or 0,
+        cache_write_tokens=usage_detail(raw, "input_tokens_details", "cache_write_tokens"),
+        reasoning_tokens=usage_detail(raw, "output_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _usage(raw) -> Usage | None:
+    report = _usage_report(raw)
+    return None if report is None else report.usage()
 
 
 def _usage_body(usage: Usage | None) -> dict | None:
     if usage is None:
         return None
+    input_details = {"cached_tokens": usage.cached_tokens}
+    if usage.cache_write_tokens:
+        input_details["cache_write_tokens"] = usage.cache_write_tokens
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": input_details,
         "output_tokens": usage.completion_tokens,
-        # The canonical usage does not single out reasoning tokens; they are part of output_tokens.
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
 
@@ -340,9 +354,9 @@ class ResponsesStreamParser(StreamParser):
         elif kind in ("response.completed", "response.incomplete"):
             response = payload.get("response") or {}
             events.append(Finish(_finish_reason(response)))
-            usage = _usage(response.get("usage"))
+            usage = _usage_report(response.get("usage"))
             if usage is not None:
-                events.append(UsageReport(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens))
+                events.append(usage)
             events.append(End())
         elif kind == "response.failed":
             error = (payload.get("response") or {}).get("error") or {}
@@ -506,9 +520,7 @@ class ResponsesStreamRenderer(StreamRenderer):
                 self.finish = reason
                 return self._start() + self._close_item()
             case UsageReport():
-                for name in ("prompt_tokens", "completion_tokens", "cached_tokens"):
-                    if getattr(event, name) is not None:
-                        setattr(self.usage, name, getattr(event, name))
+                self.usage.merge(event)
                 return []
             case StreamError(message=message):
                 self.errored = True
@@ -529,7 +541,7 @@ class ResponsesStreamRenderer(StreamRenderer):
         reported = self.usage
         usage = None
         if reported.prompt_tokens is not None or reported.completion_tokens is not None:
-            usage = Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0, reported.cached_tokens or 0)
+            usage = reported.usage()
         final = self._response(status, incomplete_details=incomplete)
         final["usage"] = _usage_body(usage)
         out.append(self._event({"type": f"response.{status}", "response": final}))

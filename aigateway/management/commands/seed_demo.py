@@ -1,19 +1,26 @@
 """`manage.py seed_demo`: a working demo against the upstream simulator, safe to run again.
 
 Imports the demo providers, models and tiers through the config import, makes sure a superuser
-`admin` exists, and replaces the API key named "demo" so the key printed last always works.
+`admin` exists, and prints the API key named "demo". The key is issued once; its plaintext is kept
+in `var/demo-key` (local, not in git, readable by its owner only) and printed again on every run, so
+clients set up against the demo keep working and its usage history stays. Only when that file is
+gone, or its key was revoked, is a new demo key issued (the unusable old one is revoked, never deleted).
 """
 
 import os
 import secrets
+from pathlib import Path
 
 import yaml
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
 
+from accounts.keys import key_hash, key_looks_valid
 from accounts.models import ApiKey, Tier
-from accounts.services import api_key_issue
+from accounts.services import api_key_issue, api_key_revoke
 from providers.config_import import ConfigImportError, gateway_config_import
 
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:9100"
@@ -21,6 +28,40 @@ DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 ADMIN_USERNAME = "admin"
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_TIER = "pro"
+DEMO_KEY_FILE = "demo-key"
+
+
+def demo_key_path() -> Path:
+    return Path(settings.VAR_DIR) / DEMO_KEY_FILE
+
+
+def demo_key_read() -> str | None:
+    try:
+        plaintext = demo_key_path().read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return plaintext if key_looks_valid(plaintext) else None
+
+
+def demo_key_write(plaintext: str) -> None:
+    """Write the file whole (a crash leaves the old one or the new one), readable by its owner only."""
+    path = demo_key_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(plaintext + "\n")
+    os.replace(partial, path)
+
+
+def demo_key_usable(owner, plaintext: str | None) -> ApiKey | None:
+    """The demo key the kept plaintext opens, if it still works."""
+    if plaintext is None:
+        return None
+    api_key = ApiKey.objects.filter(key_hash=key_hash(plaintext), owner=owner, enabled=True).first()
+    if api_key is None or (api_key.expires_at is not None and api_key.expires_at <= timezone.now()):
+        return None
+    return api_key
 
 
 def demo_config(simulator_url: str) -> dict:
@@ -91,8 +132,9 @@ def demo_config(simulator_url: str) -> dict:
 class Command(BaseCommand):
     help = (
         "Set up the demo against the upstream simulator (GATEWAY_SIMULATOR_URL, default "
-        f"{DEFAULT_SIMULATOR_URL}): providers, models, tiers, a superuser '{ADMIN_USERNAME}' and a fresh "
-        f"API key named '{DEMO_KEY_NAME}'. Safe to run again; each run replaces the demo key."
+        f"{DEFAULT_SIMULATOR_URL}): providers, models, tiers, a superuser '{ADMIN_USERNAME}' and an "
+        f"API key named '{DEMO_KEY_NAME}'. Safe to run again: the demo key is kept (its plaintext in "
+        f"var/{DEMO_KEY_FILE}) and printed on every run."
     )
 
     def handle(self, *args, **options):
@@ -117,8 +159,18 @@ class Command(BaseCommand):
                 admin_user = User.objects.create_superuser(
                     username=ADMIN_USERNAME, email="admin@example.com", password=password
                 )
-            replaced, _ = ApiKey.objects.filter(owner=admin_user, name=DEMO_KEY_NAME).delete()
-            issued = api_key_issue(owner=admin_user, tier=Tier.objects.get(name=DEMO_KEY_TIER), name=DEMO_KEY_NAME)
+            plaintext = demo_key_read()
+            demo_key = demo_key_usable(admin_user, plaintext)
+            revoked = 0
+            if demo_key is None:
+                # Keys whose plaintext is lost cannot be handed out again: revoked, their usage history kept.
+                for stale in ApiKey.objects.filter(owner=admin_user, name=DEMO_KEY_NAME, enabled=True):
+                    api_key_revoke(api_key=stale)
+                    revoked += 1
+                issued = api_key_issue(owner=admin_user, tier=Tier.objects.get(name=DEMO_KEY_TIER), name=DEMO_KEY_NAME)
+                plaintext = issued.plaintext
+                # Inside the transaction: a key that could not be kept is not issued either.
+                demo_key_write(plaintext)
 
         if password is None:
             self.stdout.write(
@@ -129,9 +181,14 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"Created superuser '{ADMIN_USERNAME}'; the password is shown only now.")
             password_note = f"password {password}"
-        replaced_note = " (the previous one was deleted)" if replaced else ""
-        self.stdout.write(f"Issued API key '{DEMO_KEY_NAME}' on tier {DEMO_KEY_TIER}{replaced_note}.")
+        if demo_key is not None:
+            self.stdout.write(f"API key '{DEMO_KEY_NAME}' is the one issued before (kept in var/{DEMO_KEY_FILE}).")
+        else:
+            revoked_note = " (the previous one, whose plaintext was lost, is revoked)" if revoked else ""
+            self.stdout.write(
+                f"Issued API key '{DEMO_KEY_NAME}' on tier {DEMO_KEY_TIER}{revoked_note}; kept in var/{DEMO_KEY_FILE}."
+            )
         self.stdout.write("")
         self.stdout.write(f"Playground: {public_url}/playground/  (log in as the admin user below)")
         self.stdout.write(f"Admin:      {public_url}/admin/  (user {ADMIN_USERNAME}, {password_note})")
-        self.stdout.write(f"API key:    {issued.plaintext}")
+        self.stdout.write(f"API key:    {plaintext}")
