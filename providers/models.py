@@ -30,6 +30,14 @@ class Provider(models.Model):
         "https://api.anthropic.com for anthropic.",
     )
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    # Egress: a forward proxy for this provider only (http://[user:pass@]host:port; credentials encrypted like
+    # the API key), else HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
+    proxy_url_encrypted = models.TextField(blank=True, default="", editable=False)
+    # TLS: PEM CA certificates to trust for this provider instead of the system store (SSL_CERT_FILE), and a
+    # client certificate (mTLS) with its private key (encrypted at rest).
+    ca_bundle = models.TextField(blank=True, default="", help_text="PEM CA certificates; empty = the system store.")
+    client_cert = models.TextField(blank=True, default="", help_text="PEM client certificate (mTLS); optional.")
+    client_key_encrypted = models.TextField(blank=True, default="", editable=False)
     extra_headers = models.JSONField(default=dict, blank=True)
     timeout_connect = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
     timeout_read = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
@@ -93,6 +101,22 @@ class Provider(models.Model):
     @property
     def has_api_key(self) -> bool:
         return bool(self.api_key_encrypted)
+
+    @property
+    def proxy_url(self) -> str:
+        return secret_decrypt(self.proxy_url_encrypted)
+
+    @proxy_url.setter
+    def proxy_url(self, value: str) -> None:
+        self.proxy_url_encrypted = secret_encrypt(value or "")
+
+    @property
+    def client_key(self) -> str:
+        return secret_decrypt(self.client_key_encrypted)
+
+    @client_key.setter
+    def client_key(self, value: str) -> None:
+        self.client_key_encrypted = secret_encrypt(value or "")
 
 
 MODEL_KINDS = ("chat", "embeddings", "completions")
@@ -216,6 +240,12 @@ class Deployment(models.Model):
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     weight = models.PositiveIntegerField(default=1, help_text="Relative share within one priority.")
     enabled = models.BooleanField(default=True)
+    timeout_total = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.1)],
+        help_text="Seconds a whole call to this deployment may last, streams included; unset = no cap.",
+    )
     # Prices at this provider, per million tokens, when they differ from the model's; unset = the model's.
     input_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
     output_price_per_million = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
