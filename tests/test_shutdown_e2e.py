@@ -197,9 +197,9 @@ async def _scenario(process: subprocess.Popen, base: str, key: str):
             try:
                 async with httpx.AsyncClient(timeout=1.0) as fresh:
                     await fresh.get(base + "/health")
-            except httpx.RemoteProtocolError:
-                # Connected in the instant the listening socket closed: reset before any byte was read,
-                # as safe to retry elsewhere as a refusal; the next attempt must be refused.
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # Connected in the instant the listening socket closed: closed or reset before any byte was
+                # read, as safe to retry elsewhere as a refusal; the next attempt must be refused.
                 await asyncio.sleep(0.05)
                 continue
             except httpx.ConnectError:
