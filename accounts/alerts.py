@@ -29,7 +29,8 @@ from django.utils import timezone
 from accounts.budgets import budget_spent_db, period_bounds
 from accounts.models import Budget, BudgetAlert
 from aigateway.redis import redis_sync
-from providers.upstream_policy import url_connect_problem
+from providers.upstream import upstream_blocking, upstream_fetch
+from providers.upstream_policy import AddressRefused
 
 logger = logging.getLogger(__name__)
 
@@ -230,22 +231,25 @@ def retry_pause_ms(attempt: int) -> int:
 
 
 def _post(url: str, content: bytes, headers: dict[str, str]) -> str | None:
-    """POST to one receiver; None on a 2xx answer, else why not (with no part of the URL but its host)."""
-    refused = url_connect_problem(url)
-    if refused is not None:
-        return "address refused: " + _redact(refused.replace(url.split("?", 1)[0], "", 1).strip(), url)
+    """POST to one receiver; None on a 2xx answer, else why not (with no part of the URL but its host).
+
+    Through the gateway's one upstream client (providers.upstream): the environment's proxy, the system's
+    trust store, the address policy on the receiver's host; redirects are never followed (the policy was
+    checked for this URL only)."""
     try:
-        # Redirects are not followed: the address policy was checked for this URL only.
-        with httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False) as http:
-            response = http.post(url, content=content, headers=headers)
+        answer = upstream_blocking(
+            lambda: upstream_fetch("POST", url, headers=headers, content=content, timeout=WEBHOOK_TIMEOUT)
+        )
+    except AddressRefused as exc:
+        return "address refused: " + _redact(exc.problem.replace(url.split("?", 1)[0], "", 1).strip(), url)
     except httpx.HTTPError as exc:
         detail = _redact(str(exc), url)
         return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     except Exception as exc:  # a malformed URL must fail this alert, not the whole run
         return type(exc).__name__
-    if response.is_success:
+    if answer.is_success:
         return None
-    return f"HTTP {response.status_code} {response.reason_phrase}".strip()
+    return f"HTTP {answer.status_code} {answer.reason_phrase}".strip()
 
 
 def _receiver_id(url: str) -> str:

@@ -230,6 +230,10 @@ GATEWAY_MAX_SSE_LINE_BYTES = env.int("GATEWAY_MAX_SSE_LINE_BYTES", default=4 * 1
 # How long a request may wait for a free connection of a provider's pool before that provider counts as
 # at capacity (503, and the next deployment is tried); apart from the connect timeout.
 GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_UPSTREAM_POOL_TIMEOUT_SECONDS", default=5.0)
+# An upstream stream that completes no SSE event for this long ends with an error (bytes that never finish an
+# event, comments included, do not count), and a non-streamed body must be complete this long after its
+# headers. 0: each provider's read timeout.
+GATEWAY_UPSTREAM_EVENT_IDLE_SECONDS = env.float("GATEWAY_UPSTREAM_EVENT_IDLE_SECONDS", default=0.0)
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "playground"

@@ -1,9 +1,9 @@
 """What one upstream request costs the gateway's process: CPU microseconds and requests per second of the
-upstream client (aiohttp's session, which the relay used before, against providers.http1 under
-providers.upstream_transport), sequential and concurrent, against a minimal keep-alive server in a subprocess.
+upstream client (providers.upstream_transport: httpx's Response over aiohttp, with its pool slot, proxy
+choice and decoding checks) and of aiohttp's ClientSession alone under it, sequential and concurrent,
+against a minimal keep-alive server in a subprocess.
 
 Usage: python bench/bench_upstream_client.py [--requests 5000] [--concurrency 32] [--loop uvloop|asyncio]
-The aiohttp column is skipped when aiohttp is not installed.
 """
 
 import argparse
@@ -14,12 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from providers.http1 import Http1Pool  # noqa: E402
 from providers.upstream_transport import UpstreamTransport  # noqa: E402
 
 REQUEST_BODY = b'{"model":"sim-echo","messages":[{"role":"user","content":"hello there"}]}'
@@ -80,22 +77,23 @@ def serve() -> None:
 
 
 def _aiohttp_session():
-    """A session configured as the removed AiohttpTransport configured it; None without aiohttp."""
-    try:
-        import aiohttp
-    except ImportError:
-        return None, None
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, ttl_dns_cache=300)
+    """A session configured as UpstreamTransport configures its own."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30.0, use_dns_cache=False)
     session = aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, trust_env=False, skip_auto_headers=("User-Agent",)
+        connector=connector,
+        auto_decompress=True,
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"Accept-Encoding": "identity"},
+        skip_auto_headers=("User-Agent", "Content-Type", "Accept"),
     )
     return session, aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0, sock_read=30.0)
 
 
 async def _aiohttp_case(url: str):
     session, timeout = _aiohttp_session()
-    if session is None:
-        return None
 
     async def one() -> None:
         response = await session.request(
@@ -103,43 +101,6 @@ async def _aiohttp_case(url: str):
         )
         await response.read()
         response.release()
-
-    return one, session.close
-
-
-async def _aiohttp_transport_case(url: str):
-    """The relay's path before: aiohttp's response behind an httpx.Response, holding a pool slot (the
-    removed AiohttpTransport.send, reduced to its success path)."""
-    session, timeout = _aiohttp_session()
-    if session is None:
-        return None
-    slots = asyncio.Semaphore(1000)
-
-    class Body(httpx.AsyncByteStream):
-        def __init__(self, response) -> None:
-            self._response = response
-
-        async def __aiter__(self):
-            async for chunk in self._response.content.iter_any():
-                yield chunk
-
-        async def aclose(self) -> None:
-            self._response.release()
-            slots.release()
-
-    async def one() -> None:
-        await slots.acquire()
-        raw = await session.request(
-            "POST", url, headers=HEADERS, data=REQUEST_BODY, timeout=timeout, allow_redirects=False
-        )
-        response = httpx.Response(
-            status_code=raw.status,
-            headers=list(raw.raw_headers),
-            stream=Body(raw),
-            extensions={"http_version": b"HTTP/1.1"},
-        )
-        await response.aread()
-        await response.aclose()
 
     return one, session.close
 
@@ -155,23 +116,9 @@ async def _transport_case(url: str):
     return one, transport.aclose
 
 
-async def _http1_case(url: str):
-    pool = Http1Pool()
-
-    async def one() -> None:
-        response = await pool.request("POST", url, HEADERS, REQUEST_BODY, connect_timeout=5.0, read_timeout=30.0)
-        while await response.read():
-            pass
-        response.close()
-
-    return one, pool.aclose
-
-
 CASES: dict[str, Callable[[str], Awaitable]] = {
-    "before: aiohttp under httpx.Response": _aiohttp_transport_case,
+    "UpstreamTransport.send": _transport_case,
     "  of which aiohttp ClientSession": _aiohttp_case,
-    "now: UpstreamTransport.send": _transport_case,
-    "  of which http1 Http1Pool.request": _http1_case,
 }
 
 
@@ -193,11 +140,7 @@ async def run(url: str, requests: int, concurrency: int) -> None:
     print(f"{requests} POSTs per cell, response {len(RESPONSE)} B; client process CPU per request, requests/s")
     print(f"{'client':38} {'sequential':>22} {f'{concurrency} concurrent':>22}")
     for name, build in CASES.items():
-        case = await build(url)
-        if case is None:
-            print(f"{name:38} {'(aiohttp not installed)':>22}")
-            continue
-        one, close = case
+        one, close = await build(url)
         cells = []
         for parallel in (1, concurrency):
             cpu_us, rps = await _measure(one, requests, parallel)

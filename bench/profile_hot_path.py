@@ -33,8 +33,8 @@ STAGES = (
     ("Redis client", r"\((redis|hiredis)/"),
     ("upstream client: httpx", r"\((httpx|httpcore)/|providers/upstream(_policy)?\.py|\((ipaddress|urllib)"),
     (
-        "upstream client (ours: http1, transport)",
-        r"\((aiohttp|yarl|multidict|propcache)/|providers/(http1|upstream_transport)\.py",
+        "upstream client: aiohttp, transport",
+        r"\((aiohttp|aiohappyeyeballs|yarl|multidict|propcache)/|providers/upstream_transport\.py",
     ),
     ("relay: body, dialect, usage event", r"streaming/(relay|meter|tokens)\.py|providers/dialects/|\(orjson"),
     ("edge: checks, body parse, views", r"streaming/(edge|views)\.py"),

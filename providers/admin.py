@@ -4,6 +4,8 @@ A provider's API key is write-only here: the form takes a new key or a request t
 and neither the plaintext nor the stored ciphertext is ever rendered back.
 """
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin
 from django.db import models
@@ -15,6 +17,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from providers.admin_actions import check_health_now
 from providers.admin_routing import routing_test_view, when_summary
 from providers.admin_widgets import KindsField, NameListField, StructuredFormMixin, TransformsField
+from providers.egress import ca_bundle_problem, client_certificate_problem, proxy_url_problem
 from providers.models import Deployment, HealthCheck, Model, Provider, RouteRule
 from providers.route_rules import is_pattern
 
@@ -48,6 +51,25 @@ class ProviderAdminForm(StructuredFormMixin, forms.ModelForm):
         required=False,
         help_text="Remove the stored key; the provider is then called without one.",
     )
+    proxy_url = forms.CharField(
+        label="Proxy URL",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Write-only (it may carry credentials): http://[user:password@]host:port, for this provider "
+        "only. Blank keeps the current one; without one, HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply.",
+    )
+    clear_proxy_url = forms.BooleanField(label="Clear proxy URL", required=False)
+    client_key = forms.CharField(
+        label="Client private key",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Write-only PEM private key of the client certificate (mTLS). Blank keeps the current one.",
+    )
+    clear_client_certificate = forms.BooleanField(
+        label="Clear client certificate", required=False, help_text="Remove the client certificate and its key."
+    )
 
     class Meta:
         model = Provider
@@ -62,12 +84,32 @@ class ProviderAdminForm(StructuredFormMixin, forms.ModelForm):
             "timeout_read",
             "max_connections",
             "request_transforms",
+            "ca_bundle",
+            "client_cert",
         ]
+        help_texts = {
+            "extra_headers": 'Headers sent with every request to this provider, e.g. {"anthropic-beta": '
+            '"prompt-caching-2024-07-31"}. Names are HTTP tokens (no spaces or colons); values are printable '
+            "ASCII without line breaks. Headers that frame the request (Content-Length, ...) are refused."
+        }
 
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("api_key") and cleaned.get("clear_api_key"):
             raise forms.ValidationError("Either enter a new API key or clear it, not both.")
+        if cleaned.get("proxy_url"):
+            problem = proxy_url_problem(cleaned["proxy_url"])
+            if problem:
+                self.add_error("proxy_url", f"The proxy URL {problem}.")
+        if cleaned.get("ca_bundle"):
+            problem = ca_bundle_problem(cleaned["ca_bundle"])
+            if problem:
+                self.add_error("ca_bundle", f"The CA bundle {problem}.")
+        if not cleaned.get("clear_client_certificate"):
+            stored = self.instance.client_key if self.instance.pk else ""
+            problem = client_certificate_problem(cleaned.get("client_cert") or "", cleaned.get("client_key") or stored)
+            if problem:
+                self.add_error("client_cert", problem[0].upper() + problem[1:] + ".")
         return cleaned
 
     def save(self, commit=True):
@@ -76,6 +118,14 @@ class ProviderAdminForm(StructuredFormMixin, forms.ModelForm):
             provider.api_key = self.cleaned_data["api_key"]
         elif self.cleaned_data.get("clear_api_key"):
             provider.api_key = ""
+        if self.cleaned_data.get("proxy_url"):
+            provider.proxy_url = self.cleaned_data["proxy_url"]
+        elif self.cleaned_data.get("clear_proxy_url"):
+            provider.proxy_url = ""
+        if self.cleaned_data.get("clear_client_certificate"):
+            provider.client_cert, provider.client_key = "", ""
+        elif self.cleaned_data.get("client_key"):
+            provider.client_key = self.cleaned_data["client_key"]
         if commit:
             provider.save()
             self._save_m2m()
@@ -115,6 +165,8 @@ class ProviderAdmin(admin.ModelAdmin):
     search_fields = ["name", "base_url"]
     readonly_fields = [
         "api_key_set",
+        "proxy_shown",
+        "client_key_set",
         "health_status",
         "health_checked_at",
         "health_latency_ms",
@@ -127,6 +179,21 @@ class ProviderAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "dialect", "base_url", "enabled"]}),
         ("Credentials", {"fields": ["api_key_set", "api_key", "clear_api_key", "extra_headers"]}),
         ("Connection", {"fields": ["timeout_connect", "timeout_read", "max_connections"]}),
+        (
+            "Egress and TLS",
+            {
+                "fields": [
+                    "proxy_shown",
+                    "proxy_url",
+                    "clear_proxy_url",
+                    "ca_bundle",
+                    "client_cert",
+                    "client_key_set",
+                    "client_key",
+                    "clear_client_certificate",
+                ]
+            },
+        ),
         ("Request transforms", {"fields": ["request_transforms"]}),
         (
             "Health",
@@ -149,14 +216,38 @@ class ProviderAdmin(admin.ModelAdmin):
     def api_key_set(self, obj: Provider) -> bool:
         return obj.has_api_key
 
-    @method_decorator(sensitive_post_parameters("api_key"))
+    @admin.display(description="proxy")
+    def proxy_shown(self, obj: Provider) -> str:
+        """The proxy's scheme, host and port: never its credentials."""
+        url = obj.proxy_url
+        if not url:
+            return "none (HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply)"
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    @admin.display(boolean=True, description="client key set")
+    def client_key_set(self, obj: Provider) -> bool:
+        return bool(obj.client_key_encrypted)
+
+    @method_decorator(sensitive_post_parameters("api_key", "proxy_url", "client_key"))
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 class DeploymentInline(admin.TabularInline):
     model = Deployment
-    fields = ["provider", "upstream_model", "priority", "weight", "enabled"]
+    fields = [
+        "provider",
+        "upstream_model",
+        "priority",
+        "weight",
+        "enabled",
+        "timeout_total",
+        "input_price_per_million",
+        "output_price_per_million",
+        "cached_input_price_per_million",
+        "cache_write_price_per_million",
+    ]
 
     def get_extra(self, request, obj=None, **kwargs):
         # One blank row when adding a model; existing models add rows on demand.
@@ -194,6 +285,8 @@ class PublicModelAdminForm(StructuredFormMixin, forms.ModelForm):
             "input_price_per_million",
             "output_price_per_million",
             "cached_input_price_per_million",
+            "cache_write_price_per_million",
+            "max_output_tokens",
             "kinds",
             "context_window",
             "aliases",

@@ -23,6 +23,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,6 +35,8 @@ from django.db import transaction
 from accounts.budget_rules import budget_amount_parse, budget_thresholds_normalize, budget_thresholds_problem
 from accounts.budgets import PERIODS
 from accounts.models import LIMIT_FIELDS, Budget, Team, Tier, soft_thresholds_default
+from providers.egress import proxy_url_problem
+from providers.extra_headers import extra_header_problem
 from providers.models import MODEL_KINDS, Deployment, Dialect, Model, Provider, RouteRule
 from providers.route_rules import conditions_problems, model_routing_problems
 from providers.transforms import shown, transforms_problems, type_name
@@ -43,7 +46,6 @@ INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 SLUG_RE = re.compile(r"^[-a-zA-Z0-9_]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Values that look like API keys in the raw text, redacted from messages even when the YAML is broken.
 RAW_SECRET_RE = re.compile(r"""api_key\s*:\s*["']?([^\s"'#,}\]]+)""")
 MIN_REDACTED_LENGTH = 6
@@ -61,6 +63,10 @@ PROVIDER_KEYS = (
     "max_connections",
     "enabled",
     "request_transforms",
+    "proxy_url",
+    "ca_bundle_file",
+    "client_cert_file",
+    "client_key_file",
 )
 MODEL_KEYS = (
     "name",
@@ -68,6 +74,8 @@ MODEL_KEYS = (
     "input_price_per_million",
     "output_price_per_million",
     "cached_input_price_per_million",
+    "cache_write_price_per_million",
+    "max_output_tokens",
     "context_window",
     "description",
     "kinds",
@@ -77,7 +85,13 @@ MODEL_KEYS = (
     "context_fallbacks",
     "deployments",
 )
-DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled")
+PRICE_KEYS = (
+    "input_price_per_million",
+    "output_price_per_million",
+    "cached_input_price_per_million",
+    "cache_write_price_per_million",
+)
+DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled", "timeout_total", *PRICE_KEYS)
 TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "models")
 ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
 TEAM_KEYS = ("name", "members", "models", "alert_webhook", "budgets")
@@ -222,6 +236,7 @@ class _ProviderSpec:
     fields: dict
     # None = keep the stored key.
     api_key: str | None = field(default=None, repr=False)
+    egress: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -427,18 +442,17 @@ class _Entry:
         result = {}
         for name, header_value in value.items():
             line = value.key_lines.get(name, self.line_of(key)) if isinstance(value, _Mapping) else self.line_of(key)
-            if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
-                self.problems.add(line, f"{self.label}: {key} has an invalid header name {shown(name)}")
-                return INVALID
-            if not isinstance(header_value, str):
+            if isinstance(name, str) and not isinstance(header_value, str):
                 self.problems.add(
                     line,
                     f"{self.label}: {key} header {shown(name)} must have a string value, not "
                     f"{_type_name(header_value)} (quote it)",
                 )
                 return INVALID
-            if "\n" in header_value or "\r" in header_value:
-                self.problems.add(line, f"{self.label}: {key} header {shown(name)} must not contain a line break")
+            # Provider.clean's rules (providers.extra_headers), reported at the header's line.
+            problem = extra_header_problem(name, header_value)
+            if problem:
+                self.problems.add(line, f"{self.label}: {key}: {problem}")
                 return INVALID
             result[name] = header_value
         return result
@@ -571,6 +585,50 @@ def _plan_build(document: Any, source: str, secrets: set[str]) -> _Plan:
     return _Plan(providers=providers, models=models, tiers=tiers, routes=routes, teams=teams)
 
 
+def _prices(entry: _Entry) -> dict:
+    """A model's prices, or a deployment's overrides of them (per million tokens; unset = None)."""
+    return {key: entry.decimal(key, max_digits=12, decimal_places=6) for key in PRICE_KEYS}
+
+
+def _pem_file(entry: _Entry, key: str, marker: str) -> str | None | _Invalid:
+    """The PEM text of the file `key` names (read at import time), or None when not given."""
+    path = entry.string(key, max_length=4096)
+    if not isinstance(path, str) or not path:
+        return None if isinstance(path, str) else path
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return entry.problem(key, f"cannot read {shown(path)}: {type(exc).__name__}")
+    if f"-----BEGIN {marker}" not in text and not (marker == "PRIVATE KEY" and "PRIVATE KEY-----" in text):
+        return entry.problem(key, f"{shown(path)} holds no PEM {marker.lower()}")
+    return text
+
+
+def _provider_egress(entry: _Entry, secrets: set[str]) -> dict | _Invalid:
+    """proxy_url (a secret: it may carry credentials) and the TLS files of a provider; absent = unchanged."""
+    out: dict = {}
+    if "proxy_url" in entry.mapping:
+        value = entry.string("proxy_url", secret=True, max_length=2048)
+        if isinstance(value, _Invalid):
+            return value
+        problem = proxy_url_problem(value) if value else None
+        if problem:
+            return entry.problem("proxy_url", problem)
+        secrets.add(value)
+        out["proxy_url"] = value
+    for key, field_name, marker in (
+        ("ca_bundle_file", "ca_bundle", "CERTIFICATE"),
+        ("client_cert_file", "client_cert", "CERTIFICATE"),
+        ("client_key_file", "client_key", "PRIVATE KEY"),
+    ):
+        if key in entry.mapping:
+            text = _pem_file(entry, key, marker)
+            if isinstance(text, _Invalid):
+                return text
+            out[field_name] = text or ""
+    return out
+
+
 def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list[_ProviderSpec]:
     if isinstance(entries, _Invalid):
         return []
@@ -594,9 +652,10 @@ def _providers_validate(entries, problems: _Problems, secrets: set[str]) -> list
             "request_transforms": entry.transforms("request_transforms"),
         }
         api_key = _provider_api_key(entry, secrets)
+        egress = _provider_egress(entry, secrets)
         _note_duplicate(problems, seen, "provider", name, mapping.line)
-        if _all_valid(name, api_key, *fields.values()):
-            specs.append(_ProviderSpec(line=mapping.line, name=name, fields=fields, api_key=api_key))
+        if _all_valid(name, api_key, egress, *fields.values()):
+            specs.append(_ProviderSpec(line=mapping.line, name=name, fields=fields, api_key=api_key, egress=egress))
     return specs
 
 
@@ -653,11 +712,8 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
         entry.reject_unknown_keys()
         fields = {
             "enabled": entry.boolean("enabled", default=True),
-            "input_price_per_million": entry.decimal("input_price_per_million", max_digits=12, decimal_places=6),
-            "output_price_per_million": entry.decimal("output_price_per_million", max_digits=12, decimal_places=6),
-            "cached_input_price_per_million": entry.decimal(
-                "cached_input_price_per_million", max_digits=12, decimal_places=6
-            ),
+            **_prices(entry),
+            "max_output_tokens": entry.integer("max_output_tokens", default=None, minimum=1, nullable=True),
             "context_window": entry.integer("context_window", default=None, minimum=1, nullable=True),
             "description": entry.string("description"),
             "alias_order": entry.integer("alias_order", default=0, minimum=-INT32_MAX),
@@ -722,6 +778,10 @@ def _deployments_validate(
             "priority": entry.integer("priority", default=0, minimum=-INT32_MAX),
             "weight": entry.integer("weight", default=1, minimum=1),
             "enabled": entry.boolean("enabled", default=True),
+            "timeout_total": entry.number("timeout_total", default=None, minimum=0.1)
+            if entry.mapping.get("timeout_total") is not None
+            else None,
+            **_prices(entry),
         }
         if isinstance(provider, str):
             referenced.append((provider, entry.line_of("provider"), entry.label))
@@ -896,6 +956,11 @@ def _plan_write(plan: _Plan, source: str) -> ImportSummary:
         if spec.api_key is not None and provider.api_key != spec.api_key:
             provider.api_key = spec.api_key
             changed = True
+        for attribute, value in spec.egress.items():
+            # Properties for the encrypted ones (proxy_url, client_key): compared in plaintext.
+            if getattr(provider, attribute) != value:
+                setattr(provider, attribute, value)
+                changed = True
         if created or changed:
             _full_clean(provider, source=source, line=spec.line, label=f"provider '{spec.name}'")
             provider.save()

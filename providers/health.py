@@ -1,13 +1,17 @@
 """Provider health checks: one cheap authenticated call per provider (list models), recorded on the
 Provider row and in HealthCheck history, and mirrored to Redis so routing can skip providers that are down.
+
+A probe goes out the way the relay's requests do (providers.upstream: the provider's proxy, CA bundle and
+client certificate, the address policy), so "up" means the relay can reach the provider too.
 """
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import httpx
 from django.conf import settings
@@ -16,7 +20,10 @@ from django.utils import timezone
 
 from aigateway.redis import redis_sync
 from providers.models import Dialect, HealthCheck, HealthStatus, Provider
-from providers.upstream_policy import url_connect_problem
+from providers.upstream_policy import AddressRefused
+
+if TYPE_CHECKING:
+    from providers.routing import ProviderRoute
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ class HealthResult:
 
 @dataclass(frozen=True, slots=True)
 class _ProbeTarget:
-    """What a probe needs, read from the database up front so probes can run in threads without ORM access."""
+    """What a probe needs, read from the database up front so probes run in an event loop without ORM access."""
 
     provider_id: int
     provider_name: str
@@ -63,9 +70,14 @@ class _ProbeTarget:
     extra_headers: dict
     timeout_connect: float
     timeout_read: float
+    # The provider as the relay sees it: its client (pool, proxy, TLS) is the probe's.
+    route: "ProviderRoute"
 
     @classmethod
     def from_provider(cls, provider: Provider) -> "_ProbeTarget":
+        # Imported here: routing imports this module (HEALTH_DOWN_KEY).
+        from providers.routing import provider_route
+
         return cls(
             provider_id=provider.pk,
             provider_name=provider.name,
@@ -75,6 +87,7 @@ class _ProbeTarget:
             extra_headers={str(k): str(v) for k, v in (provider.extra_headers or {}).items()},
             timeout_connect=provider.timeout_connect,
             timeout_read=provider.timeout_read,
+            route=provider_route(provider),
         )
 
     def request(self) -> tuple[str, dict[str, str]]:
@@ -104,15 +117,29 @@ class _ProbeTarget:
         return text[:_ERROR_MAX_CHARS]
 
 
-def _probe(target: _ProbeTarget) -> HealthResult:
+async def _probe(target: _ProbeTarget) -> HealthResult:
+    from providers.upstream import upstream_fetch
+
     url, headers = target.request()
-    refused = url_connect_problem(url)
-    if refused is not None:
-        # The relay would refuse this address; the probe must not send the provider's key there either.
-        logger.warning("health probe of %s refused: %s", target.provider_name, refused)
-        ok, status_code, latency_ms, error = False, None, None, f"upstream address refused: {refused}"
-    else:
-        ok, status_code, latency_ms, error = _get(url, headers, target.timeout())
+    status_code = latency_ms = None
+    try:
+        started = time.perf_counter()
+        answer = await upstream_fetch("GET", url, headers=headers, provider=target.route, timeout=target.timeout())
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        status_code = answer.status_code
+        ok = answer.is_success
+        error = "" if ok else f"HTTP {status_code} {answer.reason_phrase}".strip()
+    except AddressRefused as exc:
+        # The relay would refuse this address; the probe did not send the provider's key there either.
+        logger.warning("health probe of %s refused: %s", target.provider_name, exc.problem)
+        ok, error = False, f"upstream address refused: {exc.problem}"
+    except httpx.HTTPError as exc:
+        ok = False
+        detail = str(exc)
+        error = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    except Exception as exc:  # a malformed base URL or header must mark the provider down, not kill the sweep
+        ok = False
+        error = type(exc).__name__
     return HealthResult(
         provider_id=target.provider_id,
         provider_name=target.provider_name,
@@ -123,25 +150,20 @@ def _probe(target: _ProbeTarget) -> HealthResult:
     )
 
 
-def _get(url: str, headers: dict, timeout: httpx.Timeout) -> tuple[bool, int | None, float | None, str]:
-    """One probe request: (ok, status code, latency in ms, error)."""
-    status_code = latency_ms = None
-    try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            started = time.perf_counter()
-            response = client.get(url, headers=headers)
-            latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        status_code = response.status_code
-        ok = response.is_success
-        error = "" if ok else f"HTTP {status_code} {response.reason_phrase}".strip()
-    except httpx.HTTPError as exc:
-        ok = False
-        detail = str(exc)
-        error = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    except Exception as exc:  # a malformed base URL or header must mark the provider down, not kill the sweep
-        ok = False
-        error = type(exc).__name__
-    return ok, status_code, latency_ms, error
+def _probe_all(targets: list[_ProbeTarget]) -> list[HealthResult]:
+    """Every probe at once (at most _MAX_PARALLEL_PROBES in flight), in one event loop whose clients close after."""
+    from providers.upstream import upstream_blocking
+
+    async def run() -> list[HealthResult]:
+        limit = asyncio.Semaphore(_MAX_PARALLEL_PROBES)
+
+        async def one(target: _ProbeTarget) -> HealthResult:
+            async with limit:
+                return await _probe(target)
+
+        return list(await asyncio.gather(*(one(target) for target in targets)))
+
+    return upstream_blocking(run)
 
 
 def _record(result: HealthResult) -> None:
@@ -173,7 +195,7 @@ def _record(result: HealthResult) -> None:
 def provider_health_check(*, provider_id: int) -> HealthResult:
     """Probe one provider now and record the outcome."""
     provider = Provider.objects.get(pk=provider_id)
-    result = _probe(_ProbeTarget.from_provider(provider))
+    [result] = _probe_all([_ProbeTarget.from_provider(provider)])
     _record(result)
     return result
 
@@ -181,7 +203,7 @@ def provider_health_check(*, provider_id: int) -> HealthResult:
 def providers_health_check(*, provider_ids: Iterable[int] | None = None) -> list[HealthResult]:
     """Probe several providers concurrently (all enabled ones by default) and record every outcome.
 
-    Only the HTTP calls run in threads; reads and writes stay on the calling thread's connection.
+    Only the HTTP calls run in an event loop; reads and writes stay on the calling thread's connection.
     """
     providers = Provider.objects.all() if provider_ids is not None else Provider.objects.filter(enabled=True)
     if provider_ids is not None:
@@ -189,8 +211,7 @@ def providers_health_check(*, provider_ids: Iterable[int] | None = None) -> list
     targets = [_ProbeTarget.from_provider(provider) for provider in providers.order_by("name")]
     if not targets:
         return []
-    with ThreadPoolExecutor(max_workers=min(_MAX_PARALLEL_PROBES, len(targets))) as pool:
-        results = list(pool.map(_probe, targets))
+    results = _probe_all(targets)
     for result in results:
         _record(result)
     return results

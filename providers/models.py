@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from providers.extra_headers import extra_headers_problems
 from providers.secrets import secret_decrypt, secret_encrypt
 from providers.transforms import transforms_validate
 from providers.upstream_policy import base_url_problem
@@ -83,6 +84,9 @@ class Provider(models.Model):
         problems = transforms_validate(self.request_transforms)
         if problems:
             errors["request_transforms"] = problems
+        header_problems = extra_headers_problems(self.extra_headers)
+        if header_problems:
+            errors["extra_headers"] = header_problems
         # The address policy (providers.upstream_policy); connections are checked again as they open.
         url_problem = base_url_problem(self.base_url) if self.base_url else None
         if url_problem:

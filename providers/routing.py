@@ -41,8 +41,13 @@ class ProviderRoute:
     timeout_read: float
     max_connections: int
     request_transforms: tuple[Transform, ...] = ()
+    # Egress and TLS (see providers.upstream): a forward proxy, CA certificates and a client certificate (PEM).
+    proxy_url: str = ""
+    ca_bundle: str = ""
+    client_cert: str = ""
+    client_key: str = ""
 
-    def __repr__(self) -> str:  # never print the key
+    def __repr__(self) -> str:  # never print the key, the proxy's credentials or the client key
         return f"ProviderRoute({self.name!r}, {self.dialect}, {self.base_url!r})"
 
 
@@ -57,6 +62,8 @@ class Route:
     # The deployment's prices (its overrides, the model's otherwise), as they stood when the table was loaded:
     # what a call served here costs when it finishes.
     prices: Prices = FREE
+    # Seconds a call to this deployment may last from the moment it is opened, streams included (None: no cap).
+    timeout_total: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,26 @@ class RouteTable:
         return prices_max(route.prices for name in model_names for route in self.routes.get(name, ()))
 
 
+def provider_route(p) -> ProviderRoute:
+    """What the relay (and the health probe) needs of a Provider row, its secrets decrypted."""
+    return ProviderRoute(
+        id=p.id,
+        name=p.name,
+        dialect=p.dialect,
+        base_url=p.base_url.rstrip("/"),
+        api_key=p.api_key,
+        extra_headers=tuple(sorted((str(k), str(v)) for k, v in (p.extra_headers or {}).items())),
+        timeout_connect=p.timeout_connect,
+        timeout_read=p.timeout_read,
+        max_connections=p.max_connections,
+        request_transforms=_provider_transforms(p),
+        proxy_url=p.proxy_url,
+        ca_bundle=p.ca_bundle,
+        client_cert=p.client_cert,
+        client_key=p.client_key,
+    )
+
+
 def route_table_load() -> RouteTable:
     from providers.models import Deployment, Model
 
@@ -89,19 +116,7 @@ def route_table_load() -> RouteTable:
         "model", "provider"
     )
     for dep in deployments:
-        p = dep.provider
-        provider = ProviderRoute(
-            id=p.id,
-            name=p.name,
-            dialect=p.dialect,
-            base_url=p.base_url.rstrip("/"),
-            api_key=p.api_key,
-            extra_headers=tuple(sorted((str(k), str(v)) for k, v in (p.extra_headers or {}).items())),
-            timeout_connect=p.timeout_connect,
-            timeout_read=p.timeout_read,
-            max_connections=p.max_connections,
-            request_transforms=_provider_transforms(p),
-        )
+        provider = provider_route(dep.provider)
         routes.setdefault(dep.model.name, []).append(
             Route(
                 deployment_id=dep.id,
@@ -111,6 +126,7 @@ def route_table_load() -> RouteTable:
                 weight=dep.weight,
                 provider=provider,
                 prices=deployment_prices(dep),
+                timeout_total=dep.timeout_total,
             )
         )
     return RouteTable(

@@ -13,19 +13,25 @@ or a hostile admin must not turn it into a way to read a cloud metadata service.
 The check runs where a base URL is written (Provider.clean: admin and the YAML import) and where a
 connection is opened: `UpstreamResolver` checks every address the upstream client is about to connect
 to (so a name that later resolves somewhere else is still caught), and `upstream_request_check` refuses
-a literal address before the request takes a connection slot.
+a literal address or a metadata host name before the request takes a connection slot.
+
+Through a forward proxy the policy is about the target, not the proxy (an operator's choice, often on a
+private or loopback address): the target's literal address and metadata names are refused as above, and
+the proxy resolves the target's name, so its own egress rules decide what that name may reach.
 """
 
+import asyncio
 import ipaddress
 import logging
 import socket
+import time
+from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 from django.conf import settings
-
-from providers.http1 import Resolver
 
 logger = logging.getLogger(__name__)
 ALLOWED_SCHEMES = ("http", "https")
@@ -38,8 +44,22 @@ METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metada
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+# How long a host name's addresses are kept. getaddrinfo does not report the DNS TTL, so this is a short
+# cap: a provider moving its addresses is followed within seconds, and a warm host costs no lookup.
+DNS_CACHE_SECONDS = 10.0
+
+
 class UpstreamAddressRefused(OSError):
-    """The upstream address is not one the gateway may connect to."""
+    """The upstream address is not one the gateway may connect to (raised inside the HTTP client)."""
+
+
+class AddressRefused(httpx.ConnectError):
+    """What callers of the upstream client see when the policy refused the address: a connect error
+    (the relay fails over, the probe marks the provider down) whose `problem` says why."""
+
+    def __init__(self, problem: str, *, request: httpx.Request | None = None) -> None:
+        super().__init__(f"upstream address refused: {problem}", request=request)
+        self.problem = problem
 
 
 def _loopback_allowed() -> bool:
@@ -96,32 +116,25 @@ def base_url_problem(url: str) -> str | None:
     return None
 
 
-def url_connect_problem(url: str) -> str | None:
-    """Why a blocking client (the health probe) may not connect to this URL: its base URL, or any
-    address its host resolves to, breaks the policy. None when it may."""
-    problem = base_url_problem(url)
-    if problem is not None:
-        return f"{url.split('?', 1)[0]} {problem}"
-    host = urlsplit(url).hostname or ""
-    if _literal_address(host) is not None:
-        return None
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return None  # the probe itself reports a name that does not resolve
-    for info in infos:
-        problem = address_problem(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]))
-        if problem is not None:
-            return f"upstream host {host} resolves to {problem}"
-    return None
+class UpstreamResolver(AbstractResolver):
+    """The upstream client's resolver (aiohttp's interface): host names to addresses through the loop's
+    getaddrinfo, each answer kept DNS_CACHE_SECONDS, and a host refused when any of its addresses is one
+    the policy forbids. The answers are cached, the verdict is not: a changed setting applies to the next
+    connection. `exempt` names hosts that are not upstreams but the way to them (forward proxies): their
+    addresses are the operator's choice and are not checked."""
 
+    def __init__(self, *, ttl: float = DNS_CACHE_SECONDS, exempt: Iterable[str] = ()) -> None:
+        self._ttl = ttl
+        self._exempt = frozenset(host.lower() for host in exempt)
+        self._answers: dict[tuple[str, int, int], tuple[float, list[ResolveResult]]] = {}
+        self._lookups: dict[tuple[str, int, int], asyncio.Task] = {}
 
-class UpstreamResolver(Resolver):
-    """The upstream client's resolver, refusing a host whose addresses include one the policy forbids.
-    Answers are cached, the check is not: a changed setting applies to the next connection."""
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[dict]:
-        results = await super().resolve(host, port, family)
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[ResolveResult]:
+        results = await self._addresses(host, port, family)
+        if host.lower() in self._exempt:
+            return results
         for result in results:
             problem = address_problem(ipaddress.ip_address(result["host"].split("%", 1)[0]))
             if problem is not None:
@@ -130,16 +143,68 @@ class UpstreamResolver(Resolver):
                 raise UpstreamAddressRefused(f"upstream host {host} resolves to {problem}")
         return results
 
+    async def close(self) -> None:
+        for lookup in self._lookups.values():
+            lookup.cancel()
+
+    async def _addresses(self, host: str, port: int, family: socket.AddressFamily) -> list[ResolveResult]:
+        key = (host, port, int(family))
+        cached = self._answers.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            # Connections opening to one host at once share one lookup.
+            lookup = asyncio.get_running_loop().create_task(self._lookup(host, port, family))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda _: self._lookups.pop(key, None))
+        results = await asyncio.shield(lookup)
+        if len(self._answers) > 1024:
+            self._answers.clear()
+        self._answers[key] = (time.monotonic() + self._ttl, results)
+        return results
+
+    async def _lookup(self, host: str, port: int, family: socket.AddressFamily) -> list[ResolveResult]:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        results: list[ResolveResult] = []
+        seen = set()
+        for info_family, _, proto, _, sockaddr in infos:
+            address = str(sockaddr[0])
+            if info_family == socket.AF_INET6 and sockaddr[3]:
+                address = f"{address}%{sockaddr[3]}"
+            if address not in seen:
+                seen.add(address)
+                results.append(
+                    ResolveResult(
+                        hostname=host,
+                        host=address,
+                        port=int(sockaddr[1]),
+                        family=info_family,
+                        proto=proto,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
+                )
+        if not results:
+            raise OSError(f"{host} resolved to no address")
+        return results
+
 
 @lru_cache(maxsize=256)
 def _host_problem(host: str, loopback: bool, private: bool) -> str | None:
     # The settings are part of the cache key so a changed setting takes effect at once.
     address = _literal_address(host)
-    return address_problem(address) if address is not None else None
+    if address is not None:
+        return address_problem(address)
+    if not private and host.rstrip(".").lower() in METADATA_HOSTS:
+        return f"{host} is a cloud metadata service (set GATEWAY_ALLOW_PRIVATE_UPSTREAMS to allow it)"
+    return None
 
 
 async def upstream_request_check(request: httpx.Request) -> None:
-    """httpx request hook: refuse a literal upstream address the policy forbids, as a connect error."""
+    """httpx request hook: refuse a literal upstream address or a metadata host name the policy forbids,
+    as a connect error."""
     _host_check(request.url.host, request)
 
 
@@ -157,4 +222,4 @@ def _host_check(host: str, request: httpx.Request | None) -> None:
     problem = _host_problem(host, _loopback_allowed(), settings.GATEWAY_ALLOW_PRIVATE_UPSTREAMS)
     if problem is not None:
         logger.warning("upstream address refused: %s", problem)
-        raise httpx.ConnectError(f"upstream address refused: {problem}", request=request)
+        raise AddressRefused(problem, request=request)

@@ -36,10 +36,12 @@ from aigateway.shutdown import shutdown_deadline, shutdown_passed, shutdown_wait
 from providers.dialects import DIALECTS
 from providers.dialects.base import Dialect
 from providers.dialects.canonical import (
+    TOKEN_COUNT_MAX,
     ChatRequest,
     End,
     Finish,
     MalformedEvent,
+    MalformedValue,
     StreamError,
     StreamEvent,
     TextDelta,
@@ -50,9 +52,11 @@ from providers.dialects.canonical import (
 )
 from providers.dialects.openai import openai as openai_dialect
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
+from providers.extra_headers import extra_headers_problem
+from providers.redaction import upstream_message_redact
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
-from providers.upstream import PoolExhausted, upstream_client, upstream_open
+from providers.upstream import PoolExhausted, UpstreamBodyTooLarge, upstream_body_read, upstream_open
 from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
@@ -88,7 +92,7 @@ class RelayCall:
     dialect: Dialect = field(default_factory=lambda: openai_dialect)
     # Client headers meant for a provider of the client's own dialect (e.g. anthropic-beta).
     upstream_headers: dict[str, str] = field(default_factory=dict)
-    # The client's query string (e.g. Anthropic's `?beta=true`), for a provider of the client's own dialect.
+    # The client's query parameters a provider of its own dialect may get (Anthropic's `beta`; see views).
     upstream_query: str = ""
     admission: Admission | None = None
     # Storing the started marker of a key without limits (admission stores the others'), in the background
@@ -128,6 +132,9 @@ class RelayCall:
     answered: bool = False
     # The call's one finish (see call_end), once started.
     ending: asyncio.Task | None = None
+    # When (time.monotonic()) the deployment being called must have finished: its timeout_total from the
+    # moment it was opened (None: no cap).
+    deadline: float | None = None
 
     @property
     def response_model(self) -> str:
@@ -186,9 +193,10 @@ def _prompt_messages(body: dict):
 
 def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     """The tokens the call is billed for, and whether they are the gateway's estimate because the
-    provider reported none (the answer was cut short, or the provider never counts)."""
+    provider reported none (the answer was cut short, or the provider never counts). A report with a count
+    above TOKEN_COUNT_MAX is counted as that and marked estimated too: it is not what the provider said."""
     if call.usage is not None:
-        return call.usage, False
+        return call.usage, call.usage.clamped
     if not call.answered:
         # No deployment answered (or the client left first): the provider did no work to bill.
         return Usage(), False
@@ -279,6 +287,13 @@ async def call_finish(call: RelayCall) -> None:
     """Settle the limits lease, push the usage event, count it in metrics and log it; never raises.
     Called by call_end only."""
     usage, estimated = call_usage(call)
+    if usage.clamped:
+        logger.warning(
+            "request %s: %s reported a token count above the maximum (%d); counted as the maximum",
+            call.request_id,
+            call.route.provider.name if call.route else "the provider",
+            TOKEN_COUNT_MAX,
+        )
     event = call_event(call, usage, estimated)
     event.update(call.meter.summary())
     try:
@@ -301,6 +316,8 @@ def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
     errors = [(failure.provider, failure.kind) for failure in call.failures]
     if call.error_type == "upstream_stream_error" and call.route is not None:
         errors.append((call.route.provider.name, "mid_stream"))
+    elif call.error_type == "upstream_timeout" and call.route is not None:
+        errors.append((call.route.provider.name, "timeout"))
     return errors
 
 
@@ -357,6 +374,30 @@ def _transport_failure(exc: Exception) -> UpstreamFailure:
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamFailure(504, f"upstream timed out ({type(exc).__name__})", "timeout")
     return UpstreamFailure(502, f"upstream connection failed ({type(exc).__name__})", "connection")
+
+
+class _MalformedAnswer(Exception):
+    """A provider's complete JSON answer holds a value of the wrong type: it answered (and bills for it),
+    so the call ends with a 502 and the gateway's estimate instead of trying another deployment."""
+
+
+def _event_idle_seconds(route: Route) -> float:
+    """How long an upstream stream may go without completing an event (and a non-streamed body may take
+    after its headers)."""
+    return settings.GATEWAY_UPSTREAM_EVENT_IDLE_SECONDS or route.provider.timeout_read
+
+
+def _total_timeout_failure(route: Route) -> UpstreamFailure:
+    return UpstreamFailure(
+        504, f"upstream did not finish within the deployment's total timeout of {route.timeout_total:g}s", "timeout"
+    )
+
+
+def _upstream_error_redacted(error: GatewayError, route: Route) -> GatewayError:
+    """A provider's error message as the client gets it: without the provider's credentials."""
+    error.message = upstream_message_redact(error.message, secrets=(route.provider.api_key,))
+    error.args = (error.message,)
+    return error
 
 
 def _retry_after(response: httpx.Response) -> str | None:
@@ -441,14 +482,20 @@ def _body_chunks(response: httpx.Response):
 
 async def _upstream_client_error(response: httpx.Response, upstream: Dialect) -> GatewayError:
     """A 4xx from the provider that failover cannot fix: pass its message on, in our shape."""
+    status = response.status_code
     try:
-        raw = await response.aread()
+        # Read up to GATEWAY_MAX_UPSTREAM_BODY_BYTES, never the whole of whatever the upstream sends.
+        raw = await upstream_body_read(response)
         message = upstream.upstream_error_message(orjson.loads(raw)) if raw else None
+    except UpstreamBodyTooLarge as exc:
+        # An error body past the cap is an upstream gone wrong, not an answer to pass on.
+        return GatewayError(
+            502, "upstream_error", f"upstream returned HTTP {status} with a body over the {exc.limit}-byte limit"
+        )
     except (orjson.JSONDecodeError, httpx.TransportError):
         message = None
     finally:
         await response.aclose()
-    status = response.status_code
     if status in (401, 403):
         # The provider refused our credentials: the client's request is fine, ours is not.
         return GatewayError(
@@ -565,10 +612,58 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
                 502, f"deployment {route.provider.name} speaks unknown {route.provider.dialect}", "configuration"
             )
             continue
+        problem = extra_headers_problem(route.provider.extra_headers)
+        if problem:
+            # A row saved before extra headers were checked: the gateway's configuration is at fault, not the
+            # provider, whose breaker is left alone; the next deployment is tried.
+            logger.warning(
+                "request %s: provider %s is misconfigured: %s", call.request_id, route.provider.name, problem
+            )
+            last = UpstreamFailure(
+                502,
+                f"provider {route.provider.name} is misconfigured: {problem}",
+                "configuration",
+                provider_fault=False,
+            )
+            last.provider = route.provider.name
+            call.failures.append(last)
+            continue
         call.attempts += 1
         call.route = route
         payload = _upstream_body(call, route, upstream)
         try:
+            result = await _attempt(call, route, payload, upstream)
+        except UpstreamFailure as failure:
+            logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
+            if failure.provider_fault:
+                await router.record_failure(route, failure.reason)
+            failure.provider = route.provider.name
+            call.failures.append(failure)
+            last = failure
+            continue
+        except _MalformedAnswer as exc:
+            logger.info(
+                "request %s: deployment %s answered malformed JSON: %s", call.request_id, route.provider.name, exc
+            )
+            await router.record_failure(route, "malformed answer")
+            failure = UpstreamFailure(502, str(exc), "bad_response")
+            failure.provider = route.provider.name
+            call.failures.append(failure)
+            call.answered = True
+            raise GatewayError(502, "upstream_bad_response", f"the provider's answer is malformed: {exc}") from None
+        await router.record_success(route)
+        call.answered = True
+        return result
+    raise last
+
+
+async def _attempt(call: RelayCall, route: Route, payload: bytes, upstream: Dialect):
+    """One deployment: open it and read up to what the client gets first (the whole answer, or the stream's
+    first event), within the deployment's total timeout (the rest of a stream keeps to it in _stream_body)."""
+    total = route.timeout_total
+    call.deadline = time.monotonic() + total if total else None
+    try:
+        async with asyncio.timeout(total) as limit:
             response = await _open(call, route, payload, upstream)
             if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
                 await response.aclose()
@@ -578,23 +673,27 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
                     )
                 raise UpstreamFailure(502, f"upstream returned HTTP {response.status_code}", "http_status")
             if response.status_code >= 400:
-                raise await _upstream_client_error(response, upstream)
+                raise _upstream_error_redacted(await _upstream_client_error(response, upstream), route)
             if call.stream:
-                result = await _stream_start(call, response, upstream)
-            else:
-                result = await _complete(call, response, upstream)
-        except UpstreamFailure as failure:
-            logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
-            if failure.provider_fault:
-                await router.record_failure(route, failure.reason)
-            failure.provider = route.provider.name
-            call.failures.append(failure)
-            last = failure
-            continue
-        await router.record_success(route)
-        call.answered = True
-        return result
-    raise last
+                return await _stream_start(call, response, upstream)
+            return await _complete_within(call, response, upstream, _event_idle_seconds(route))
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise _total_timeout_failure(route) from None
+
+
+async def _complete_within(call: RelayCall, response: httpx.Response, upstream: Dialect, idle: float) -> bytes:
+    """_complete, the body due within `idle` seconds of its headers: a non-streamed answer is one event."""
+    try:
+        async with asyncio.timeout(idle) as limit:
+            return await _complete(call, response, upstream)
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise UpstreamFailure(
+            504, f"upstream's answer was not complete {idle:g}s after its headers", "timeout"
+        ) from None
 
 
 async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect) -> bytes:
@@ -623,17 +722,25 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
         raise UpstreamFailure(502, "upstream returned a body that is not JSON", "bad_response") from None
     if not isinstance(data, dict):
         raise UpstreamFailure(502, "upstream returned an unexpected JSON body", "bad_response")
-    if _same_dialect(call, upstream):
-        data["model"] = call.response_model
-        call.usage = upstream.response_usage(data)
-        if call.usage is None:
-            call.completion_parts.append(upstream.response_text(data))
-    else:
-        reply = upstream.parse_response(data)
-        call.usage = reply.usage
-        if call.usage is None:
-            call.completion_parts.append(reply.text())
-        data = call.dialect.render_response(reply, model=call.response_model)
+    text = ""
+    try:
+        if _same_dialect(call, upstream):
+            # Read even when the usage makes it unneeded: an answer of the wrong shape is never relayed.
+            text = upstream.response_text(data)
+            data["model"] = call.response_model
+            call.usage = upstream.response_usage(data)
+            if call.usage is None:
+                call.completion_parts.append(text)
+        else:
+            reply = upstream.parse_response(data)
+            call.usage = reply.usage
+            if call.usage is None:
+                call.completion_parts.append(reply.text())
+            data = call.dialect.render_response(reply, model=call.response_model)
+    except MalformedEvent as exc:
+        # The gateway's estimate counts what could be read of the answer.
+        call.completion_parts.append(text)
+        raise _MalformedAnswer(str(exc)) from None
     body = orjson.dumps(data)
     call.meter.sent()
     call.finished = True
@@ -659,6 +766,7 @@ def _account(call: RelayCall, events: list[StreamEvent]) -> None:
                         event.cached_tokens or 0,
                         event.cache_write_tokens or 0,
                         event.reasoning_tokens or 0,
+                        event.clamped,
                     )
             case Finish(reason=reason):
                 call.finish_reason = reason
@@ -689,19 +797,37 @@ class StreamBridge:
     def feed(self, event: SSEvent) -> list[bytes]:
         try:
             payload, events = self.parser.feed(event.event, event.data)
+        except MalformedValue as exc:
+            # JSON with a value of the wrong type (a count that is text): nothing of it can be trusted.
+            raise _UpstreamBadEvent(str(exc)) from None
         except MalformedEvent:
             logger.info("request %s: dropped a malformed upstream event", self.call.request_id)
             return []
         _account(self.call, events)
+        data = event.data
         if any(isinstance(e, End | StreamError) for e in events):
             self.complete = True
+            errors = [e for e in events if isinstance(e, StreamError)]
+            if errors:
+                payload, data = self._errors_redacted(errors, payload, data)
         if self.passthrough is not None:
-            out = self.passthrough.forward(event.event, payload, event.data)
+            out = self.passthrough.forward(event.event, payload, data)
             return [] if out is None else [out]
         rendered: list[bytes] = []
         for canonical_event in events:
             rendered.extend(self.renderer.render(canonical_event))
         return rendered
+
+    def _errors_redacted(self, errors: list[StreamError], payload, data: str):
+        """An upstream error event without the provider's credentials: its canonical messages, and the
+        event itself (every string in it) when it is passed through; re-encoded only when it changed."""
+        secrets = (self.call.route.provider.api_key,) if self.call.route is not None else ()
+        for error in errors:
+            error.message = upstream_message_redact(error.message, secrets=secrets)
+        if self.passthrough is None or payload is None:
+            return payload, data
+        redacted = _strings_redacted(payload, secrets)
+        return (redacted, None) if redacted != payload else (payload, data)
 
     def estimate(self) -> Usage:
         return call_usage(self.call)[0]
@@ -729,16 +855,24 @@ async def _stream_start(call: RelayCall, response: httpx.Response, upstream: Dia
     decoder = SSEDecoder()
     chunks = _body_chunks(response)
     first: list = []
+    # Bytes that never complete an event (one every second, say) keep a read timeout happy forever.
+    idle = _event_idle_seconds(call.route)
     try:
-        while not first:
-            chunk = await anext(chunks)
-            first = decoder.feed(chunk)
+        async with asyncio.timeout(idle) as limit:
+            while not first:
+                chunk = await anext(chunks)
+                first = decoder.feed(chunk)
     except StopAsyncIteration:
         await response.aclose()
         raise UpstreamFailure(502, "upstream closed the stream before the first event", "connection") from None
     except httpx.TransportError as exc:
         await response.aclose()
         raise _transport_failure(exc) from None
+    except TimeoutError:
+        await response.aclose()
+        if not limit.expired():
+            raise
+        raise UpstreamFailure(504, f"upstream completed no event within {idle:g}s", "timeout") from None
     except BaseException:
         await response.aclose()
         raise
@@ -827,6 +961,11 @@ async def _stream_body(
     # The key is checked again this often: a key disabled or deleted mid-stream ends its streams.
     check_every = max(settings.GATEWAY_CONFIG_CHECK_SECONDS, KEY_CHECK_MIN_SECONDS)
     check_at = now + check_every
+    # A complete event is due this often (bytes that never finish one do not count), and the whole call
+    # ends by the deployment's deadline.
+    idle = _event_idle_seconds(call.route)
+    idle_at = now + idle
+    total_at = call.deadline if call.deadline is not None else math.inf
     try:
         pending = first
         while True:
@@ -839,6 +978,13 @@ async def _stream_body(
             if bridge.complete or ended:
                 break
             now = time.monotonic()
+            if now >= total_at:
+                raise _UpstreamTimedOut(
+                    f"the answer passed the deployment's total timeout of {call.route.timeout_total:g}s; "
+                    "it is incomplete"
+                )
+            if now >= idle_at:
+                raise _UpstreamTimedOut(f"the provider completed no event for {idle:g}s; the answer is incomplete")
             if now >= check_at:
                 check_at = now + check_every
                 if not await key_still_usable(call.ctx):
@@ -846,7 +992,7 @@ async def _stream_body(
             deadline = shutdown_deadline()
             if deadline is not None and now >= deadline:
                 raise _ShuttingDown
-            wait = min(keepalive_at, check_at, deadline or math.inf) - now
+            wait = min(keepalive_at, check_at, deadline or math.inf, idle_at, total_at) - now
             chunk = await chunks.next(max(wait, 0.0))
             if chunk is _TIMED_OUT:
                 pending = ()
@@ -861,15 +1007,19 @@ async def _stream_body(
                 pending, ended = decoder.flush(), True
                 continue
             pending = decoder.feed(chunk)
+            if pending:
+                idle_at = time.monotonic() + idle
         if not bridge.complete and call.finish_reason is None:
             raise httpx.RemoteProtocolError("upstream ended the stream before it was complete")
         for out in bridge.close():
             call.meter.sent()
             yield out
         call.finished = True
-    except (httpx.TransportError, _ShuttingDown, _KeyRevoked) as exc:
+    except (httpx.TransportError, _ShuttingDown, _KeyRevoked, _UpstreamTimedOut, _UpstreamBadEvent) as exc:
         if isinstance(exc, httpx.TransportError):
             error = GatewayError(502, "upstream_stream_error", _stream_failure_message(call, exc))
+        elif isinstance(exc, _UpstreamTimedOut | _UpstreamBadEvent):
+            error = _stream_upstream_error(call, exc)
         elif isinstance(exc, _ShuttingDown):
             error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; the answer was cut short, retry")
         else:
@@ -908,6 +1058,35 @@ class _KeyRevoked(Exception):
     pass
 
 
+class _UpstreamBadEvent(Exception):
+    """An upstream event with a value of the wrong type; the message names it."""
+
+
+class _UpstreamTimedOut(Exception):
+    """The stream passed the event idle timeout or the deployment's total timeout; the message says which."""
+
+
+def _stream_upstream_error(call: RelayCall, exc: Exception) -> GatewayError:
+    provider = call.route.provider.name if call.route else "the provider"
+    logger.warning("request %s: %s mid-stream: %s", call.request_id, provider, exc)
+    if isinstance(exc, _UpstreamTimedOut):
+        return GatewayError(504, "upstream_timeout", str(exc))
+    return GatewayError(502, "upstream_stream_error", f"the provider sent a malformed event: {exc}")
+
+
+def _strings_redacted(payload, secrets):
+    """A parsed upstream event with every credential in its strings redacted. Done on its compact JSON text,
+    which the redaction keeps valid (it never takes a quote or a backslash)."""
+    text = orjson.dumps(payload).decode()
+    redacted = upstream_message_redact(text, secrets=secrets)
+    if redacted == text:
+        return payload
+    try:
+        return orjson.loads(redacted)
+    except orjson.JSONDecodeError:
+        return {"type": "error", "error": {"type": "api_error", "message": "upstream failed mid-stream"}}
+
+
 async def _close_upstream(chunks: _UpstreamChunks, response: httpx.Response) -> None:
     await chunks.close()
     await response.aclose()
@@ -921,6 +1100,8 @@ async def relay_count_tokens(call: RelayCall) -> dict:
         path = upstream.paths.get("count_tokens") if upstream is not None else None
         if path is None or not _same_dialect(call, upstream):
             continue
+        if extra_headers_problem(route.provider.extra_headers):
+            continue  # a misconfigured provider (see _try_deployments); the next one or the estimate answers
         url = route.provider.base_url + path
         headers = upstream.upstream_headers(
             route.provider.api_key, {**call.upstream_headers, **dict(route.provider.extra_headers)}
@@ -931,19 +1112,22 @@ async def relay_count_tokens(call: RelayCall) -> dict:
             headers = transforms_apply_headers(route.provider.request_transforms, headers)
         payload = orjson.dumps({**call.body, "model": route.upstream_model})
         try:
-            response = await upstream_client(route.provider).post(url, content=payload, headers=headers)
+            response = await upstream_open(route.provider, url, payload, headers)
+            if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
+                await response.aclose()
+                continue
+            if response.status_code >= 400:
+                raise _upstream_error_redacted(await _upstream_client_error(response, upstream), route)
+            # Read up to GATEWAY_MAX_UPSTREAM_BODY_BYTES, as every answer the gateway reads whole.
+            raw = await upstream_body_read(response)
         except httpx.TransportError as exc:
             logger.info("request %s: count_tokens at %s failed: %s", call.request_id, route.provider.name, exc)
             continue
-        if response.status_code >= 500 or response.status_code in _RETRYABLE_STATUS:
-            continue
-        if response.status_code >= 400:
-            raise await _upstream_client_error(response, upstream)
         try:
-            counted = orjson.loads(response.content).get("input_tokens")
+            counted = orjson.loads(raw).get("input_tokens")
         except (orjson.JSONDecodeError, AttributeError):
             counted = None
-        if isinstance(counted, int) and not isinstance(counted, bool):
+        if isinstance(counted, int) and not isinstance(counted, bool) and 0 <= counted <= TOKEN_COUNT_MAX:
             call.route = route
             return {"input_tokens": counted}
     return {"input_tokens": estimate_request_tokens(call.canonical())}

@@ -5,6 +5,7 @@ import asyncio
 import time
 from contextlib import aclosing
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from django.conf import settings
@@ -45,8 +46,21 @@ from streaming.relay import KEEPALIVE, STREAM_HEADERS, RelayCall, relay_chat, re
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
 
 
+# Query parameters passed on likewise, and no others (a client's `key=` must never reach a provider under the
+# gateway's credentials): Anthropic's SDK sends `?beta=true` on its beta calls; OpenAI's APIs take none on POST.
+_FORWARDED_QUERY = {"anthropic": ("beta",)}
+
+
 def _forwarded_headers(request, dialect) -> dict[str, str]:
     return {name: request.headers[name] for name in _FORWARDED_HEADERS.get(dialect.name, ()) if name in request.headers}
+
+
+def _forwarded_query(request, dialect) -> str:
+    allowed = _FORWARDED_QUERY.get(dialect.name, ())
+    if not allowed:
+        return ""
+    pairs = parse_qsl(request.META.get("QUERY_STRING", ""), keep_blank_values=True)
+    return urlencode([(name, value) for name, value in pairs if name in allowed])
 
 
 async def _post_json(request) -> tuple[str, KeyContext, dict]:
@@ -80,7 +94,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         meter=StreamMeter(started),
         dialect=dialect,
         upstream_headers=_forwarded_headers(request, dialect),
-        upstream_query=request.META.get("QUERY_STRING", ""),
+        upstream_query=_forwarded_query(request, dialect),
     )
     await call_admit(call, len(request.body))
     try:

@@ -37,6 +37,8 @@ from providers.dialects.canonical import (
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import json_text_too_deep
 from providers.dialects.sse import data_verbatim, sse_encode
+from providers.dialects.values import array_of, object_of, text_of, token_count
+from providers.redaction import upstream_message_redact
 
 ANTHROPIC_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; a client of another dialect may leave it out.
@@ -104,8 +106,8 @@ class _PromptCount:
             ("cache_read", "cache_read_input_tokens"),
             ("cache_write", "cache_creation_input_tokens"),
         ):
-            value = usage.get(name)
-            if isinstance(value, int):
+            value = token_count(usage.get(name), f"usage.{name}")
+            if value is not None:
                 setattr(self, attr, value)
                 seen = True
         return seen
@@ -118,11 +120,26 @@ class _PromptCount:
 
 
 def _usage(raw) -> Usage | None:
-    if not isinstance(raw, dict):
+    """A reply's usage; None when there is none, MalformedValue when it is not an object of token counts."""
+    if raw is None:
         return None
+    raw = object_of(raw, "usage")
     prompt = _PromptCount()
     prompt.update(raw)
-    return prompt.usage(raw.get("output_tokens") or 0).usage()
+    return prompt.usage(token_count(raw.get("output_tokens"), "usage.output_tokens") or 0).usage()
+
+
+def _finish_in(reason, where: str) -> str | None:
+    reason = text_of(reason, where)
+    return _FINISH_IN.get(reason, "stop") if reason else None
+
+
+def upstream_error_text(payload) -> str | None:
+    """The message of an Anthropic error body ({"type": "error", "error": {"type", "message"}}) when it
+    is text, with every credential in it redacted; None otherwise."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return upstream_message_redact(message) if isinstance(message, str) and message else None
 
 
 def _prompt_fields(prompt: int, cached: int, written: int) -> dict:
@@ -312,51 +329,68 @@ class AnthropicStreamParser(StreamParser):
         kind = payload.get("type") or name
         events: list[StreamEvent] = []
         if kind == "content_block_delta":
-            delta = payload.get("delta") or {}
+            delta = object_of(payload.get("delta"), "delta")
             delta_type = delta.get("type")
             if delta_type == "text_delta":
-                events.append(TextDelta(delta.get("text") or ""))
+                events.append(TextDelta(text_of(delta.get("text"), "delta.text") or ""))
             elif delta_type == "input_json_delta":
-                ordinal = self.tool_calls.get(payload.get("index"), 0)
-                events.append(ToolCallDelta(ordinal, arguments=delta.get("partial_json") or ""))
+                ordinal = self.tool_calls.get(_block_index(payload), 0)
+                arguments = text_of(delta.get("partial_json"), "delta.partial_json") or ""
+                events.append(ToolCallDelta(ordinal, arguments=arguments))
             elif delta_type == "thinking_delta":
-                events.append(ThinkingDelta(delta.get("thinking") or ""))
+                events.append(ThinkingDelta(text_of(delta.get("thinking"), "delta.thinking") or ""))
             elif delta_type == "signature_delta":
-                events.append(ThinkingDelta(signature=delta.get("signature")))
+                events.append(ThinkingDelta(signature=text_of(delta.get("signature"), "delta.signature")))
         elif kind == "message_start":
-            message = payload.get("message") or {}
-            events.append(Start(str(message.get("id") or "")))
+            message = object_of(payload.get("message"), "message")
+            message_id = message.get("id")
+            events.append(Start(message_id if isinstance(message_id, str) else ""))
             usage = message.get("usage")
             # message_start's output_tokens is a placeholder; the real count comes in message_delta.
-            if isinstance(usage, dict) and self.prompt.update(usage):
+            if usage is not None and self.prompt.update(object_of(usage, "message.usage")):
                 events.append(self.prompt.usage(None))
         elif kind == "content_block_start":
-            block = payload.get("content_block") or {}
+            block = object_of(payload.get("content_block"), "content_block")
             block_type = block.get("type")
-            if block_type == "text" and block.get("text"):
+            if block_type == "text" and text_of(block.get("text"), "content_block.text"):
                 events.append(TextDelta(block["text"]))
-            elif block_type == "thinking" and block.get("thinking"):
+            elif block_type == "thinking" and text_of(block.get("thinking"), "content_block.thinking"):
                 events.append(ThinkingDelta(block["thinking"]))
             elif block_type == "tool_use":
-                ordinal = self.tool_calls[payload.get("index")] = len(self.tool_calls)
+                ordinal = self.tool_calls[_block_index(payload)] = len(self.tool_calls)
                 arguments = orjson.dumps(block["input"]).decode() if block.get("input") else ""
-                events.append(ToolCallDelta(ordinal, str(block.get("id") or ""), block.get("name") or "", arguments))
+                events.append(
+                    ToolCallDelta(
+                        ordinal,
+                        text_of(block.get("id"), "content_block.id") or "",
+                        text_of(block.get("name"), "content_block.name") or "",
+                        arguments,
+                    )
+                )
         elif kind == "message_delta":
-            delta = payload.get("delta") or {}
-            if delta.get("stop_reason"):
-                reason = delta["stop_reason"]
-                events.append(Finish(_FINISH_IN.get(reason, "stop"), delta.get("stop_sequence")))
+            delta = object_of(payload.get("delta"), "delta")
+            reason = _finish_in(delta.get("stop_reason"), "delta.stop_reason")
+            if reason:
+                events.append(Finish(reason, text_of(delta.get("stop_sequence"), "delta.stop_sequence")))
             usage = payload.get("usage")
-            if isinstance(usage, dict):
+            if usage is not None:
+                usage = object_of(usage, "usage")
                 self.prompt.update(usage)
-                output = usage.get("output_tokens")
-                events.append(self.prompt.usage(output if isinstance(output, int) else None))
+                events.append(self.prompt.usage(token_count(usage.get("output_tokens"), "usage.output_tokens")))
         elif kind == "message_stop":
             events.append(End())
         elif kind == "error":
-            error = payload.get("error") or {}
-            events.append(StreamError(str(error.get("message") or "upstream error"), error.get("type")))
+            error = payload.get("error")
+            error_type = error.get("type") if isinstance(error, dict) else None
+            message = upstream_error_text(payload) or "upstream error"
+            events.append(StreamError(message, error_type if isinstance(error_type, str) else None))
         return payload, events
+
+
+def _block_index(payload: dict):
+    """A content block's index, as a key of the parser's tool calls (any JSON scalar; a list would not hash)."""
+    index = payload.get("index")
+    return index if isinstance(index, int | str) else None
 
 
 class AnthropicStreamRenderer(StreamRenderer):
@@ -536,9 +570,7 @@ class AnthropicDialect(Dialect):
         return sse_encode(orjson.dumps(self.error_body(error)), event="error")
 
     def upstream_error_message(self, payload) -> str | None:
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            return payload["error"].get("message")
-        return None
+        return upstream_error_text(payload)
 
     # Same-dialect relay -------------------------------------------------------------------------
 
@@ -708,24 +740,25 @@ class AnthropicDialect(Dialect):
 
     def parse_response(self, data: dict) -> ChatResponse:
         parts: list[Part] = []
-        for block in data.get("content") or ():
+        for block in array_of(data.get("content"), "content"):
             if not isinstance(block, dict):
                 continue
             kind = block.get("type")
-            if kind == "text" and isinstance(block.get("text"), str):
+            if kind == "text" and text_of(block.get("text"), "content[].text") is not None:
                 parts.append(Text(block["text"]))
-            elif kind == "thinking" and isinstance(block.get("thinking"), str):
-                parts.append(Thinking(block["thinking"], block.get("signature")))
+            elif kind == "thinking" and text_of(block.get("thinking"), "content[].thinking") is not None:
+                parts.append(Thinking(block["thinking"], text_of(block.get("signature"), "content[].signature")))
             elif kind == "tool_use":
                 arguments = orjson.dumps(block.get("input") or {}).decode()
-                parts.append(ToolCall(str(block.get("id") or ""), block.get("name") or "", arguments))
-        reason = data.get("stop_reason")
+                tool_id = text_of(block.get("id"), "content[].id") or ""
+                parts.append(ToolCall(tool_id, text_of(block.get("name"), "content[].name") or "", arguments))
+        response_id = data.get("id")
         return ChatResponse(
-            id=str(data.get("id") or ""),
+            id=response_id if isinstance(response_id, str) else "",
             parts=parts,
-            finish_reason=_FINISH_IN.get(reason, "stop") if reason else None,
+            finish_reason=_finish_in(data.get("stop_reason"), "stop_reason"),
             usage=self.response_usage(data),
-            stop_sequence=data.get("stop_sequence"),
+            stop_sequence=text_of(data.get("stop_sequence"), "stop_sequence"),
         )
 
     def stream_parser(self) -> AnthropicStreamParser:

@@ -10,6 +10,11 @@ model wrote them, so a stream can carry them in fragments.
 import uuid
 from dataclasses import dataclass, field
 
+# The largest token count the gateway takes from a provider for one call: far above any model's context
+# window (a few million tokens at most), far below the usage columns' limit. A larger report is counted
+# as this and flagged (`clamped`), so one broken provider cannot book or charge absurd numbers.
+TOKEN_COUNT_MAX = 100_000_000
+
 
 @dataclass(slots=True)
 class Usage:
@@ -21,6 +26,8 @@ class Usage:
     cache_write_tokens: int = 0
     # The part of completion_tokens the model spent reasoning (billed as output).
     reasoning_tokens: int = 0
+    # A count the provider reported was above TOKEN_COUNT_MAX and is counted as that.
+    clamped: bool = False
 
 
 # Content parts ----------------------------------------------------------------------------------
@@ -164,6 +171,15 @@ class UsageReport:
     # Parts of prompt_tokens and completion_tokens, as in Usage.
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # A count above TOKEN_COUNT_MAX was reported and is counted as that.
+    clamped: bool = False
+
+    def __post_init__(self) -> None:
+        for name in _REPORT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value > TOKEN_COUNT_MAX:
+                setattr(self, name, TOKEN_COUNT_MAX)
+                self.clamped = True
 
     def usage(self) -> Usage:
         """The counts as a Usage, those not reported as 0."""
@@ -173,6 +189,7 @@ class UsageReport:
             self.cached_tokens or 0,
             self.cache_write_tokens or 0,
             self.reasoning_tokens or 0,
+            self.clamped,
         )
 
     def merge(self, event: "UsageReport") -> None:
@@ -182,6 +199,7 @@ class UsageReport:
             if value is not None:
                 setattr(self, name, value)
         self.estimated = event.estimated
+        self.clamped = self.clamped or event.clamped
 
 
 _REPORT_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -236,3 +254,9 @@ def id_in_style(value: str | None, prefix: str, foreign: str) -> str:
 
 class MalformedEvent(ValueError):
     """An upstream stream event that is not what its dialect promises (e.g. not JSON)."""
+
+
+class MalformedValue(MalformedEvent):
+    """An upstream reply or event that is JSON, with a member of the wrong type or an impossible value (a
+    token count that is a string or negative, an array where an object belongs). Unlike an event that is
+    not JSON at all, which a stream skips, it ends the call: its message names the member."""

@@ -16,6 +16,7 @@ from providers.dialects.canonical import (
     Finish,
     Image,
     MalformedEvent,
+    MalformedValue,
     Message,
     Part,
     Start,
@@ -44,6 +45,8 @@ from providers.dialects.sse import (
     model_member,
     sse_encode,
 )
+from providers.dialects.values import array_of, index_of, object_of, text_of, token_count
+from providers.redaction import upstream_message_redact
 
 DONE = b"data: [DONE]\n\n"
 
@@ -61,25 +64,59 @@ _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 
 
 def usage_detail(raw: dict, details: str, name: str) -> int | None:
-    """A count inside a usage's details object (`prompt_tokens_details.cached_tokens`), None when absent."""
+    """A count inside a usage's details object (`prompt_tokens_details.cached_tokens`); None when absent or
+    not a count: a part of a count already read, so a provider's odd detail costs it only that detail."""
     value = raw.get(details)
     value = value.get(name) if isinstance(value, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    try:
+        return token_count(value, name)
+    except MalformedValue:
+        return None
 
 
 def _usage_report(raw) -> UsageReport | None:
     """OpenAI's usage: cache reads in prompt_tokens_details.cached_tokens, reasoning in
     completion_tokens_details.reasoning_tokens; cache writes, which OpenAI does not bill apart, as
-    prompt_tokens_details.cache_write_tokens where an OpenAI-compatible provider reports them (OpenRouter)."""
-    if not isinstance(raw, dict):
+    prompt_tokens_details.cache_write_tokens where an OpenAI-compatible provider reports them (OpenRouter).
+    None when there is none; MalformedValue when it is not an object of token counts."""
+    if raw is None:
         return None
+    raw = object_of(raw, "usage")
     return UsageReport(
-        raw.get("prompt_tokens") or 0,
-        raw.get("completion_tokens") or 0,
+        token_count(raw.get("prompt_tokens"), "usage.prompt_tokens") or 0,
+        token_count(raw.get("completion_tokens"), "usage.completion_tokens") or 0,
         usage_detail(raw, "prompt_tokens_details", "cached_tokens") or 0,
         cache_write_tokens=usage_detail(raw, "prompt_tokens_details", "cache_write_tokens"),
         reasoning_tokens=usage_detail(raw, "completion_tokens_details", "reasoning_tokens"),
     )
+
+
+def _choices(data: dict) -> list[dict]:
+    """A reply's or a chunk's choices (objects; anything else in the array is skipped)."""
+    return [choice for choice in array_of(data.get("choices"), "choices") if isinstance(choice, dict)]
+
+
+def _finish_in(choice: dict) -> str | None:
+    finish = text_of(choice.get("finish_reason"), "choices[].finish_reason")
+    return _FINISH_IN.get(finish, finish) if finish else None
+
+
+def _tool_call_in(call, where: str) -> tuple[dict, dict]:
+    """A tool call (or a fragment of one) and its function, each an object."""
+    call = object_of(call, where)
+    return call, object_of(call.get("function"), f"{where}.function")
+
+
+def upstream_error_text(payload) -> str | None:
+    """The message of an OpenAI-style error body - {"error": {"message"}}, {"error": "..."}, or vLLM's
+    {"message"} - when it is text, with every credential in it redacted; None otherwise."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str):
+        message = payload.get("message")
+    return upstream_message_redact(message) if isinstance(message, str) and message else None
 
 
 def _usage(raw) -> Usage | None:
@@ -278,17 +315,16 @@ class OpenAIStreamParser(StreamParser):
             raise MalformedEvent("upstream event is not a JSON object")
         error = chunk.get("error")
         if error:
-            if isinstance(error, dict):
-                return chunk, [StreamError(str(error.get("message") or "upstream error"), error.get("type"))]
-            return chunk, [StreamError(str(error))]
+            kind = error.get("type") if isinstance(error, dict) else None
+            message = upstream_error_text(chunk) or "upstream error"
+            return chunk, [StreamError(message, kind if isinstance(kind, str) else None)]
         events: list[StreamEvent] = []
         if not self.started:
             self.started = True
-            events.append(Start(str(chunk.get("id") or "")))
-        for choice in chunk.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            delta = choice.get("delta") or {}
+            message_id = chunk.get("id")
+            events.append(Start(message_id if isinstance(message_id, str) else ""))
+        for choice in _choices(chunk):
+            delta = object_of(choice.get("delta"), "choices[].delta")
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 events.append(ThinkingDelta(reasoning))
@@ -298,19 +334,20 @@ class OpenAIStreamParser(StreamParser):
             legacy = choice.get("text")  # legacy /v1/completions chunks carry text, not a delta
             if isinstance(legacy, str) and legacy:
                 events.append(TextDelta(legacy))
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
+            for call in array_of(delta.get("tool_calls"), "choices[].delta.tool_calls"):
+                call, function = _tool_call_in(call, "choices[].delta.tool_calls[]")
                 events.append(
                     ToolCallDelta(
-                        index=call.get("index") or 0,
-                        id=call.get("id"),
-                        name=function.get("name"),
-                        arguments=function.get("arguments") or "",
+                        index=index_of(call.get("index"), "choices[].delta.tool_calls[].index"),
+                        id=text_of(call.get("id"), "choices[].delta.tool_calls[].id"),
+                        name=text_of(function.get("name"), "choices[].delta.tool_calls[].function.name"),
+                        arguments=text_of(function.get("arguments"), "choices[].delta.tool_calls[].function.arguments")
+                        or "",
                     )
                 )
-            finish = choice.get("finish_reason")
+            finish = _finish_in(choice)
             if finish:
-                events.append(Finish(_FINISH_IN.get(finish, finish)))
+                events.append(Finish(finish))
         usage = _usage_report(chunk.get("usage"))
         if usage is not None:
             events.append(usage)
@@ -463,9 +500,7 @@ class OpenAIDialect(Dialect):
         return sse_encode(orjson.dumps(self.error_body(error))) + DONE
 
     def upstream_error_message(self, payload) -> str | None:
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            return payload["error"].get("message")
-        return None
+        return upstream_error_text(payload)
 
     # Same-dialect relay -------------------------------------------------------------------------
 
@@ -497,13 +532,18 @@ class OpenAIDialect(Dialect):
 
     def response_text(self, data: dict) -> str:
         parts = []
-        for choice in data.get("choices") or ():
-            message = choice.get("message") or {}
-            parts.append(message.get("content") or choice.get("text") or "")
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") or {}
-                parts.append(function.get("name") or "")
-                parts.append(function.get("arguments") or "")
+        for choice in _choices(data):
+            message = object_of(choice.get("message"), "choices[].message")
+            content = message.get("content")
+            if isinstance(content, list):
+                parts.extend(p.get("text") for p in content if isinstance(p, dict))
+            else:
+                parts.append(text_of(content, "choices[].message.content"))
+            parts.append(choice.get("text"))
+            for call in array_of(message.get("tool_calls"), "choices[].message.tool_calls"):
+                _call, function = _tool_call_in(call, "choices[].message.tool_calls[]")
+                parts.append(function.get("name"))
+                parts.append(function.get("arguments"))
         return "".join(p for p in parts if isinstance(p, str))
 
     # Facing a client ----------------------------------------------------------------------------
@@ -665,28 +705,33 @@ class OpenAIDialect(Dialect):
         return out
 
     def parse_response(self, data: dict) -> ChatResponse:
-        choices = data.get("choices") or [{}]
-        choice = choices[0] if isinstance(choices[0], dict) else {}
-        message = choice.get("message") or {}
+        choices = _choices(data)
+        choice = choices[0] if choices else {}
+        message = object_of(choice.get("message"), "choices[0].message")
         parts: list[Part] = []
         reasoning = message.get("reasoning_content") or message.get("reasoning")
         if isinstance(reasoning, str) and reasoning:
             parts.append(Thinking(reasoning))
         content = message.get("content")
-        if isinstance(content, str) and content:
-            parts.append(Text(content))
-        elif isinstance(content, list):
+        if isinstance(content, list):
             parts.extend(Text(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-        for call in message.get("tool_calls") or ():
-            function = call.get("function") or {}
+        elif text_of(content, "choices[0].message.content"):
+            parts.append(Text(content))
+        for call in array_of(message.get("tool_calls"), "choices[0].message.tool_calls"):
+            call, function = _tool_call_in(call, "choices[0].message.tool_calls[]")
+            where = "choices[0].message.tool_calls[].function"
             parts.append(
-                ToolCall(str(call.get("id") or ""), function.get("name") or "", function.get("arguments") or "")
+                ToolCall(
+                    text_of(call.get("id"), "choices[0].message.tool_calls[].id") or "",
+                    text_of(function.get("name"), f"{where}.name") or "",
+                    text_of(function.get("arguments"), f"{where}.arguments") or "",
+                )
             )
-        finish = choice.get("finish_reason")
+        response_id = data.get("id")
         return ChatResponse(
-            id=str(data.get("id") or ""),
+            id=response_id if isinstance(response_id, str) else "",
             parts=parts,
-            finish_reason=_FINISH_IN.get(finish, finish),
+            finish_reason=_finish_in(choice),
             usage=self.response_usage(data),
         )
 

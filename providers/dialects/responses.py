@@ -42,8 +42,9 @@ from providers.dialects.canonical import (
 )
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.openai import openai as chat_dialect
-from providers.dialects.openai import tool_arguments, usage_detail
+from providers.dialects.openai import tool_arguments, upstream_error_text, usage_detail
 from providers.dialects.sse import data_verbatim, sse_encode
+from providers.dialects.values import array_of, index_of, object_of, text_of, token_count
 
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -65,12 +66,14 @@ def _response_id(value: str | None) -> str:
 def _usage_report(raw) -> UsageReport | None:
     """input_tokens_details.cached_tokens are cache reads, output_tokens_details.reasoning_tokens the
     reasoning part of output_tokens; cache writes as input_tokens_details.cache_write_tokens where a
-    compatible provider reports them, as in Chat Completions."""
-    if not isinstance(raw, dict):
+    compatible provider reports them, as in Chat Completions. None when there is none; MalformedValue
+    when it is not an object of token counts."""
+    if raw is None:
         return None
+    raw = object_of(raw, "usage")
     return UsageReport(
-        raw.get("input_tokens") or 0,
-        raw.get("output_tokens") or 0,
+        token_count(raw.get("input_tokens"), "usage.input_tokens") or 0,
+        token_count(raw.get("output_tokens"), "usage.output_tokens") or 0,
         usage_detail(raw, "input_tokens_details", "cached_tokens") or 0,
         cache_write_tokens=usage_detail(raw, "input_tokens_details", "cache_write_tokens"),
         reasoning_tokens=usage_detail(raw, "output_tokens_details", "reasoning_tokens"),
@@ -336,42 +339,52 @@ class ResponsesStreamParser(StreamParser):
         kind = payload.get("type") or name
         events: list[StreamEvent] = []
         if kind == "response.output_text.delta":
-            events.append(TextDelta(payload.get("delta") or ""))
+            events.append(TextDelta(text_of(payload.get("delta"), "delta") or ""))
         elif kind in ("response.reasoning_summary_text.delta", "response.reasoning_text.delta"):
-            events.append(ThinkingDelta(payload.get("delta") or ""))
+            events.append(ThinkingDelta(text_of(payload.get("delta"), "delta") or ""))
         elif kind == "response.function_call_arguments.delta":
-            ordinal = self.tool_calls.get(payload.get("output_index"), 0)
-            events.append(ToolCallDelta(ordinal, arguments=payload.get("delta") or ""))
+            ordinal = self.tool_calls.get(index_of(payload.get("output_index"), "output_index"), 0)
+            events.append(ToolCallDelta(ordinal, arguments=text_of(payload.get("delta"), "delta") or ""))
         elif kind == "response.output_item.added":
-            item = payload.get("item") or {}
+            item = object_of(payload.get("item"), "item")
             if item.get("type") == "function_call":
-                ordinal = self.tool_calls[payload.get("output_index")] = len(self.tool_calls)
-                call_id = str(item.get("call_id") or "")
-                events.append(ToolCallDelta(ordinal, call_id, item.get("name") or "", item.get("arguments") or ""))
+                index = index_of(payload.get("output_index"), "output_index")
+                ordinal = self.tool_calls[index] = len(self.tool_calls)
+                events.append(
+                    ToolCallDelta(
+                        ordinal,
+                        text_of(item.get("call_id"), "item.call_id") or "",
+                        text_of(item.get("name"), "item.name") or "",
+                        text_of(item.get("arguments"), "item.arguments") or "",
+                    )
+                )
         elif kind == "response.created":
-            response = payload.get("response") or {}
-            events.append(Start(str(response.get("id") or "")))
+            response_id = object_of(payload.get("response"), "response").get("id")
+            events.append(Start(response_id if isinstance(response_id, str) else ""))
         elif kind in ("response.completed", "response.incomplete"):
-            response = payload.get("response") or {}
+            response = object_of(payload.get("response"), "response")
             events.append(Finish(_finish_reason(response)))
             usage = _usage_report(response.get("usage"))
             if usage is not None:
                 events.append(usage)
             events.append(End())
         elif kind == "response.failed":
-            error = (payload.get("response") or {}).get("error") or {}
-            events.append(StreamError(str(error.get("message") or "upstream response failed"), error.get("code")))
+            error = object_of(payload.get("response"), "response").get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            message = upstream_error_text({"error": error}) or "upstream response failed"
+            events.append(StreamError(message, code if isinstance(code, str) else None))
         elif kind == "error":
-            message = payload.get("message") or (payload.get("error") or {}).get("message")
-            events.append(StreamError(str(message or "upstream error"), payload.get("code")))
+            code = payload.get("code")
+            message = upstream_error_text(payload) or "upstream error"
+            events.append(StreamError(message, code if isinstance(code, str) else None))
         return payload, events
 
 
 def _finish_reason(response: dict) -> str:
     if response.get("status") == "incomplete":
-        details = response.get("incomplete_details") or {}
-        return _FINISH_IN.get(details.get("reason"), "length")
-    output = response.get("output") or ()
+        details = object_of(response.get("incomplete_details"), "response.incomplete_details")
+        return _FINISH_IN.get(text_of(details.get("reason"), "response.incomplete_details.reason"), "length")
+    output = array_of(response.get("output"), "response.output")
     if any(isinstance(item, dict) and item.get("type") == "function_call" for item in output):
         return "tool_calls"
     return "stop"
@@ -580,7 +593,7 @@ class ResponsesDialect(Dialect):
         return sse_encode(orjson.dumps({**payload, "sequence_number": 0}), event="error")
 
     def upstream_error_message(self, payload) -> str | None:
-        return chat_dialect.upstream_error_message(payload)
+        return upstream_error_text(payload)
 
     # Same-dialect relay -------------------------------------------------------------------------
 
@@ -719,27 +732,31 @@ class ResponsesDialect(Dialect):
 
     def parse_response(self, data: dict) -> ChatResponse:
         parts: list[Part] = []
-        for item in data.get("output") or ():
+        for item in array_of(data.get("output"), "output"):
             if not isinstance(item, dict):
                 continue
             kind = item.get("type")
             if kind == "reasoning":
-                texts = [s.get("text") for s in item.get("summary") or () if isinstance(s, dict)]
-                texts += [c.get("text") for c in item.get("content") or () if isinstance(c, dict)]
+                pieces = array_of(item.get("summary"), "output[].summary") + array_of(
+                    item.get("content"), "output[].content"
+                )
+                texts = [piece.get("text") for piece in pieces if isinstance(piece, dict)]
                 text = "".join(t for t in texts if isinstance(t, str))
                 if text:
                     parts.append(Thinking(text))
             elif kind == "message":
-                for part in item.get("content") or ():
+                for part in array_of(item.get("content"), "output[].content"):
                     if isinstance(part, dict):
                         text = part.get("text", part.get("refusal"))
                         if isinstance(text, str) and text:
                             parts.append(Text(text))
             elif kind == "function_call":
-                call_id = str(item.get("call_id") or "")
-                parts.append(ToolCall(call_id, item.get("name") or "", item.get("arguments") or ""))
+                call_id = text_of(item.get("call_id"), "output[].call_id") or ""
+                name = text_of(item.get("name"), "output[].name") or ""
+                parts.append(ToolCall(call_id, name, text_of(item.get("arguments"), "output[].arguments") or ""))
+        response_id = data.get("id")
         return ChatResponse(
-            id=str(data.get("id") or ""),
+            id=response_id if isinstance(response_id, str) else "",
             parts=parts,
             finish_reason=_finish_reason(data),
             usage=self.response_usage(data),

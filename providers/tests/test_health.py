@@ -139,10 +139,10 @@ def test_the_provider_key_is_sent_and_never_recorded(simulator_factory):
 def test_errors_that_echo_the_key_are_redacted(monkeypatch):
     provider = provider_create("sim-echo-key", "http://127.0.0.1:9/v1", api_key=UPSTREAM_KEY)
 
-    def leaky_get(self, url, headers=None, **kwargs):
+    async def leaky_fetch(method, url, *, headers, **kwargs):
         raise __import__("httpx").ConnectError(f"cannot send {headers['Authorization']} to {url}")
 
-    monkeypatch.setattr("httpx.Client.get", leaky_get)
+    monkeypatch.setattr("providers.upstream.upstream_fetch", leaky_fetch)
     result = provider_health_check(provider_id=provider.pk)
 
     assert UPSTREAM_KEY not in result.error and "[redacted]" in result.error

@@ -88,3 +88,49 @@ def test_a_secret_no_configured_key_decrypts_is_named_left_unchanged_and_fails_t
     assert "sk-upstream-orphan" not in message and orphan_token not in message
     assert stored_token("orphan") == orphan_token
     assert decrypts_with(NEW, stored_token("fine"))
+
+
+def test_rotation_covers_the_proxy_url_and_the_client_key(settings):
+    settings.PROVIDER_SECRET_KEY = OLD
+    proxied = provider_create("proxied", "https://proxied.example.com/v1", api_key="")
+    proxied.proxy_url = "http://egress:pr0xy-pass-7e7e@proxy.internal:3128"
+    proxied.client_cert = "-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n"
+    proxied.client_key = "-----BEGIN PRIVATE KEY-----\nclient-key-8f8f\n-----END PRIVATE KEY-----\n"
+    proxied.save()
+    before = Provider.objects.get(name="proxied")
+
+    settings.PROVIDER_SECRET_KEY = f"{NEW},{OLD}"
+    out = StringIO()
+    call_command("rotate_provider_secrets", stdout=out)
+    assert "re-encrypted: proxied" in out.getvalue()
+    assert "pr0xy-pass" not in out.getvalue() and "client-key-8f8f" not in out.getvalue()
+
+    settings.PROVIDER_SECRET_KEY = NEW
+    after = Provider.objects.get(name="proxied")
+    assert after.proxy_url == "http://egress:pr0xy-pass-7e7e@proxy.internal:3128"
+    assert "client-key-8f8f" in after.client_key
+    for column in ("proxy_url_encrypted", "client_key_encrypted"):
+        assert getattr(after, column) != getattr(before, column)
+        assert decrypts_with(NEW, getattr(after, column)) and not decrypts_with(OLD, getattr(after, column))
+    assert after.api_key_encrypted == ""
+
+
+def test_a_row_with_one_undecryptable_secret_is_left_whole(settings):
+    settings.PROVIDER_SECRET_KEY = "a-key-nobody-remembers-3e3e"
+    provider = provider_create("half", "https://half.example.com/v1", api_key="")
+    provider.proxy_url = "http://proxy.internal:3128"
+    provider.save()
+    settings.PROVIDER_SECRET_KEY = OLD
+    provider = Provider.objects.get(name="half")
+    provider.api_key = "sk-upstream-half-9e9e9e9e"
+    provider.save()
+    before = Provider.objects.get(name="half")
+
+    settings.PROVIDER_SECRET_KEY = f"{NEW},{OLD}"
+    with pytest.raises(CommandError, match="half"):
+        call_command("rotate_provider_secrets", stdout=StringIO())
+    after = Provider.objects.get(name="half")
+    assert (after.api_key_encrypted, after.proxy_url_encrypted) == (
+        before.api_key_encrypted,
+        before.proxy_url_encrypted,
+    )

@@ -1,4 +1,4 @@
-"""The shared upstream client (httpx API over the gateway's HTTP/1.1 client) against the real simulator."""
+"""The shared upstream client (httpx API over aiohttp, providers.upstream_transport) against the real simulator."""
 
 import time
 

@@ -4,7 +4,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from providers.secret_rotation import provider_secrets_rotate
 
-HELP = """Re-encrypt every provider's stored API key under the first key of GATEWAY_PROVIDER_SECRET_KEY.
+HELP = """Re-encrypt every provider's stored secrets (API key, proxy URL, client key) under the first key of
+GATEWAY_PROVIDER_SECRET_KEY.
 
 To rotate: set GATEWAY_PROVIDER_SECRET_KEY="NEW,OLD" on every process (the first key encrypts, all
 of them decrypt), run this command, then set GATEWAY_PROVIDER_SECRET_KEY="NEW". A secret that no

@@ -1,114 +1,29 @@
-"""The upstream HTTP/1.1 client (providers.http1 under providers.upstream_transport) against raw loopback
-servers that write exact bytes: framing, keep-alive, failures, timeouts, cancellation and TLS."""
+"""The upstream transport (aiohttp's client under httpx's API, providers.upstream_transport) against raw
+loopback servers that write exact bytes: framing, keep-alive, failures, timeouts, cancellation, decoding
+and TLS."""
 
 import asyncio
 import contextlib
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+import tracemalloc
+import zlib
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from providers.http1 import Http1Pool, Resolver, request_head, target_parse
+from providers.upstream import UpstreamBodyTooLarge, upstream_body_read
+from providers.upstream_policy import UpstreamResolver
 from providers.upstream_transport import UpstreamTransport
+from tests.support.compression import gzip_bomb
 from tests.support.ports import free_port
+from tests.support.raw_upstream import RawUpstream, answer_each
 from tests.support.tls import self_signed_certificate
 
 TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}
-Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "RawUpstream"], Awaitable[None]]
-
-
-async def read_request(reader: asyncio.StreamReader) -> bytes | None:
-    """One request (head and Content-Length body) as raw bytes; None when the client closed the connection."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    return head + (await reader.readexactly(length) if length else b"")
-
-
-class RawUpstream:
-    """A loopback server whose `respond(reader, writer, upstream)` answers each connection. It records
-    the connections, the requests read through `request`, and when each connection saw the client leave."""
-
-    def __init__(self, respond: Respond, *, tls: ssl.SSLContext | None = None) -> None:
-        self._respond = respond
-        self._tls = tls
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self.left: list[float] = []
-        self.client_left = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-
-    async def __aenter__(self) -> "RawUpstream":
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self._tls)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._server.close()
-        for writer in self._writers:
-            writer.transport.abort()
-        await self._server.wait_closed()
-
-    @property
-    def url(self) -> str:
-        scheme = "https" if self._tls else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
-
-    async def request(self, reader: asyncio.StreamReader) -> bytes | None:
-        raw = await read_request(reader)
-        if raw is not None:
-            self.requests.append(raw)
-        return raw
-
-    async def until_client_leaves(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while await reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-        self.left.append(time.monotonic())
-        self.client_left.set()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.add(writer)
-        try:
-            await self._respond(reader, writer, self)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            writer.close()
-
-
-def answer_each(*responses: bytes) -> Respond:
-    """Answer the requests of every connection with these bytes in turn (the last one repeats)."""
-
-    async def respond(reader, writer, upstream: RawUpstream) -> None:
-        index = 0
-        while await upstream.request(reader) is not None:
-            writer.write(responses[min(index, len(responses) - 1)])
-            await writer.drain()
-            index += 1
-        upstream.left.append(time.monotonic())
-        upstream.client_left.set()
-
-    return respond
-
-
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -283,9 +198,28 @@ async def test_a_pooled_connection_the_server_closed_is_not_reused(transport):
     assert up.connections == 2
 
 
-async def test_a_request_racing_the_servers_idle_close_goes_again_on_a_fresh_connection(transport):
+async def test_a_post_racing_the_servers_idle_close_is_not_sent_again(transport):
     """The server reads the second request on the kept-alive connection and closes it without a word
-    (its idle timeout won the race): nothing came back, so the client sends it once more."""
+    (its idle timeout won the race, or it crashed while acting on it): a POST may have been received, so
+    it fails instead of going again (the relay fails over to another deployment)."""
+
+    async def respond(reader, writer, upstream):
+        await upstream.request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await upstream.request(reader)
+
+    async with RawUpstream(respond) as up:
+        await fetch(transport, up.url)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(transport, up.url, body=b'{"n": 2}')
+    assert up.connections == 1
+    assert [raw.endswith(b'{"n": 2}') for raw in up.requests] == [False, True]
+    assert transport.busy == 0
+
+
+async def test_a_get_racing_the_servers_idle_close_goes_again_on_a_fresh_connection(transport):
+    """The same race for an idempotent request (the health probe's GET): sent once more, on a new connection."""
 
     async def respond(reader, writer, upstream):
         await upstream.request(reader)
@@ -297,11 +231,11 @@ async def test_a_request_racing_the_servers_idle_close_goes_again_on_a_fresh_con
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
 
     async with RawUpstream(respond) as up:
-        await fetch(transport, up.url)
-        second = await fetch(transport, up.url, body=b'{"n": 2}')
+        await fetch(transport, up.url, "GET", b"")
+        second = await fetch(transport, up.url, "GET", b"")
     assert second.content == b"fresh"
     assert up.connections == 2
-    assert [raw.endswith(b'{"n": 2}') for raw in up.requests] == [False, True, True]
+    assert len(up.requests) == 3
 
 
 async def test_idle_connections_expire():
@@ -355,7 +289,7 @@ async def test_server_closing_without_an_answer_is_remote_protocol_error(transpo
         await upstream.request(reader)
 
     async with RawUpstream(respond) as up:
-        with pytest.raises(httpx.RemoteProtocolError, match="without a response"):
+        with pytest.raises(httpx.RemoteProtocolError, match="without a complete response"):
             await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
     # A fresh connection is not retried: the server may have acted on the request.
     assert up.connections == 1
@@ -368,7 +302,7 @@ async def test_server_closing_inside_the_head_is_remote_protocol_error(transport
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
 
     async with RawUpstream(respond) as up:
-        with pytest.raises(httpx.RemoteProtocolError, match="before a complete response head"):
+        with pytest.raises(httpx.RemoteProtocolError, match="without a complete response"):
             await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
 
 
@@ -550,8 +484,10 @@ async def test_a_body_the_server_does_not_read_is_write_timeout(transport):
         await asyncio.sleep(3)
 
     async with RawUpstream(respond) as up:
+        started = time.monotonic()
         with pytest.raises(httpx.WriteTimeout):
-            await transport.send("POST", up.url, [], b"x" * 50_000_000, {**TIMEOUTS, "write": 0.3})
+            await transport.send("POST", up.url, [], b"x" * 50_000_000, {"connect": 0.3, "write": 0.3, "read": 0.3})
+        assert time.monotonic() - started < 2.0
     assert transport.busy == 0
 
 
@@ -571,9 +507,8 @@ async def test_closing_a_stream_early_closes_its_connection(transport):
         assert transport.busy == 0
 
 
-async def test_a_slow_reader_holds_the_upstream_back():
+async def test_a_slow_reader_holds_the_upstream_back(transport):
     """Nobody reads the body: the client stops reading the socket instead of buffering the whole of it."""
-    pool = Http1Pool()
     written = 0
 
     async def respond(reader, writer, upstream):
@@ -587,18 +522,19 @@ async def test_a_slow_reader_holds_the_upstream_back():
             written += len(piece)
 
     async with RawUpstream(respond) as up:
-        response = await pool.request("POST", up.url, [], b"{}", read_timeout=2.0)
+        response = await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
         await asyncio.sleep(0.5)
         held = written
         await asyncio.sleep(0.2)
         assert written == held  # the server is blocked
         assert held < 16_000_000  # socket buffers and the client's small read-ahead, not the body
         taken = 0
+        stream = response.aiter_bytes()
         while taken < 5 * held:
-            taken += len(await response.read())
+            taken += len(await anext(stream))
         assert written > held  # reading again lets the server go on
-        response.close()
-    await pool.aclose()
+        await response.aclose()
+    assert transport.busy == 0
 
 
 # TLS ----------------------------------------------------------------------------------------------
@@ -650,42 +586,36 @@ async def test_https_refuses_a_certificate_the_system_does_not_trust(server_tls,
 # Headers ------------------------------------------------------------------------------------------
 
 
-async def test_request_head_is_exactly_what_was_asked(transport):
+def head_fields(raw: bytes) -> list[tuple[str, str]]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return [(line.split(":", 1)[0], line.split(":", 1)[1].strip()) for line in head]
+
+
+async def test_the_request_carries_what_was_asked_and_the_client_sets_the_framing(transport):
     async with RawUpstream(answer_each(OK)) as up:
         headers = [
             ("Host", "elsewhere.example"),
             ("Authorization", "Bearer sk-test"),
             ("X-Tag", "one"),
-            ("x-tag", "two"),
             ("Content-Length", "999"),
             ("Transfer-Encoding", "chunked"),
             ("Connection", "close"),
         ]
         await fetch(transport, up.url + "/v1/chat/completions?beta=true", body=b'{"a":1}', headers=headers)
         await fetch(transport, up.url + "/v1/models", "GET", b"", [("Accept", "application/json")])
-        await fetch(transport, up.url + "/v1/things", "POST", b"")
-    host = f"Host: 127.0.0.1:{up.port}\r\n".encode()
-    assert up.requests == [
-        b"POST /v1/chat/completions?beta=true HTTP/1.1\r\n"
-        + host
-        + b"Authorization: Bearer sk-test\r\nX-Tag: one\r\nx-tag: two\r\nContent-Length: 7\r\n\r\n"
-        + b'{"a":1}',
-        b"GET /v1/models HTTP/1.1\r\n" + host + b"Accept: application/json\r\n\r\n",
-        b"POST /v1/things HTTP/1.1\r\n" + host + b"Content-Length: 0\r\n\r\n",
-    ]
-
-
-def test_host_header_and_target_come_from_the_url():
-    def head(url: str) -> bytes:
-        return request_head("GET", target_parse(url), [], 0)
-
-    assert head("https://api.openai.com/v1/models") == b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n\r\n"
-    assert head("http://api.example:80") == b"GET / HTTP/1.1\r\nHost: api.example\r\n\r\n"
-    assert head("https://api.example:8443/a b") == b"GET /a%20b HTTP/1.1\r\nHost: api.example:8443\r\n\r\n"
-    assert head("http://[::1]:9100/v1") == b"GET /v1 HTTP/1.1\r\nHost: [::1]:9100\r\n\r\n"
-    assert target_parse("https://Bücher.example/").authority == "xn--bcher-kva.example"
-    with pytest.raises(httpx.UnsupportedProtocol):
-        target_parse("ftp://example.com/")
+    post, get = up.requests
+    assert post.startswith(b"POST /v1/chat/completions?beta=true HTTP/1.1\r\n")
+    assert post.endswith(b'\r\n\r\n{"a":1}')
+    fields = dict((name.lower(), value) for name, value in head_fields(post))
+    assert fields["host"] == f"127.0.0.1:{up.port}"
+    assert fields["authorization"] == "Bearer sk-test" and fields["x-tag"] == "one"
+    assert fields["content-length"] == "7"
+    assert fields["accept-encoding"] == "identity"
+    assert "transfer-encoding" not in fields and "user-agent" not in fields and "content-type" not in fields
+    assert get.startswith(b"GET /v1/models HTTP/1.1\r\n")
+    assert ("Accept", "application/json") in head_fields(get)
+    # One connection: the caller's "Connection: close" did not reach the wire.
+    assert up.connections == 1
 
 
 async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(transport):
@@ -693,14 +623,15 @@ async def test_a_line_break_in_a_header_is_refused_before_anything_is_sent(trans
         for headers in ([("X-Evil", "a\r\nX-Injected: 1")], [("X-Evil", "a\rb")], [("X-Evil\n", "a")]):
             with pytest.raises(httpx.LocalProtocolError):
                 await transport.send("POST", up.url, headers, b"{}", TIMEOUTS)
-    assert up.connections == 0
+        await asyncio.sleep(0.1)
+    assert up.requests == []
     assert transport.busy == 0
 
 
 async def test_large_and_repeated_response_headers_are_kept_in_order(transport):
-    big = b"v" * 100_000
+    big = b"v" * 60_000
     repeated = [(b"Set-Cookie", b"a=1"), (b"X-Other", b"x"), (b"set-cookie", b"b=2"), (b"Set-Cookie", b"c=3")]
-    many = [(b"X-H%d" % i, b"%d" % i) for i in range(300)]
+    many = [(b"X-H%d" % i, b"%d" % i) for i in range(100)]
     fields = [(b"X-Big", big), *repeated, *many, (b"Content-Length", b"2")]
     answer = b"HTTP/1.1 200 OK\r\n" + b"".join(name + b": " + value + b"\r\n" for name, value in fields) + b"\r\nok"
     async with RawUpstream(answer_each(answer)) as up:
@@ -709,28 +640,22 @@ async def test_large_and_repeated_response_headers_are_kept_in_order(transport):
     assert response.headers.get_list("set-cookie") == ["a=1", "b=2", "c=3"]
     assert response.content == b"ok"
     assert b"X-Big-Request: " + b"r" * 50_000 in up.requests[0]
+    # A header past 64 KiB is an upstream gone wrong.
+    async with RawUpstream(answer_each(answer.replace(big, b"v" * 70_000))) as up:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(transport, up.url)
+    assert transport.busy == 0
 
 
 # Resolver -----------------------------------------------------------------------------------------
 
 
-async def test_resolver_caches_answers_and_passes_literals_through():
-    resolver = Resolver(ttl=60)
+async def test_resolver_caches_answers_for_its_ttl():
+    resolver = UpstreamResolver(ttl=60)
     first = await resolver.resolve("localhost", 443)
     assert first and all(address["port"] == 443 and address["hostname"] == "localhost" for address in first)
     assert await resolver.resolve("localhost", 443) is first
-    numeric = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
-    assert await resolver.resolve("127.0.0.1", 80) == [
-        {
-            "hostname": "127.0.0.1",
-            "host": "127.0.0.1",
-            "port": 80,
-            "family": socket.AF_INET,
-            "proto": 0,
-            "flags": numeric,
-        }
-    ]
-    expired = Resolver(ttl=0)
+    expired = UpstreamResolver(ttl=0)
     assert await expired.resolve("localhost", 443) is not await expired.resolve("localhost", 443)
 
 
@@ -790,3 +715,109 @@ def test_any_split_of_the_wire_bytes_gives_the_same_body(body, framing, chunk_si
             await transport.aclose()
 
     assert asyncio.run(run()) == [body, body]
+
+
+# Content codings ----------------------------------------------------------------------------------
+
+
+def gzip_chunks(pieces: list[bytes]) -> list[bytes]:
+    """One gzip stream, flushed after each piece (as a compressing proxy does for stream events)."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH) for piece in pieces]
+    out[-1] += compressor.flush()
+    return out
+
+
+async def test_a_compressed_stream_is_decoded_event_by_event_as_it_arrives(transport):
+    """An upstream that ignores `accept-encoding: identity`: each flushed event is decoded and yielded as
+    it arrives, and the response no longer claims an encoding or a length (httpx must not decode it again)."""
+    pieces = [b"data: one\n\n", b"data: two\n\n", b"data: three\n\n"]
+    yielded = [asyncio.Event() for _ in pieces]
+
+    async def respond(reader, writer, upstream):
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for chunk, event in zip(gzip_chunks(pieces), yielded, strict=True):
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+            await asyncio.wait_for(event.wait(), 1.0)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await upstream.until_client_leaves(reader)
+
+    async with RawUpstream(respond) as up:
+        response = await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
+        assert "content-encoding" not in response.headers
+        received = []
+        async for chunk in response.aiter_bytes():
+            received.append(chunk)
+            yielded[len(received) - 1].set()
+        await response.aclose()
+    assert received == pieces
+    assert up.requests[0].count(b"Accept-Encoding: identity") == 1
+
+
+async def test_a_gzip_bomb_is_stopped_at_the_cap_without_being_inflated():
+    """1 MB on the wire, 1 GiB decoded: the read stops at the cap, counted as it is decoded, and never
+    holds more than a few pieces of the decoded body."""
+    bomb = gzip_bomb()
+    transport = UpstreamTransport(max_connections=2)
+
+    async def respond(reader, writer, upstream):
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb))
+        writer.write(bomb)
+        await writer.drain()
+        await upstream.until_client_leaves(reader)
+
+    try:
+        async with RawUpstream(respond) as up:
+            response = await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
+            tracemalloc.start()
+            started = time.monotonic()
+            try:
+                with pytest.raises(UpstreamBodyTooLarge):
+                    await upstream_body_read(response, limit=8 * 1024 * 1024)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert time.monotonic() - started < 5
+            await asyncio.wait_for(up.client_left.wait(), 2.0)
+        assert peak < 24 * 1024 * 1024, peak
+        assert transport.busy == 0
+    finally:
+        await transport.aclose()
+
+
+async def test_a_declared_length_past_the_cap_is_refused_before_reading(transport):
+    async def respond(reader, writer, upstream):
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 50000000\r\n\r\n" + b"x" * 65536)
+        await writer.drain()
+        await upstream.until_client_leaves(reader)
+
+    async with RawUpstream(respond) as up:
+        response = await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
+        with pytest.raises(UpstreamBodyTooLarge, match="1000-byte limit"):
+            await upstream_body_read(response, limit=1000)
+        await asyncio.wait_for(up.client_left.wait(), 1.0)
+    assert transport.busy == 0
+
+
+@pytest.mark.parametrize("coding", ["compress", "gzip, gzip", "x-custom"])
+async def test_a_coding_the_gateway_does_not_decode_is_refused(transport, coding):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: 2\r\n\r\nok" % coding.encode()
+    async with RawUpstream(answer_each(answer)) as up:
+        with pytest.raises(httpx.RemoteProtocolError, match="does not decode"):
+            await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
+    assert transport.busy == 0
+
+
+async def test_a_body_that_does_not_inflate_is_remote_protocol_error(transport):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!"
+    async with RawUpstream(answer_each(answer)) as up:
+        response = await transport.send("POST", up.url, [], b"{}", TIMEOUTS)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await response.aread()
+        await response.aclose()
+    assert transport.busy == 0
