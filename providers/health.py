@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -173,15 +174,17 @@ def _record(result: HealthResult) -> None:
         fields.update(health_status=HealthStatus.UP, health_consecutive_failures=0)
     else:
         fields.update(health_status=HealthStatus.DOWN, health_consecutive_failures=F("health_consecutive_failures") + 1)
-    # update() rather than save(): health is not routing config and must not bump the config version.
-    Provider.objects.filter(pk=result.provider_id).update(**fields)
-    HealthCheck.objects.create(
-        provider_id=result.provider_id,
-        ok=result.ok,
-        status_code=result.status_code,
-        latency_ms=result.latency_ms,
-        error=result.error,
-    )
+    # One transaction: a reader sees the provider's new status and its history row together.
+    with transaction.atomic():
+        # update() rather than save(): health is not routing config and must not bump the config version.
+        Provider.objects.filter(pk=result.provider_id).update(**fields)
+        HealthCheck.objects.create(
+            provider_id=result.provider_id,
+            ok=result.ok,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+        )
     key = HEALTH_DOWN_KEY.format(provider_id=result.provider_id)
     try:
         if result.ok:

@@ -203,9 +203,12 @@ def test_beat_and_a_real_worker_run_the_scheduled_health_check(celery_worker, fr
     celery_worker(beat=True, extra_env={"GATEWAY_HEALTH_CHECK_SECONDS": "1"})
 
     deadline = time.monotonic() + 20
-    while Provider.objects.get(pk=provider.pk).health_status != HealthStatus.DOWN:
+    # The status and its history row land together; the Redis mark just after them.
+    while not (
+        Provider.objects.get(pk=provider.pk).health_status == HealthStatus.DOWN
+        and redis_sync().exists(_down_key(provider))
+    ):
         assert time.monotonic() < deadline, "the scheduled check_health task did not run in the worker"
         time.sleep(0.1)
     check = HealthCheck.objects.filter(provider=provider).first()
     assert (check.ok, check.status_code) == (False, 500)
-    assert redis_sync().exists(_down_key(provider)) == 1
