@@ -211,6 +211,11 @@ def test_spend_is_exact_and_the_budget_api_reports_it(gateway, priced, celery_wo
 
     bad = httpx.get(gateway.url + "/api/v1/budget", headers={"Authorization": "Bearer sk-gw-nope"}, timeout=10)
     assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+    missing = httpx.get(gateway.url + "/api/v1/budget", timeout=10)
+    assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
+    # Read-only: another method (with garbage bytes for a body) is a JSON 405 naming the method.
+    wrong = httpx.post(gateway.url + "/api/v1/budget", content=b"\xff\x00garbage", headers=auth(key), timeout=10)
+    assert wrong.status_code == 405 and "POST" in wrong.json()["error"]["message"]
 
 
 def test_a_stream_is_never_cut_off_by_its_own_budget_and_its_reservation_holds_others_back(gateway, priced):
