@@ -64,8 +64,17 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
         expires_at=api_key.expires_at,
         team_id=api_key.team_id,
         budgets=tuple(budget_ref(budget) for budget in budgets),
+        cache_ttl=cache_ttl_for(api_key),
         **limits,
     )
+
+
+def cache_ttl_for(api_key: ApiKey) -> int:
+    """The key's response cache TTL in seconds (0 = off): its own setting, else its team's, else its tier's."""
+    for setting in (api_key.cache_ttl_seconds, api_key.team.cache_ttl_seconds if api_key.team else None):
+        if setting is not None:
+            return setting
+    return api_key.tier.cache_ttl_seconds
 
 
 def key_context_load(hashed: str) -> KeyContext | None:

@@ -24,6 +24,8 @@ class KeyContext:
     team_id: int | None = None
     # The budgets that apply to the key (its own, its owner's, its team's, the global ones): BudgetRef.
     budgets: tuple = ()
+    # Seconds an answer stays in the response cache for this key (0 = the cache is off); see cache_ttl_for.
+    cache_ttl: int = 0
 
     def may_use(self, model_name: str) -> bool:
         return self.allowed_models is None or model_name in self.allowed_models

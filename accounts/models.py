@@ -23,6 +23,12 @@ class Tier(models.Model):
     allowed_models = models.ManyToManyField(
         "providers.Model", blank=True, related_name="tiers", help_text="Allowed models; none selected = all."
     )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        verbose_name="response cache TTL (s)",
+        help_text="Answer identical requests from the response cache for this long; 0 = off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -50,6 +56,12 @@ class Team(models.Model):
     )
     alert_webhook = models.URLField(
         max_length=500, blank=True, default="", help_text="Budget threshold alerts are POSTed here (JSON)."
+    )
+    cache_ttl_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="response cache TTL (s)",
+        help_text="Overrides the tier's response cache TTL for the team's keys; empty = the tier's, 0 = off.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -81,6 +93,12 @@ class ApiKey(models.Model):
     max_concurrent = models.PositiveIntegerField(null=True, blank=True, verbose_name="max concurrent override")
     daily_tokens = models.PositiveBigIntegerField(null=True, blank=True, verbose_name="daily tokens override")
     max_output_tokens = models.PositiveIntegerField(null=True, blank=True, verbose_name="max output tokens override")
+    cache_ttl_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        verbose_name="response cache TTL override (s)",
+        help_text="Overrides the team's and the tier's response cache TTL; empty = theirs, 0 = off.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -202,6 +220,10 @@ class UsageRecord(models.Model):
     tokens_estimated = models.BooleanField(default=False)
     # In GATEWAY_CURRENCY, at the prices in force when the call ran.
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)
+    # Answered from the response cache: no provider was called, `cost` is 0 and `cost_saved` what the
+    # original answer cost.
+    cache_hit = models.BooleanField(default=False, db_default=False)
+    cost_saved = models.DecimalField(max_digits=14, decimal_places=8, default=0, db_default=0)
     ttfb_upstream_ms = models.FloatField(null=True, blank=True, verbose_name="upstream time to first byte (ms)")
     ttfb_ms = models.FloatField(null=True, blank=True, verbose_name="time to first byte (ms)")
     duration_ms = models.FloatField(null=True, blank=True)

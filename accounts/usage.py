@@ -552,6 +552,9 @@ def _parse_event(raw: bytes) -> dict:
     fields["reasoning_tokens"] = min(_count(event, "reasoning_tokens"), fields["completion_tokens"])
     # Not a record field as it is: None = to be priced by the flush.
     fields["cost"] = _cost(event.get("cost"))
+    # A response cache hit: no provider called, its cost 0 and what the original answer cost saved.
+    fields["cache_hit"] = event.get("cache_hit") is True
+    fields["cost_saved"] = _cost(event.get("cost_saved")) or Decimal(0)
     for name, limit in _STRING_LIMITS.items():
         value = event.get(name) or ""
         if not isinstance(value, str):

@@ -100,6 +100,15 @@ REFUSAL_CODES = frozenset(
         "no_run",
     }
 )
+CACHE_REQUESTS = Counter(
+    "gateway_cache_requests",
+    "Chat calls by what the response cache did: hit (answered from it), miss (looked up, not found), bypass "
+    "(the cache is off for the key, or the client said no-cache / no-store).",
+    ["result"],
+)
+CACHE_STORED_BYTES = Counter(
+    "gateway_cache_stored_bytes", "Bytes of answers written to the response cache (compressed, as stored)."
+)
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streamed answers being relayed now.", multiprocess_mode="livesum"
 )
@@ -120,6 +129,8 @@ class _Tally:
         self.errors: dict[tuple, int] = {}
         self.responses: dict[tuple, int] = {}
         self.refusals: dict[tuple, int] = {}
+        self.cache: dict[str, int] = {}
+        self.cache_bytes = 0
         # (model, provider) -> the seconds observed since the last flush. A histogram takes one
         # observation at a time (prometheus-client has no public call that adds a bucket count), so each
         # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
@@ -177,6 +188,17 @@ def metrics_refusal(status: int, code: str, key_prefix: str = "") -> None:
     _flush_soon()
 
 
+def metrics_cache(result: str) -> None:
+    """Count one chat call's response cache result: "hit", "miss" or "bypass"."""
+    _tally.cache[result] = _tally.cache.get(result, 0) + 1
+    _flush_soon()
+
+
+def metrics_cache_stored(size: int) -> None:
+    _tally.cache_bytes += size
+    _flush_soon()
+
+
 def metrics_stream_opened() -> None:
     _tally.streams += 1
     _tally.streams_changed = True
@@ -220,7 +242,7 @@ def metrics_flush() -> None:
     """Write this process's tallies to the shared multi-process files (and start a new tally)."""
     tally = _tally
     requests, tokens, errors, responses = tally.requests, tally.tokens, tally.errors, tally.responses
-    refusals = tally.refusals
+    refusals, cache, cache_bytes = tally.refusals, tally.cache, tally.cache_bytes
     duration, ttfb, streams_changed = tally.duration, tally.ttfb, tally.streams_changed
     handle = tally.flush_handle
     if handle is not None:
@@ -237,6 +259,10 @@ def metrics_flush() -> None:
         HTTP_RESPONSES.labels(view, str(status)).inc(count)
     for (status, code, key), count in refusals.items():
         REFUSALS.labels(str(status), code, key).inc(count)
+    for result, count in cache.items():
+        CACHE_REQUESTS.labels(result).inc(count)
+    if cache_bytes:
+        CACHE_STORED_BYTES.inc(cache_bytes)
     _histogram_add(DURATION, duration)
     _histogram_add(TTFB, ttfb)
     if streams_changed:

@@ -176,6 +176,12 @@ GATEWAY_CURRENCY = env.str("GATEWAY_CURRENCY", default="USD")
 # What a budget reserves for the output of a request that sets no max_tokens, when neither the key's tier
 # nor the model says (Model.max_output_tokens).
 GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+# Response cache (turned on per tier, team or key with cache_ttl_seconds): an answer larger than this, stored
+# compressed, is not kept. Entries live under the `gw:cache:` prefix, in their own Redis when
+# GATEWAY_CACHE_REDIS_URL is set (one with `maxmemory` and `maxmemory-policy allkeys-lru` evicts the least
+# recently used answers), else in the gateway's Redis.
+GATEWAY_CACHE_MAX_BYTES = env.int("GATEWAY_CACHE_MAX_BYTES", default=1024 * 1024)
+GATEWAY_CACHE_REDIS_URL = env.str("GATEWAY_CACHE_REDIS_URL", default="")
 # Budget threshold alerts: also POSTed here (besides a team's own webhook); checked every so often by Celery.
 GATEWAY_ALERT_WEBHOOK_URL = env.str("GATEWAY_ALERT_WEBHOOK_URL", default="")
 GATEWAY_BUDGET_ALERT_SECONDS = env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0)

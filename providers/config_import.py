@@ -92,9 +92,9 @@ PRICE_KEYS = (
     "cache_write_price_per_million",
 )
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled", "timeout_total", *PRICE_KEYS)
-TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "models")
+TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "cache_ttl_seconds", "models")
 ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
-TEAM_KEYS = ("name", "members", "models", "alert_webhook", "budgets")
+TEAM_KEYS = ("name", "members", "models", "alert_webhook", "cache_ttl_seconds", "budgets")
 BUDGET_KEYS = ("period", "amount", "soft", "enabled")
 # "fallbacks[2] must be ..." from model_routing_problems: the index of the item, to report its line.
 ITEM_INDEX_RE = re.compile(r"^\w+\[(\d+)\]")
@@ -818,6 +818,7 @@ def _tiers_validate(entries, problems: _Problems, file_models: set[str]) -> list
             "daily_tokens": entry.integer("daily_tokens", default=None, minimum=0, maximum=INT64_MAX, nullable=True),
             "max_output_tokens": entry.integer("max_output_tokens", default=None, minimum=0, nullable=True),
             "max_compare_models": entry.integer("max_compare_models", default=4, minimum=1),
+            "cache_ttl_seconds": entry.integer("cache_ttl_seconds", default=0, minimum=0),
         }
         models = entry.names("models")
         _note_duplicate(problems, seen, "tier", name, mapping.line)
@@ -867,7 +868,11 @@ def _teams_validate(entries, problems: _Problems, file_models: set[str]) -> list
         entry = _Entry(mapping, kind="team", label=f"team #{position}", allowed=TEAM_KEYS, problems=problems)
         name = entry.name("name", slug=False, max_length=Team._meta.get_field("name").max_length)
         entry.reject_unknown_keys()
-        fields = {"alert_webhook": _team_webhook(entry)}
+        fields = {
+            "alert_webhook": _team_webhook(entry),
+            # Left out or null: the tier's TTL applies to the team's keys.
+            "cache_ttl_seconds": entry.integer("cache_ttl_seconds", default=None, minimum=0, nullable=True),
+        }
         members = entry.names("members")
         models = entry.names("models")
         budgets = _budgets_validate(entry, problems)

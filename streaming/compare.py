@@ -22,6 +22,8 @@ from providers.dialects.base import Dialect, StreamRenderer
 from providers.dialects.canonical import ChatRequest, StreamError, StreamEvent, TextDelta, ThinkingDelta
 from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
+from streaming.cache import cache_lookup, cache_plan
+from streaming.cache_hits import cache_hit_begin, cache_replay
 from streaming.edge import call_admit, check_chat_body, route_choose
 from streaming.meter import StreamMeter
 from streaming.refusals import refusal_count, refusal_record
@@ -92,6 +94,8 @@ class CompareRequest:
     decisions: dict[str, RouteDecision] = field(default_factory=dict)
     # Each body in the canonical model, as compare_calls parsed it.
     parsed: dict[str, ChatRequest] = field(default_factory=dict)
+    # The client's response cache directive ("", "no-cache" or "no-store"; see streaming.cache).
+    cache_directive: str = ""
 
 
 def _models(body: dict, cap: int) -> list[str]:
@@ -217,6 +221,8 @@ def _done_event(call: RelayCall) -> dict:
         "duration_ms": duration,
         "tokens_per_s": round(usage.completion_tokens / generating, 2) if generating else None,
         "cost": float(cost),
+        # Answered from the response cache: no provider was called, and `cost` is 0.
+        "cached": call.cache_hit,
     }
 
 
@@ -331,18 +337,27 @@ class CompareRun:
         )
         try:
             try:
-                await call_admit(call, request.body_size)
+                cache_plan(call, request.cache_directive)
+                hit = await cache_lookup(call)
+                if hit is None:
+                    await call_admit(call, request.body_size)
+                else:
+                    await cache_hit_begin(call, *hit)
             except GatewayError as error:
                 if refusal_count(error, call.ctx):
                     refusal_record(call, error)  # refused by the key's limits or budgets: booked as such
                 self._failed(name, error, call)
                 return
-            self._queue.put_nowait((None, {"type": "start", "model": name, "request_id": call.request_id}))
-            try:
-                events = await relay_open(call)  # records the call itself when it fails or is cancelled
-            except GatewayError as error:
-                self._failed(name, error, call)
-                return
+            start = {"type": "start", "model": name, "request_id": call.request_id, "cache": call.cache_result}
+            self._queue.put_nowait((None, start))
+            if hit is not None:
+                events = cache_replay(call, hit[1])
+            else:
+                try:
+                    events = await relay_open(call)  # records the call itself when it fails or is cancelled
+                except GatewayError as error:
+                    self._failed(name, error, call)
+                    return
             # The relay's iterator closes the upstream and records usage however it ends.
             room = asyncio.Semaphore(BUFFERED_EVENTS_PER_MODEL)
             self._rooms.append(room)

@@ -51,12 +51,14 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai as openai_dialect
+from providers.dialects.replay import content_event
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.extra_headers import extra_headers_problem
 from providers.redaction import upstream_message_redact
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
 from providers.upstream import PoolExhausted, UpstreamBodyTooLarge, upstream_body_read, upstream_open
+from streaming.cache import cache_answer_from_reply, cache_store
 from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
@@ -135,6 +137,15 @@ class RelayCall:
     # When (time.monotonic()) the deployment being called must have finished: its timeout_total from the
     # moment it was opened (None: no cap).
     deadline: float | None = None
+    # The response cache (streaming.cache): its plan for this call, what it did ("hit", "miss", "bypass"; ""
+    # where it does not apply), the answer's content events kept for storing, and for a hit, that the
+    # original's tokens were the gateway's count and what the original cost.
+    cache: object | None = None
+    cache_result: str = ""
+    cache_events: list | None = None
+    cache_hit: bool = False
+    hit_estimated: bool = False
+    cost_saved: str = "0"
 
     @property
     def response_model(self) -> str:
@@ -151,6 +162,8 @@ class RelayCall:
             headers["x-gateway-route"] = f"{self.route_label}; attempts={self.attempts}"
         if self.admission is not None:
             headers.update(self.admission.headers_for(self.dialect.name))
+        if self.cache_result:
+            headers["x-gateway-cache"] = self.cache_result
         return headers
 
     def canonical(self) -> ChatRequest:
@@ -243,6 +256,9 @@ def call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
         # Priced now, at the prices in force when the call ran: a later price change never rewrites it. A
         # started marker (no route yet) carries none: its record is priced by the flush.
         event["cost"] = str(call_cost(call, usage))
+    elif call.cache_hit:
+        # Answered from the response cache: no provider was paid; the original answer's cost was saved.
+        event.update(cost="0", cache_hit=True, cost_saved=call.cost_saved, tokens_estimated=call.hit_estimated)
     return event
 
 
@@ -308,6 +324,8 @@ async def call_finish(call: RelayCall) -> None:
         await limits_settle_sent(settling)
     except Exception as exc:
         logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
+    if call.cache_events is not None:
+        await cache_store(call, usage, estimated, event.get("cost"))
 
 
 def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
@@ -731,11 +749,14 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
             call.usage = upstream.response_usage(data)
             if call.usage is None:
                 call.completion_parts.append(text)
+            if call.cache_events is not None:
+                cache_answer_from_reply(call, upstream.parse_response(data))
         else:
             reply = upstream.parse_response(data)
             call.usage = reply.usage
             if call.usage is None:
                 call.completion_parts.append(reply.text())
+            cache_answer_from_reply(call, reply)
             data = call.dialect.render_response(reply, model=call.response_model)
     except MalformedEvent as exc:
         # The gateway's estimate counts what could be read of the answer.
@@ -804,6 +825,8 @@ class StreamBridge:
             logger.info("request %s: dropped a malformed upstream event", self.call.request_id)
             return []
         _account(self.call, events)
+        if self.call.cache_events is not None:
+            self.call.cache_events.extend(e for e in events if content_event(e))
         data = event.data
         if any(isinstance(e, End | StreamError) for e in events):
             self.complete = True

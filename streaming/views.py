@@ -24,6 +24,8 @@ from providers.dialects.responses import responses
 from providers.dialects.sse import sse_encode
 from providers.health import provider_down_keys, providers_enabled_ids, providers_health_overview
 from providers.routing import router
+from streaming.cache import cache_directive, cache_lookup, cache_plan
+from streaming.cache_hits import cache_hit_answer
 from streaming.compare import CompareRun, compare_prepare
 from streaming.edge import (
     anthropic_if_versioned,
@@ -96,8 +98,13 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         upstream_headers=_forwarded_headers(request, dialect),
         upstream_query=_forwarded_query(request, dialect),
     )
-    await call_admit(call, len(request.body))
     try:
+        if operation == "chat":
+            cache_plan(call, cache_directive(request.headers))
+            hit = await cache_lookup(call)
+            if hit is not None:
+                return await cache_hit_answer(call, *hit)
+        await call_admit(call, len(request.body))
         return await relay_chat(call)
     except GatewayError as error:
         error.headers = {**call.headers(), **error.headers}
@@ -176,6 +183,7 @@ async def compare(request):
     started = time.perf_counter()
     request_id, ctx, body = await _post_json(request)
     prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body), meta=request.META)
+    prepared.cache_directive = cache_directive(request.headers)
     run = CompareRun(prepared, started=started)
     headers = {**STREAM_HEADERS, "x-request-id": request_id, "x-gateway-run-id": run.run_id}
     return stream_response(_compare_sse(run), headers)

@@ -1,0 +1,166 @@
+"""The response cache on the relay: a chat call whose key has the cache on is looked up by the fingerprint of
+its canonical request (after routing) in its scope; a hit is answered from the stored answer, rendered in the
+client's dialect and mode, and a complete answer of a miss is stored once the client has it.
+
+A hit still takes one request from the key's requests per minute (no tokens, no concurrency slot, no budget)
+and is booked as a usage record with `cache_hit`, the original answer's tokens, a cost of 0 and the cost it
+saved. Only a complete answer is stored: never one that ended in an error, was cut off (client gone, upstream
+dropped, gateway stopping), was cut short by a cap the client did not ask for, or is larger than
+GATEWAY_CACHE_MAX_BYTES. Every chat answer says what happened in `x-gateway-cache: hit | miss | bypass`.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aigateway.errors import GatewayError, bad_request
+from aigateway.metrics import metrics_cache, metrics_cache_stored
+from providers.dialects.canonical import Usage
+from providers.dialects.replay import (
+    Answer,
+    AnswerUnreadable,
+    answer_decode,
+    answer_encode,
+    answer_events,
+    request_fingerprint,
+)
+from providers.response_cache import (
+    cache_entry_pack,
+    cache_entry_unpack,
+    cache_get,
+    cache_key,
+    cache_put,
+    cache_scope,
+)
+
+if TYPE_CHECKING:
+    from streaming.relay import RelayCall
+
+logger = logging.getLogger(__name__)
+
+# The client's say, per request, in this header: look up and store (the default), `no-cache` (store the new
+# answer without looking), or `no-store` (neither).
+DIRECTIVE_HEADER = "x-gateway-cache"
+_DIRECTIVES = ("no-cache", "no-store")
+
+
+@dataclass(slots=True)
+class CachePlan:
+    """What the cache does for one call: its entry's key and TTL, whether to look it up and to store the
+    answer, and the model the fingerprint names (an answer a fallback model gave is not stored under it)."""
+
+    key: str
+    ttl: int
+    lookup: bool
+    store: bool
+    model: str
+
+
+def cache_directive(headers) -> str:
+    """The client's cache directive ("" for none); a 400 naming the allowed values for anything else."""
+    value = headers.get(DIRECTIVE_HEADER)
+    if value is None:
+        return ""
+    value = value.strip().lower()
+    if value and value not in _DIRECTIVES:
+        raise bad_request(
+            f"the {DIRECTIVE_HEADER} header must be 'no-cache' or 'no-store', got '{value[:64]}'",
+            param=DIRECTIVE_HEADER,
+        )
+    return value
+
+
+def cache_plan(call: "RelayCall", directive: str) -> None:
+    """Decide what the cache does for `call` (call.cache; its result starts as "bypass"). Off when the key's
+    TTL is 0, for what is not a chat completion, for several choices at once, with `no-store`, and for a
+    request the canonical model cannot read (it is relayed as before, uncached)."""
+    call.cache_result = "bypass"
+    ttl = call.ctx.cache_ttl
+    if ttl <= 0 or call.operation != "chat" or directive == "no-store":
+        return
+    try:
+        request = call.canonical()
+        if request.choices != 1:
+            return
+        fingerprint = request_fingerprint(request, model=call.model, body=call.body)
+    except (GatewayError, ValueError, TypeError) as exc:
+        logger.info("request %s: not cached, its request cannot be fingerprinted: %s", call.request_id, exc)
+        return
+    scope = cache_scope(team_id=call.ctx.team_id, owner_id=call.ctx.owner_id)
+    call.cache = CachePlan(
+        key=cache_key(scope=scope, model=call.model, fingerprint=fingerprint),
+        ttl=ttl,
+        lookup=directive != "no-cache",
+        store=True,
+        model=call.model,
+    )
+    call.cache_events = []
+
+
+async def cache_lookup(call: "RelayCall") -> tuple[dict, Answer] | None:
+    """The stored answer for `call` and its meta, or None (a miss: call.cache_result says so). A Redis that
+    cannot be reached, or an entry that cannot be read, is a miss: the provider answers instead."""
+    plan = call.cache
+    if plan is None or not plan.lookup:
+        metrics_cache("bypass")
+        return None
+    try:
+        packed = await cache_get(plan.key)
+    except Exception as exc:
+        logger.warning("request %s: response cache lookup failed: %s", call.request_id, type(exc).__name__)
+        packed = None
+    entry = cache_entry_unpack(packed) if packed else None
+    if entry is not None:
+        meta, encoded = entry
+        try:
+            answer = answer_decode(encoded)
+        except AnswerUnreadable as exc:
+            logger.warning("request %s: unreadable response cache entry: %s", call.request_id, exc)
+        else:
+            call.cache_result = "hit"
+            metrics_cache("hit")
+            return meta, answer
+    call.cache_result = "miss"
+    metrics_cache("miss")
+    return None
+
+
+def _cap_cut_it(call: "RelayCall") -> bool:
+    """An answer that stopped at an output cap the client did not ask for (its tier's, a budget's): another
+    key of the same scope may ask the same with a larger cap."""
+    if call.finish_reason != "length":
+        return False
+    sent = call.output_cap if call.output_cap is not None else call.ctx.max_output_tokens
+    if sent is None:
+        return False
+    asked = call.canonical().max_tokens
+    return asked is None or asked > sent
+
+
+def cache_answer_from_reply(call: "RelayCall", reply) -> None:
+    """A complete (non-streamed) answer, kept for the cache when the call stores one."""
+    if call.cache_events is not None:
+        call.cache_events = answer_events(reply)
+        call.finish_reason = reply.finish_reason
+
+
+async def cache_store(call: "RelayCall", usage: Usage, estimated: bool, cost: str | None) -> None:
+    """Store `call`'s answer when the cache keeps it (see the module's docstring); never raises."""
+    plan = call.cache
+    if plan is None or not plan.store or call.cache_hit or call.cache_events is None:
+        return
+    if not call.finished or call.status != 200 or call.error_type or call.model != plan.model:
+        return
+    if call.finish_reason is None or _cap_cut_it(call):
+        return
+    try:
+        meta = {"cost": cost or "0", "model": call.model, "stored_at": time.time()}
+        packed = cache_entry_pack(meta, answer_encode(Answer(call.cache_events, usage, estimated)))
+        if packed is None:
+            logger.info("request %s: answer larger than the response cache's entry limit; not stored", call.request_id)
+            return
+        await cache_put(plan.key, packed, ttl=plan.ttl)
+        metrics_cache_stored(len(packed))
+    except Exception as exc:
+        logger.warning("request %s: response cache store failed: %s", call.request_id, type(exc).__name__)
