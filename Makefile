@@ -42,6 +42,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_relay.py
+	$(PY) bench/bench_cache.py
 
 # Requests/s and added time to first byte with 1 and with 2 gateway worker processes, one run.
 bench-workers: $(STAMP)

@@ -5,6 +5,9 @@ Adding an API key issues it through `api_key_issue` and redirects to a page that
 issues nothing and shows nothing. The plaintext is never stored, put in the session or in a message. The
 rotate action answers with the successors' plaintexts; revoke stops keys for good. Keys are revoked, never
 deleted: their usage history would lose its key.
+
+Tiers, teams and keys each take a response cache TTL (the key's, else the team's, else the tier's is in force);
+team and key pages show their cache figures this month, and a team's cached answers can be purged from the list.
 """
 
 import importlib.util
@@ -20,6 +23,7 @@ from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 
+from accounts.auth import cache_ttl_for
 from accounts.budget_rules import (
     budget_amount_problem,
     budget_target_problems,
@@ -27,6 +31,7 @@ from accounts.budget_rules import (
     budget_thresholds_problem,
 )
 from accounts.budgets import budgets_applying
+from accounts.cache_report import CacheFigures, cache_key_figures, cache_team_figures, cache_team_scope
 from accounts.key_handoff import key_handoff_put, key_handoff_take
 from accounts.models import LIMIT_FIELDS, ApiKey, Budget, Team, Tier, UsageDaily, UsageRecord
 from accounts.services import (
@@ -38,6 +43,7 @@ from accounts.services import (
     rotation_grace_default,
 )
 from accounts.spend import budget_statuses, key_spend, money, team_spend
+from providers.response_cache import cache_purge
 from providers.upstream_policy import base_url_problem
 
 # The plaintext of a key issued while handling one add request lives only on that request object.
@@ -51,6 +57,7 @@ ISSUE_OPTION_FIELDS = (
     "max_concurrent",
     "daily_tokens",
     "max_output_tokens",
+    "cache_ttl_seconds",
 )
 
 
@@ -58,12 +65,29 @@ def _admin_url(model, view: str, *args) -> str:
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
+class TierForm(forms.ModelForm):
+    class Meta:
+        model = Tier
+        fields = ["name", *LIMIT_FIELDS, "max_compare_models", "allowed_models", "cache_ttl_seconds"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left empty (or missing from an older form), the cache is off rather than the form refused.
+        self.fields["cache_ttl_seconds"].required = False
+
+    def clean_cache_ttl_seconds(self):
+        value = self.cleaned_data.get("cache_ttl_seconds")
+        return 0 if value is None else value
+
+
 @admin.register(Tier)
 class TierAdmin(admin.ModelAdmin):
+    form = TierForm
     list_display = [
         "name",
         *LIMIT_FIELDS,
         "max_compare_models",
+        "cache_ttl_shown",
         "models_allowed",
         "key_count",
     ]
@@ -81,11 +105,25 @@ class TierAdmin(admin.ModelAdmin):
             },
         ),
         ("Models", {"fields": ["allowed_models"]}),
+        (
+            "Response cache",
+            {
+                "fields": ["cache_ttl_seconds"],
+                "description": (
+                    "Seconds an identical request is answered from the response cache; 0 = off. A team's or a "
+                    "key's own TTL, when set, overrides the tier's."
+                ),
+            },
+        ),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(key_count=Count("api_keys")).prefetch_related("allowed_models")
+
+    @admin.display(description="response cache", ordering="cache_ttl_seconds")
+    def cache_ttl_shown(self, obj: Tier) -> str:
+        return f"{obj.cache_ttl_seconds} s" if obj.cache_ttl_seconds else "off"
 
     @admin.display(description="allowed models")
     def models_allowed(self, obj: Tier) -> str:
@@ -254,7 +292,7 @@ class TeamForm(forms.ModelForm):
 
     class Meta:
         model = Team
-        fields = ["name", "members", "allowed_models", "alert_webhook"]
+        fields = ["name", "members", "allowed_models", "alert_webhook", "cache_ttl_seconds"]
 
     def clean_alert_webhook(self):
         url = self.cleaned_data.get("alert_webhook", "")
@@ -298,9 +336,17 @@ class TeamAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     filter_horizontal = ["members", "allowed_models"]
     inlines = [TeamBudgetInline, TeamApiKeyInline]
+    actions = ["purge_cached_answers"]
     fieldsets = [
         (None, {"fields": ["name", "members", "alert_webhook"]}),
         ("Models", {"fields": ["allowed_models"]}),
+        (
+            "Response cache",
+            {
+                "fields": ["cache_ttl_seconds"],
+                "description": "Empty = each key's tier decides; a key's own TTL, when set, overrides the team's.",
+            },
+        ),
     ]
 
     def get_queryset(self, request):
@@ -314,10 +360,22 @@ class TeamAdmin(admin.ModelAdmin):
     def get_fieldsets(self, request, obj=None):
         if obj is None:
             return self.fieldsets
-        return [*self.fieldsets, ("Spend this month", {"fields": ["spend"]})]
+        *head, (cache_title, cache_options) = self.fieldsets
+        cache = (cache_title, {**cache_options, "fields": [*cache_options["fields"], "cache_figures"]})
+        return [*head, cache, ("Spend this month", {"fields": ["spend"]})]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["spend"] if obj is not None else []
+        return ["spend", "cache_figures"] if obj is not None else []
+
+    @admin.display(description="this month")
+    def cache_figures(self, team: Team) -> str:
+        return _cache_figures_html(cache_team_figures(team_id=team.pk))
+
+    @admin.action(description="Purge cached answers of the selected teams", permissions=["change"])
+    def purge_cached_answers(self, request, queryset):
+        team_ids = list(queryset.values_list("pk", flat=True))
+        deleted = sum(cache_purge(scope=cache_team_scope(team_id=team_id)) for team_id in team_ids)
+        self.message_user(request, f"{deleted} cached answer(s) of {len(team_ids)} team(s) deleted.", messages.SUCCESS)
 
     @admin.display(description="members", ordering="member_count")
     def member_count(self, team: Team) -> int:
@@ -342,6 +400,24 @@ class TeamAdmin(admin.ModelAdmin):
             _spend_table("By key", "team-spend-by-key", report.by_key, link_keys=True),
             _spend_table("By model", "team-spend-by-model", report.by_model),
         )
+
+
+def _cache_figures_html(figures: CacheFigures) -> str:
+    """A scope's cache figures as a small table: hits, calls, ratio, money saved, entries held now."""
+    ratio = f"{figures.ratio}%" if figures.ratio is not None else "-"
+    entries = figures.entries if figures.entries is not None else "unknown (the cache's Redis did not answer)"
+    rows = [
+        ("cache hits", "cache-hits", figures.hits),
+        ("calls", "cache-calls", figures.calls),
+        ("hit ratio", "cache-ratio", ratio),
+        ("saved", "cache-saved", money(figures.saved)),
+        (f"answers cached now ({figures.scope})", "cache-entries", entries),
+    ]
+    return format_html(
+        '<p>Since {} UTC</p><table data-testid="cache-figures"><tbody>{}</tbody></table>',
+        f"{figures.start:%Y-%m-%d}",
+        format_html_join("", '<tr><th>{}</th><td data-testid="{}">{}</td></tr>', rows),
+    )
 
 
 def _spend_table(title: str, testid: str, rows, *, link_keys: bool = False) -> str:
@@ -403,6 +479,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 "description": "Leave blank to use the tier's limits.",
             },
         ),
+        (
+            "Response cache",
+            {
+                "fields": ["cache_ttl_seconds"],
+                "description": "Leave blank to use the team's TTL, or the tier's; 0 turns the cache off for this key.",
+            },
+        ),
     ]
     change_readonly_fields = [
         "prefix",
@@ -413,6 +496,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "spend_month",
         "other_budgets",
         "usage_link",
+        "cache_ttl_in_force",
+        "cache_figures",
     ]
 
     def get_fieldsets(self, request, obj=None):
@@ -426,7 +511,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 "description": "From the flushed daily totals (UTC days).",
             },
         )
-        return [identity, *self.fieldsets, spend]
+        *head, (cache_title, cache_options) = self.fieldsets
+        cache = (
+            cache_title,
+            {**cache_options, "fields": [*cache_options["fields"], "cache_ttl_in_force", "cache_figures"]},
+        )
+        return [identity, *head, cache, spend]
 
     def get_readonly_fields(self, request, obj=None):
         return self.change_readonly_fields if obj is not None else []
@@ -494,6 +584,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 ),
             ),
         )
+
+    @admin.display(description="TTL in force")
+    def cache_ttl_in_force(self, api_key: ApiKey) -> str:
+        if api_key.cache_ttl_seconds is not None:
+            source = "the key's own"
+        elif api_key.team is not None and api_key.team.cache_ttl_seconds is not None:
+            source = f"team {api_key.team}'s"
+        else:
+            source = f"tier {api_key.tier}'s"
+        ttl = cache_ttl_for(api_key)
+        return format_html(
+            '<span data-testid="cache-ttl-in-force">{}</span> ({})', f"{ttl} s" if ttl else "off", source
+        )
+
+    @admin.display(description="this month (this key)")
+    def cache_figures(self, api_key: ApiKey) -> str:
+        return _cache_figures_html(cache_key_figures(api_key=api_key))
 
     @admin.display(description="usage")
     def usage_link(self, api_key: ApiKey) -> str:

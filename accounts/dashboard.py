@@ -1,7 +1,8 @@
 """Ops dashboard in the admin: traffic, errors (refused requests apart from failures), tokens, cost and time
-to first byte per provider and model, top keys, provider health, over the last hour or day, and the month's
-spend per team. Costs are shown exactly, as decimal strings in GATEWAY_CURRENCY. Charts are inline SVG built
-here, so the page needs nothing from the internet."""
+to first byte per provider and model, top keys, provider health, the response cache's hits and savings per
+model and per team, over the last hour or day, and the month's spend per team. Costs are shown exactly, as
+decimal strings in GATEWAY_CURRENCY. Charts are inline SVG built here, so the page needs nothing from the
+internet."""
 
 from django.conf import settings
 from django.contrib import admin
@@ -9,6 +10,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import render
 
 from accounts.budgets import money
+from accounts.cache_report import cache_by_model, cache_by_team, cache_window_summary
 from accounts.selectors import DASHBOARD_WINDOWS, dashboard_data
 from providers.health import providers_health_overview
 
@@ -22,6 +24,14 @@ _GROUP_GAP = 10
 _TICK_HALF_WIDTH = 18
 _WINDOW_LABELS = {"1h": "Last hour", "24h": "Last 24 hours"}
 NO_TEAM = "(no team)"
+
+
+def _cache_rows(rows: list[dict]) -> list[dict]:
+    """Response cache rows with their amounts and ratios as text (amounts exact, in GATEWAY_CURRENCY)."""
+    for row in rows:
+        row["saved_text"] = money(row["saved"])
+        row["ratio_text"] = f"{row['ratio']}%" if row["ratio"] is not None else "-"
+    return rows
 
 
 def _number(value) -> str:
@@ -153,8 +163,18 @@ def dashboard(request):
     for rows in ([summary], data["providers"], data["models"], data["endpoints"], data["top_keys"], data["team_spend"]):
         for row in rows:
             row["cost_text"] = money(row["cost"])
+    since = data["since"]
+    cache_teams = cache_by_team(since=since)
+    for row in cache_teams:
+        row["team"] = row["team_name"] if row["team_id"] is not None else NO_TEAM
+    response_cache = {
+        "summary": _cache_rows([cache_window_summary(since=since)])[0],
+        "models": _cache_rows(cache_by_model(since=since)),
+        "teams": _cache_rows(cache_teams),
+    }
     context = {
         **admin.site.each_context(request),
+        "response_cache": response_cache,
         "title": "Gateway dashboard",
         "currency": settings.GATEWAY_CURRENCY,
         "window": window,

@@ -105,6 +105,9 @@ class Admission:
     budget_reserved: int = field(default=0, repr=False)
     # The budget that refused (code "budget_exceeded").
     budget: BudgetRef | None = field(default=None, repr=False)
+    # The response cache entry the admission found (limits_admit's `cache_key`): the request is a hit,
+    # admitted on its requests per minute alone, holding nothing to settle.
+    cached: bytes | None = field(default=None, repr=False)
 
     def headers_for(self, dialect_name: str) -> dict[str, str]:
         """The limit headers in the client's dialect: OpenAI's x-ratelimit-*, or Anthropic's
@@ -133,7 +136,8 @@ def _release_unowned(keys: list[str], args: list, lease_id: str | None) -> None:
     request_id, marker = args[8], args[9]
     if lease_id is None and not marker:
         return
-    budget_keys = keys[6:]
+    # The budget counters follow the six fixed keys; a response cache key may follow them.
+    budget_keys = keys[6 : 6 + (args[11] if len(args) > 11 else 0)]
     reserve = args[12] if budget_keys else 0
     release = _release(keys, request_id if marker else None, lease_id, budget_keys, reserve)
     _cleanups.add(cleanup := asyncio.ensure_future(release))
@@ -390,15 +394,20 @@ async def limits_admit(
     request_id: str,
     marker: bytes | None = None,
     max_cost_units: int = 0,
+    cache_key: str | None = None,
 ) -> Admission:
     """Check concurrency, requests/min, tokens/min, daily tokens and every budget that applies atomically;
     commit only if all pass. `max_cost_units` (the request's maximum cost, accounts.budgets units) is reserved
     on each budget. An admitted request's usage `marker` is stored in the same step (`Admission.marked`).
 
+    With `cache_key` (a response cache entry in this Redis), the same round trip looks the entry up: found, the
+    request is a hit (`Admission.cached`), which takes one request from the requests per minute and nothing
+    else. Keys without limits then run the script too (it stores their marker), so a miss costs no extra trip.
+
     If Redis is unreachable the request is refused with a 503 GatewayError (limits_unavailable), or, with
     GATEWAY_LIMITS_FAIL_OPEN, admitted without limits; either way a warning is logged (at most every 10 s).
     """
-    if not _has_limits(ctx):
+    if not _has_limits(ctx) and cache_key is None:
         return _unlimited()
     estimate = max(0, int(estimate_tokens))
     need_lease = _needs_lease(ctx)
@@ -426,6 +435,8 @@ async def limits_admit(
             budget_keys, ttls = budget_counters(ctx.budgets)
             extra_keys = list(budget_keys)
             args += [len(budget_keys), reserve, *(b.limit_units for b in ctx.budgets), *ttls]
+        if cache_key is not None:
+            extra_keys.append(cache_key)
         result = await _admit_script(ctx, day, args, lease_id, extra_keys)
         if result is None:
             return _unlimited()
@@ -439,6 +450,8 @@ async def limits_admit(
     used = result[6]
     headers = _headers(ctx, result)
     resets = {"requests": result[3], "tokens": result[5]}
+    if len(result) > 10:
+        return _requests_admission(ctx, result, day)
     if code_index == 0:
         return Admission(
             allowed=True,
@@ -481,6 +494,29 @@ async def limits_admit(
     )
 
 
+def _requests_admission(ctx: KeyContext, result: list, day: int) -> Admission:
+    """The admission of a request counted on its requests per minute only (limits_admit_requests, or a response
+    cache hit, whose entry goes in `cached`): no lease, no tokens, only the requests headers."""
+    code_index, retry_ms = result[0], result[1]
+    headers = {name: value for name, value in _headers(ctx, result).items() if name.endswith("-requests")}
+    retry_after = retry_ms / 1000 if code_index and retry_ms >= 0 else None
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
+    return Admission(
+        allowed=code_index == 0,
+        code=_REFUSAL_CODES[code_index] if code_index else None,
+        message=_refusal_message(ctx, code_index, retry_after, estimate=0, used=0) if code_index else "",
+        retry_after=retry_after,
+        headers=headers,
+        lease_id=None,
+        reserved_tokens=0,
+        day=day,
+        resets_ms={"requests": result[3]},
+        issued_at=time.time(),
+        cached=result[10] if len(result) > 10 else None,
+    )
+
+
 def _requests_only(rpm: int) -> list:
     """Arguments of the admit script that take one request from a requests bucket and nothing else: no
     lease (nothing to settle), no token reservation, no usage marker."""
@@ -498,23 +534,7 @@ async def limits_admit_requests(ctx: KeyContext) -> Admission:
     result = await _admit_script(ctx, day, _requests_only(ctx.rpm), None)
     if result is None:
         return _unlimited()
-    code_index, retry_ms, *_ = result
-    headers = {name: value for name, value in _headers(ctx, result).items() if name.endswith("-requests")}
-    retry_after = retry_ms / 1000 if code_index and retry_ms >= 0 else None
-    if retry_after is not None:
-        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
-    return Admission(
-        allowed=code_index == 0,
-        code=_REFUSAL_CODES[code_index] if code_index else None,
-        message=_refusal_message(ctx, code_index, retry_after, estimate=0, used=0) if code_index else "",
-        retry_after=retry_after,
-        headers=headers,
-        lease_id=None,
-        reserved_tokens=0,
-        day=day,
-        resets_ms={"requests": result[3]},
-        issued_at=time.time(),
-    )
+    return _requests_admission(ctx, result, day)
 
 
 def limits_throttle(*, key_id: int, name: str, per_minute: int) -> float | None:

@@ -80,8 +80,8 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) -> RotatedKey:
     """Issue a successor and let the old key run out.
 
-    The new key is a new row with the old one's owner, tier, name and limit overrides, and its expiry
-    unless `expires_at` is given (rotating does not extend a key's life). The old key keeps working
+    The new key is a new row with the old one's owner, team, tier, name, limit overrides and response cache
+    TTL, and its expiry unless `expires_at` is given (rotating does not extend a key's life). The old key keeps working
     for `grace` (never longer than it would have anyway); a grace of zero revokes it now."""
     old = ApiKey.objects.select_for_update().get(pk=api_key.pk)
     now = timezone.now()
@@ -96,6 +96,8 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) ->
         name=old.name,
         expires_at=new_expiry,
         playground=old.playground,
+        team=old.team,
+        cache_ttl_seconds=old.cache_ttl_seconds,
         **{field: getattr(old, field) for field in LIMIT_FIELDS},
     )
     if grace <= timedelta(0):

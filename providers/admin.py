@@ -15,6 +15,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
 from providers.admin_actions import check_health_now
+from providers.admin_cache import cache_purge_all_view, purge_cached_answers
 from providers.admin_routing import routing_test_view, when_summary
 from providers.admin_widgets import KindsField, NameListField, StructuredFormMixin, TransformsField
 from providers.egress import ca_bundle_problem, client_certificate_problem, proxy_url_problem
@@ -369,9 +370,22 @@ class PublicModelAdmin(admin.ModelAdmin):
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     inlines = [DeploymentInline]
+    actions = [purge_cached_answers]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(deployment_count=Count("deployments"))
+
+    def get_urls(self):
+        # Ahead of the default URLs, whose "<object_id>/" would otherwise take "cache-purge/".
+        purge = path(
+            "cache-purge/",
+            self.admin_site.admin_view(self.cache_purge_view),
+            name=f"{self.opts.app_label}_{self.opts.model_name}_cache_purge",
+        )
+        return [purge, *super().get_urls()]
+
+    def cache_purge_view(self, request):
+        return cache_purge_all_view(request, model_admin=self)
 
     @admin.display(description="deployments", ordering="deployment_count")
     def deployment_count(self, obj: Model) -> int:

@@ -14,15 +14,18 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from django.conf import settings
+
 from aigateway.errors import GatewayError, bad_request
 from aigateway.metrics import metrics_cache, metrics_cache_stored
-from providers.dialects.canonical import Usage
+from providers.dialects.canonical import Finish, Usage
 from providers.dialects.replay import (
     Answer,
     AnswerUnreadable,
     answer_decode,
     answer_encode,
     answer_events,
+    content_event,
     request_fingerprint,
 )
 from providers.response_cache import (
@@ -98,18 +101,38 @@ def cache_plan(call: "RelayCall", directive: str) -> None:
     call.cache_events = []
 
 
-async def cache_lookup(call: "RelayCall") -> tuple[dict, Answer] | None:
-    """The stored answer for `call` and its meta, or None (a miss: call.cache_result says so). A Redis that
-    cannot be reached, or an entry that cannot be read, is a miss: the provider answers instead."""
+def cache_key_with_admission(call: "RelayCall") -> str | None:
+    """The entry the admission script looks up in its own round trip: the call's, when it looks one up and
+    the cache lives in the gateway's Redis (a separate cache Redis costs a round trip of its own, cache_lookup)."""
+    plan = call.cache
+    if plan is None or not plan.lookup or settings.GATEWAY_CACHE_REDIS_URL:
+        return None
+    return plan.key
+
+
+async def cache_lookup(call: "RelayCall") -> bytes | None:
+    """The stored entry of `call` read from a separate cache Redis (GATEWAY_CACHE_REDIS_URL), or None. A Redis
+    that cannot be reached is a miss: the provider answers instead."""
+    plan = call.cache
+    if plan is None or not plan.lookup or not settings.GATEWAY_CACHE_REDIS_URL:
+        return None
+    try:
+        return await cache_get(plan.key)
+    except Exception as exc:
+        logger.warning("request %s: response cache lookup failed: %s", call.request_id, type(exc).__name__)
+        return None
+
+
+def cache_found(call: "RelayCall", packed: bytes | None) -> bool:
+    """Take the entry the lookup found (None: nothing) as `call`'s answer: True for a hit (`call.cache_hit`, the
+    answer in `call.cache_answer`, booked as a hit), False for a miss, an unreadable entry included. Counts the
+    call's result in the metrics (a bypass too)."""
+    if not call.cache_result:
+        return False  # the cache does not apply to this call (not a chat completion)
     plan = call.cache
     if plan is None or not plan.lookup:
         metrics_cache("bypass")
-        return None
-    try:
-        packed = await cache_get(plan.key)
-    except Exception as exc:
-        logger.warning("request %s: response cache lookup failed: %s", call.request_id, type(exc).__name__)
-        packed = None
+        return False
     entry = cache_entry_unpack(packed) if packed else None
     if entry is not None:
         meta, encoded = entry
@@ -120,10 +143,25 @@ async def cache_lookup(call: "RelayCall") -> tuple[dict, Answer] | None:
         else:
             call.cache_result = "hit"
             metrics_cache("hit")
-            return meta, answer
+            _hit_booked(call, meta, answer)
+            return True
     call.cache_result = "miss"
     metrics_cache("miss")
-    return None
+    return False
+
+
+def _hit_booked(call: "RelayCall", meta: dict, answer: Answer) -> None:
+    """What the books get for a hit: the original answer's tokens, no cost, what it saved."""
+    call.cache_hit = True
+    call.cache_answer = answer
+    call.usage = answer.usage
+    call.hit_estimated = answer.estimated
+    saved = meta.get("cost")
+    call.cost_saved = saved if isinstance(saved, str) else "0"
+    call.answered = True
+    finish = next((event for event in reversed(answer.events) if isinstance(event, Finish)), None)
+    call.finish_reason = finish.reason if finish is not None else None
+    call.cache_events = None  # nothing to store
 
 
 def _cap_cut_it(call: "RelayCall") -> bool:
@@ -138,11 +176,28 @@ def _cap_cut_it(call: "RelayCall") -> bool:
     return asked is None or asked > sent
 
 
-def cache_answer_from_reply(call: "RelayCall", reply) -> None:
-    """A complete (non-streamed) answer, kept for the cache when the call stores one."""
-    if call.cache_events is not None:
+def cache_collect(call: "RelayCall", events: list) -> None:
+    """Keep a streamed answer's content events for the cache, as they pass. Past eight times the entry limit
+    of text (an answer that could not be stored even compressed) they are dropped, and the answer is not kept."""
+    for event in events:
+        if content_event(event):
+            call.cache_events.append(event)
+            call.cache_text_bytes += len(getattr(event, "text", "") or getattr(event, "arguments", ""))
+    if call.cache_text_bytes > 8 * settings.GATEWAY_CACHE_MAX_BYTES:
+        call.cache_events = None
+
+
+def cache_answer_from_reply(call: "RelayCall", upstream, data: dict, reply=None) -> None:
+    """Keep a complete (non-streamed) answer for the cache: `reply` as the provider's dialect parsed it, or its
+    JSON `data` parsed now (an answer relayed as it came). One the canonical model cannot read is not kept."""
+    try:
+        reply = reply if reply is not None else upstream.parse_response(data)
         call.cache_events = answer_events(reply)
-        call.finish_reason = reply.finish_reason
+    except Exception as exc:
+        logger.info("request %s: answer not cached, it cannot be read: %s", call.request_id, type(exc).__name__)
+        call.cache_events = None
+        return
+    call.finish_reason = reply.finish_reason
 
 
 async def cache_store(call: "RelayCall", usage: Usage, estimated: bool, cost: str | None) -> None:

@@ -22,8 +22,8 @@ from providers.dialects.base import Dialect, StreamRenderer
 from providers.dialects.canonical import ChatRequest, StreamError, StreamEvent, TextDelta, ThinkingDelta
 from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
-from streaming.cache import cache_lookup, cache_plan
-from streaming.cache_hits import cache_hit_begin, cache_replay
+from streaming.cache import cache_plan
+from streaming.cache_hits import cache_replay
 from streaming.edge import call_admit, check_chat_body, route_choose
 from streaming.meter import StreamMeter
 from streaming.refusals import refusal_count, refusal_record
@@ -338,11 +338,7 @@ class CompareRun:
         try:
             try:
                 cache_plan(call, request.cache_directive)
-                hit = await cache_lookup(call)
-                if hit is None:
-                    await call_admit(call, request.body_size)
-                else:
-                    await cache_hit_begin(call, *hit)
+                await call_admit(call, request.body_size)
             except GatewayError as error:
                 if refusal_count(error, call.ctx):
                     refusal_record(call, error)  # refused by the key's limits or budgets: booked as such
@@ -350,8 +346,8 @@ class CompareRun:
                 return
             start = {"type": "start", "model": name, "request_id": call.request_id, "cache": call.cache_result}
             self._queue.put_nowait((None, start))
-            if hit is not None:
-                events = cache_replay(call, hit[1])
+            if call.cache_hit:
+                events = cache_replay(call, call.cache_answer)
             else:
                 try:
                     events = await relay_open(call)  # records the call itself when it fails or is cancelled

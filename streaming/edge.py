@@ -15,7 +15,7 @@ from django.http import HttpResponse
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.budgets import to_units
 from accounts.context import KeyContext
-from accounts.limits import limits_admit
+from accounts.limits import limits_admit, limits_admit_requests
 from accounts.usage import usage_started
 from aigateway.errors import GatewayError, bad_request
 from aigateway.metrics import metrics_response
@@ -25,6 +25,7 @@ from providers.dialects.nesting import JSON_DEPTH_MAX, may_nest_deeper, too_deep
 from providers.dialects.openai import openai
 from providers.route_rules import PromptTooLong, RouteDecision, UnknownModel, request_facts, route_decide
 from providers.routing import router
+from streaming.cache import cache_found, cache_key_with_admission, cache_lookup
 from streaming.refusals import request_refused
 from streaming.relay import call_end, call_in_flight, call_marker, new_request_id, spawn
 from streaming.tokens import rough_prompt_estimate
@@ -146,28 +147,33 @@ async def _max_cost_units(call, max_output: int | None) -> int:
 async def call_admit(call, body_size: int) -> None:
     """Admit one relay call under its key's limits and budgets (one Redis round trip); a refusal is a 429
     (`budget_exceeded`, not to be retried, when a budget refused), and a limits store that cannot be reached
-    a 503 `limits_unavailable` (unless GATEWAY_LIMITS_FAIL_OPEN)."""
+    a 503 `limits_unavailable` (unless GATEWAY_LIMITS_FAIL_OPEN). A call with a response cache plan is looked
+    up in the same round trip: a hit (`call.cache_hit`, its answer in `call.cache_answer`) is admitted on its
+    requests per minute alone, and the door answers it from the cache instead of relaying it."""
     call.body_size = body_size
-    max_output = _output_cap(call)
-    max_cost = await _max_cost_units(call, max_output) if call.ctx.budgets else 0
     marker = call_marker(call)
+    separate_cache = bool(settings.GATEWAY_CACHE_REDIS_URL)
     try:
-        call.admission = await limits_admit(
-            call.ctx,
-            estimate_tokens=rough_prompt_estimate(body_size, max_output),
-            request_id=call.request_id,
-            marker=marker,
-            max_cost_units=max_cost,
-        )
-        if call.admission.allowed and not call.admission.marked:
-            # A key without limits has no admission round trip to carry the marker: it is written
-            # while the upstream is being opened, instead of the request waiting for it.
-            call.marker_stored = spawn(usage_started(call.request_id, marker))
+        # A separate cache Redis is asked first, in a round trip of its own.
+        found = cache_found(call, await cache_lookup(call)) if separate_cache else None
+        if found:
+            call.admission = await limits_admit_requests(call.ctx)
+        else:
+            cache_key = None if separate_cache else cache_key_with_admission(call)
+            call.admission = await _admission(call, marker, cache_key)
+            cached = call.admission.cached
+            if found is None and not cache_found(call, cached) and cached is not None:
+                # An entry that cannot be read (another version wrote it): admitted again, as the miss it is.
+                call.admission = await _admission(call, marker, None)
+            if call.admission.allowed and not call.admission.marked and not call.cache_hit:
+                # A key without limits has no admission round trip to carry the marker: it is written
+                # while the upstream is being opened, instead of the request waiting for it.
+                call.marker_stored = spawn(usage_started(call.request_id, marker))
     except asyncio.CancelledError:
         # The client left while being admitted: the call may hold a marker already; record it as cancelled.
         call_end(call, status=499, error_type="client_disconnected")
         raise
-    if call.admission.allowed:
+    if call.admission.allowed and not call.cache_hit:
         call_in_flight(call)
     if not call.admission.allowed:
         headers = dict(call.admission.headers_for(call.dialect.name))
@@ -181,6 +187,21 @@ async def call_admit(call, body_size: int) -> None:
         raise GatewayError(
             429, "rate_limit_exceeded", call.admission.message, headers=headers, param=call.admission.code
         )
+
+
+async def _admission(call, marker: bytes, cache_key: str | None):
+    """limits_admit for `call`: its estimate, its usage marker, its budget reservation, and the cache entry to
+    look up in the same round trip (None: none)."""
+    max_output = _output_cap(call)
+    max_cost = await _max_cost_units(call, max_output) if call.ctx.budgets else 0
+    return await limits_admit(
+        call.ctx,
+        estimate_tokens=rough_prompt_estimate(call.body_size, max_output),
+        request_id=call.request_id,
+        marker=marker,
+        max_cost_units=max_cost,
+        cache_key=cache_key,
+    )
 
 
 async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, body_size: int = 0) -> RouteDecision:

@@ -51,14 +51,13 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai as openai_dialect
-from providers.dialects.replay import content_event
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.extra_headers import extra_headers_problem
 from providers.redaction import upstream_message_redact
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
 from providers.upstream import PoolExhausted, UpstreamBodyTooLarge, upstream_body_read, upstream_open
-from streaming.cache import cache_answer_from_reply, cache_store
+from streaming.cache import cache_answer_from_reply, cache_collect, cache_store
 from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
@@ -143,7 +142,9 @@ class RelayCall:
     cache: object | None = None
     cache_result: str = ""
     cache_events: list | None = None
+    cache_text_bytes: int = 0
     cache_hit: bool = False
+    cache_answer: object | None = None
     hit_estimated: bool = False
     cost_saved: str = "0"
 
@@ -325,7 +326,8 @@ async def call_finish(call: RelayCall) -> None:
     except Exception as exc:
         logger.warning("limits settle failed for %s: %s", call.request_id, type(exc).__name__)
     if call.cache_events is not None:
-        await cache_store(call, usage, estimated, event.get("cost"))
+        # After the books, off the client's path (a complete answer is returned once its call has finished).
+        spawn(cache_store(call, usage, estimated, event.get("cost")))
 
 
 def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
@@ -750,13 +752,14 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
             if call.usage is None:
                 call.completion_parts.append(text)
             if call.cache_events is not None:
-                cache_answer_from_reply(call, upstream.parse_response(data))
+                cache_answer_from_reply(call, upstream, data)
         else:
             reply = upstream.parse_response(data)
             call.usage = reply.usage
             if call.usage is None:
                 call.completion_parts.append(reply.text())
-            cache_answer_from_reply(call, reply)
+            if call.cache_events is not None:
+                cache_answer_from_reply(call, upstream, data, reply)
             data = call.dialect.render_response(reply, model=call.response_model)
     except MalformedEvent as exc:
         # The gateway's estimate counts what could be read of the answer.
@@ -826,7 +829,7 @@ class StreamBridge:
             return []
         _account(self.call, events)
         if self.call.cache_events is not None:
-            self.call.cache_events.extend(e for e in events if content_event(e))
+            cache_collect(self.call, events)
         data = event.data
         if any(isinstance(e, End | StreamError) for e in events):
             self.complete = True

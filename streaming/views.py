@@ -24,7 +24,7 @@ from providers.dialects.responses import responses
 from providers.dialects.sse import sse_encode
 from providers.health import provider_down_keys, providers_enabled_ids, providers_health_overview
 from providers.routing import router
-from streaming.cache import cache_directive, cache_lookup, cache_plan
+from streaming.cache import cache_directive, cache_plan
 from streaming.cache_hits import cache_hit_answer
 from streaming.compare import CompareRun, compare_prepare
 from streaming.edge import (
@@ -101,10 +101,9 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
     try:
         if operation == "chat":
             cache_plan(call, cache_directive(request.headers))
-            hit = await cache_lookup(call)
-            if hit is not None:
-                return await cache_hit_answer(call, *hit)
         await call_admit(call, len(request.body))
+        if call.cache_hit:
+            return await cache_hit_answer(call)
         return await relay_chat(call)
     except GatewayError as error:
         error.headers = {**call.headers(), **error.headers}

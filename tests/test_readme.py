@@ -89,3 +89,13 @@ def test_the_sample_gateway_yaml_imports_as_written(tmp_path, monkeypatch):
     team = Team.objects.get(name="research")
     assert sorted(team.members.values_list("username", flat=True)) == ["alice", "bob"]
     assert [str(b.amount.normalize()) for b in team.budgets.all()] == ["5E+2"]
+
+
+@pytest.mark.django_db
+def test_the_response_cache_yaml_imports_as_written(tmp_path):
+    (block,) = code_blocks(section("Response cache"), "yaml")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(block)
+    call_command("import_gateway_config", str(path))
+    assert Tier.objects.get(name="evals").cache_ttl_seconds == 3600
+    assert Team.objects.get(name="ci").cache_ttl_seconds == 600

@@ -8,11 +8,15 @@
 -- KEYS[3] tokens bucket                                KEYS[4] daily token counter (UTC day)
 -- KEYS[5] usage markers (hash)                        KEYS[6] usage marker deadlines (sorted set)
 -- KEYS[7...] budget counters (hash: "s" spent, "r" reserved; in units of 1e-8 of the currency)
+-- KEYS[7 + number of budgets] (optional) the response cache entry of the request: when it exists the request
+--       is a hit, and takes one request from the requests bucket and nothing else (no lease, no tokens, no
+--       budget reservation, no marker); the entry is returned after the other values
 -- ARGV: lease_id, lease_ttl_ms, max_concurrent, rpm, tpm, daily_tokens, estimate, need_lease,
 --       request_id, marker, marker_deadline (epoch s)   (a limit of 0 means "not set"; no marker: '')
 --       then (optional) number of budgets n, the reservation (units), n budget limits, n counter TTLs (s, 0 = none)
 -- Returns {code, retry_ms, requests_remaining, requests_reset_ms, tokens_remaining, tokens_reset_ms, daily_used,
---          budget (1-based index of the refusing or missing budget, else 0), its spent, its reserved}
+--          budget (1-based index of the refusing or missing budget, else 0), its spent, its reserved,
+--          the cache entry (a hit only)}
 -- code: 0 admitted, 1 concurrency, 2 requests, 3 tokens, 4 daily_tokens, 5 tokens (request larger than tpm),
 --       6 budget (the one with the least left among those the reservation would overdraw),
 --       7 a budget counter is missing (new period or lost): the caller seeds it from the database and asks again
@@ -29,6 +33,18 @@ local tpm = tonumber(ARGV[5])
 local daily = tonumber(ARGV[6])
 local estimate = tonumber(ARGV[7])
 local need_lease = ARGV[8] == '1'
+local marker = ARGV[10]
+-- Budgets: every one that applies must hold the request's maximum cost on top of what is spent and reserved.
+local budgets = tonumber(ARGV[12] or '0')
+
+local cached = false
+local cache_key = KEYS[7 + budgets]
+if cache_key then
+    cached = redis.call('GET', cache_key)
+    if cached then
+        max_concurrent, tpm, daily, estimate, need_lease, marker, budgets = 0, 0, 0, 0, false, '', 0
+    end
+end
 
 local code = 0
 local retry = -1
@@ -82,8 +98,6 @@ if daily > 0 then
     end
 end
 
--- Budgets: every one that applies must hold the request's maximum cost on top of what is spent and reserved.
-local budgets = tonumber(ARGV[12] or '0')
 local reserve = tonumber(ARGV[13] or '0')
 local budget, budget_spent, budget_reserved = 0, 0, 0
 if code == 0 and budgets > 0 then
@@ -135,8 +149,8 @@ if code == 0 then
         redis.call('EXPIRE', KEYS[4], 172800)
     end
     -- The usage "started" marker, in the same step: an admitted request is never without one.
-    if ARGV[10] ~= nil and ARGV[10] ~= '' then
-        redis.call('HSET', KEYS[5], ARGV[9], ARGV[10])
+    if marker ~= nil and marker ~= '' then
+        redis.call('HSET', KEYS[5], ARGV[9], marker)
         redis.call('ZADD', KEYS[6], ARGV[11], ARGV[9])
     end
 end
@@ -148,7 +162,7 @@ local function remaining(tat, interval)
     return math.max(0, math.floor((window - (tat - now) + slack(interval)) / interval))
 end
 
-return {
+local result = {
     code,
     math.ceil(retry),
     remaining(req_tat, req_interval),
@@ -160,3 +174,7 @@ return {
     budget_spent,
     budget_reserved,
 }
+if cached then
+    result[11] = cached
+end
+return result

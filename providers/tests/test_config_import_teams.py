@@ -213,3 +213,41 @@ def test_a_team_problem_writes_nothing_else_from_the_file():
     problems_of("models:\n  - name: brand-new\n    deployments: []\nteams:\n  - {name: t, members: [nobody]}\n")
     assert not Model.objects.filter(name="brand-new").exists()
     assert not Team.objects.exists()
+
+
+CACHED = """\
+tiers:
+  - name: evals
+    cache_ttl_seconds: 600
+  - name: plain
+teams:
+  - name: ci
+    cache_ttl_seconds: 0
+  - name: inherit
+"""
+
+
+def test_cache_ttls_are_imported_for_tiers_and_teams_and_left_out_means_off_or_inherited():
+    from accounts.models import Tier
+
+    run_import(CACHED)
+    assert dict(Tier.objects.values_list("name", "cache_ttl_seconds")) == {"evals": 600, "plain": 0}
+    assert dict(Team.objects.values_list("name", "cache_ttl_seconds")) == {"ci": 0, "inherit": None}
+    run_import(CACHED.replace("cache_ttl_seconds: 600", "cache_ttl_seconds: 30"))
+    assert Tier.objects.get(name="evals").cache_ttl_seconds == 30
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("-1", "must be at least 0, got -1"), ("soon", "must be an integer or null, not a string")],
+)
+def test_a_bad_team_cache_ttl_is_named_with_its_line(value, fragment):
+    problems = problems_of(CACHED.replace("cache_ttl_seconds: 0", f"cache_ttl_seconds: {value}"))
+    assert any(
+        "line 7" in problem and "cache_ttl_seconds" in problem and fragment in problem for problem in problems
+    ), problems
+
+
+def test_a_bad_tier_cache_ttl_is_named_with_its_line():
+    problems = problems_of(CACHED.replace("cache_ttl_seconds: 600", "cache_ttl_seconds: null"))
+    assert any("line 3" in problem and "cache_ttl_seconds" in problem for problem in problems), problems

@@ -34,6 +34,7 @@ class Turn {
   constructor() {
     this.prompt = "";
     this.answer = "";
+    this.cached = false;
     this.reasoning = "";
     this.state = "idle";
     this.reasoningTouched = false;
@@ -121,12 +122,17 @@ export class ModelColumn {
     titles.append(title, price);
     this.badge = element("span", "column-badge");
     this.badge.hidden = true;
+    // The current turn was answered from the gateway's response cache: no provider was called.
+    this.cachedBadge = element("span", "column-cached", "cached");
+    this.cachedBadge.dataset.testid = "cached-badge";
+    this.cachedBadge.title = "Answered from the response cache: no provider was called, nothing was charged";
+    this.cachedBadge.hidden = true;
     this.removeButton = element("button", "icon-button column-remove");
     this.removeButton.type = "button";
     this.removeButton.setAttribute("aria-label", `Remove ${model.name} from the comparison`);
     this.removeButton.title = "Remove from the comparison";
     this.removeButton.addEventListener("click", () => onRemove(this.model));
-    head.append(titles, this.badge, this.removeButton);
+    head.append(titles, this.cachedBadge, this.badge, this.removeButton);
 
     this.body = element("div", "column-body");
     this.body.tabIndex = 0;
@@ -217,6 +223,7 @@ export class ModelColumn {
     this.server = null;
     turn.server = null;
     this.requestId = null;
+    this.setCached(turn, false);
     this.emptyNote.hidden = true;
     this.setState("waiting");
     this.resetStats();
@@ -235,6 +242,7 @@ export class ModelColumn {
       this.current = this.previous;
       this.current.setCurrent(true);
       this.server = this.current.server || null;
+      this.setCached(this.current, this.current.cached);
       this.setState(this.current.state);
       this.renderStats();
       this.renderMeta();
@@ -245,6 +253,7 @@ export class ModelColumn {
       turn.node.hidden = true;
       this.emptyNote.hidden = this.turns.length > 1;
       this.server = null;
+      this.setCached(turn, false);
       this.setState("idle");
     }
     this.previous = null;
@@ -252,7 +261,14 @@ export class ModelColumn {
 
   start(frame) {
     this.requestId = frame.request_id || null;
+    if (frame.cache === "hit") this.setCached(this.current, true);
     this.renderMeta();
+  }
+
+  /** Marks `turn` as answered from the response cache (or not); the badge shows the current turn's. */
+  setCached(turn, cached) {
+    turn.cached = Boolean(cached);
+    if (turn === this.current) this.cachedBadge.hidden = !turn.cached;
   }
 
   markFirstToken() {
@@ -295,6 +311,7 @@ export class ModelColumn {
     const turn = this.current;
     this.server = frame;
     turn.server = frame;
+    if (frame.cached === true) this.setCached(turn, true);
     this.flush();
     turn.state = "done";
     this.history.push({ role: "user", content: turn.prompt }, { role: "assistant", content: turn.answer });
@@ -343,6 +360,7 @@ export class ModelColumn {
     this.transcript.replaceChildren();
     this.current = this.addTurn();
     this.current.node.hidden = true;
+    this.setCached(this.current, false);
     this.emptyNote.hidden = false;
     this.setState("idle");
     this.resetStats();
@@ -440,6 +458,7 @@ export class ModelColumn {
     const parts = [];
     const server = this.server || {};
     if (server.provider) parts.push(["via", server.provider]);
+    else if (server.cached) parts.push(["via", "response cache"]);
     if (server.duration_ms != null) parts.push(["total", formatMs(server.duration_ms)]);
     const requestId = server.request_id || this.requestId;
     if (requestId) parts.push(["request", requestId]);
