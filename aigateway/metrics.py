@@ -106,8 +106,11 @@ CACHE_REQUESTS = Counter(
     "(the cache is off for the key, or the client said no-cache / no-store).",
     ["result"],
 )
+# Labelled (as every counter here): an unlabelled one would make a file in each process that imports this module.
 CACHE_STORED_BYTES = Counter(
-    "gateway_cache_stored_bytes", "Bytes of answers written to the response cache (compressed, as stored)."
+    "gateway_cache_stored_bytes",
+    "Bytes of answers written to the response cache (compressed, as stored), by model.",
+    ["model"],
 )
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streamed answers being relayed now.", multiprocess_mode="livesum"
@@ -130,7 +133,7 @@ class _Tally:
         self.responses: dict[tuple, int] = {}
         self.refusals: dict[tuple, int] = {}
         self.cache: dict[str, int] = {}
-        self.cache_bytes = 0
+        self.cache_bytes: dict[str, int] = {}
         # (model, provider) -> the seconds observed since the last flush. A histogram takes one
         # observation at a time (prometheus-client has no public call that adds a bucket count), so each
         # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
@@ -194,8 +197,8 @@ def metrics_cache(result: str) -> None:
     _flush_soon()
 
 
-def metrics_cache_stored(size: int) -> None:
-    _tally.cache_bytes += size
+def metrics_cache_stored(model: str, size: int) -> None:
+    _add(_tally.cache_bytes, model, size)
     _flush_soon()
 
 
@@ -261,8 +264,8 @@ def metrics_flush() -> None:
         REFUSALS.labels(str(status), code, key).inc(count)
     for result, count in cache.items():
         CACHE_REQUESTS.labels(result).inc(count)
-    if cache_bytes:
-        CACHE_STORED_BYTES.inc(cache_bytes)
+    for model, size in cache_bytes.items():
+        CACHE_STORED_BYTES.labels(model).inc(size)
     _histogram_add(DURATION, duration)
     _histogram_add(TTFB, ttfb)
     if streams_changed:

@@ -216,6 +216,6 @@ async def cache_store(call: "RelayCall", usage: Usage, estimated: bool, cost: st
             logger.info("request %s: answer larger than the response cache's entry limit; not stored", call.request_id)
             return
         await cache_put(plan.key, packed, ttl=plan.ttl)
-        metrics_cache_stored(len(packed))
+        metrics_cache_stored(call.model, len(packed))
     except Exception as exc:
         logger.warning("request %s: response cache store failed: %s", call.request_id, type(exc).__name__)

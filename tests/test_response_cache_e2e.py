@@ -453,9 +453,10 @@ def test_cache_metrics_count_hits_misses_bypasses_and_stored_bytes(gateway, sim_
 
     def moved():
         after = _metrics(gateway)
+        stored = 'gateway_cache_stored_bytes_total{model="gpt"}'
         return all(after.get(name, 0) - before.get(name, 0) >= 1 for name in _CACHE_SERIES) and after.get(
-            "gateway_cache_stored_bytes_total", 0
-        ) > before.get("gateway_cache_stored_bytes_total", 0)
+            stored, 0
+        ) > before.get(stored, 0)
 
     eventually(moved, timeout=10)
 
