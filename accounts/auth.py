@@ -65,8 +65,14 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
         team_id=api_key.team_id,
         budgets=tuple(budget_ref(budget) for budget in budgets),
         cache_ttl=cache_ttl_for(api_key),
+        log_bodies=log_level_for(api_key),
         **limits,
     )
+
+
+def log_level_for(api_key: ApiKey) -> str:
+    """What the request log keeps of the key's calls: its own setting, else its team's, else its tier's."""
+    return api_key.log_bodies or (api_key.team.log_bodies if api_key.team else "") or api_key.tier.log_bodies
 
 
 def cache_ttl_for(api_key: ApiKey) -> int:

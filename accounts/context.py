@@ -26,6 +26,8 @@ class KeyContext:
     budgets: tuple = ()
     # Seconds an answer stays in the response cache for this key (0 = the cache is off); see cache_ttl_for.
     cache_ttl: int = 0
+    # What the request log keeps of this key's calls: "off", "metadata" or "full"; see log_level_for.
+    log_bodies: str = "off"
 
     def may_use(self, model_name: str) -> bool:
         return self.allowed_models is None or model_name in self.allowed_models

@@ -8,6 +8,9 @@ from django.conf import settings
 from django.db import models
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "daily_tokens", "max_output_tokens")
+# What the request log keeps of a key's calls: nothing, the request's parameters without message content,
+# or the request and the answer in full (redacted). Team and key settings may be empty: the next one's.
+LOG_LEVELS = [("off", "off"), ("metadata", "metadata"), ("full", "full")]
 
 
 class Tier(models.Model):
@@ -28,6 +31,14 @@ class Tier(models.Model):
         db_default=0,
         verbose_name="response cache TTL (s)",
         help_text="Answer identical requests from the response cache for this long; 0 = off.",
+    )
+    log_bodies = models.CharField(
+        max_length=8,
+        choices=LOG_LEVELS,
+        default="off",
+        db_default="off",
+        verbose_name="request log",
+        help_text="What the request log keeps of calls: off, metadata (parameters, no content) or full bodies.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -62,6 +73,15 @@ class Team(models.Model):
         blank=True,
         verbose_name="response cache TTL (s)",
         help_text="Overrides the tier's response cache TTL for the team's keys; empty = the tier's, 0 = off.",
+    )
+    log_bodies = models.CharField(
+        max_length=8,
+        choices=LOG_LEVELS,
+        blank=True,
+        default="",
+        db_default="",
+        verbose_name="request log",
+        help_text="Overrides the tier's request log setting for the team's keys; empty = the tier's.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -98,6 +118,15 @@ class ApiKey(models.Model):
         blank=True,
         verbose_name="response cache TTL override (s)",
         help_text="Overrides the team's and the tier's response cache TTL; empty = theirs, 0 = off.",
+    )
+    log_bodies = models.CharField(
+        max_length=8,
+        choices=LOG_LEVELS,
+        blank=True,
+        default="",
+        db_default="",
+        verbose_name="request log override",
+        help_text="Overrides the team's and the tier's request log setting; empty = theirs.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -271,3 +300,46 @@ class UsageDaily(models.Model):
 
     def __str__(self) -> str:
         return f"{self.date} {self.model}"
+
+
+class RequestLog(models.Model):
+    """What the request log kept of one call (opt-in: `log_bodies` of its key, team or tier), redacted before it
+    was stored: its parameters (`metadata`), or its request and assembled answer (`full`), compressed and capped
+    at GATEWAY_LOG_MAX_BYTES. Its usage record has the same request id. Written by the usage flush, never on the
+    request path; deleted after GATEWAY_LOG_RETENTION_DAYS."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model = models.CharField(max_length=128)
+    endpoint = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    level = models.CharField(max_length=8, choices=LOG_LEVELS)
+    # zlib-compressed JSON: {"request": ..., "response": ...} (see accounts.request_log).
+    body = models.BinaryField()
+    # Bytes as stored (compressed), and the JSON's size before the cap.
+    stored_bytes = models.PositiveIntegerField(default=0)
+    original_bytes = models.PositiveIntegerField(default=0)
+    # The JSON was larger than GATEWAY_LOG_MAX_BYTES and was cut (the stored body says where).
+    truncated = models.BooleanField(default=False)
+    # Secrets, addresses and numbers replaced before storing.
+    redactions = models.PositiveIntegerField(default=0)
+    # The conversation's text (redacted, capped), for the viewer's search.
+    search_text = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "logged request"
+        indexes = [
+            models.Index(fields=["api_key", "created_at"]),
+            models.Index(fields=["team", "created_at"]),
+            models.Index(fields=["model", "created_at"]),
+            models.Index(fields=["status_code", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.request_id

@@ -33,6 +33,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from redis.exceptions import RedisError
 
+from accounts.request_log import request_log_record_fields
 from aigateway.redis import redis_async, redis_sync
 from providers.dialects.canonical import Usage
 from providers.pricing import COST_QUANTUM, Prices, prices_resolve
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 USAGE_QUEUE_KEY = "gw:usage:queue"
 USAGE_DEAD_KEY = "gw:usage:dead"
 USAGE_LOCK_KEY = "gw:usage:flush-lock"
+# Request log records written and their stored bytes, counted for /metrics (every flusher adds to them).
+REQUEST_LOG_RECORDS_KEY = "gw:reqlog:records"
+REQUEST_LOG_BYTES_KEY = "gw:reqlog:bytes"
 # Every admitted request leaves a "started" marker (hash: request id -> marker JSON, plus a sorted set of
 # request id -> deadline); pushing its usage event removes both in the same transaction. A marker still
 # there after its deadline belongs to a process that died mid-request: the flush turns it into a usage
@@ -555,6 +559,8 @@ def _parse_event(raw: bytes) -> dict:
     # A response cache hit: no provider called, its cost 0 and what the original answer cost saved.
     fields["cache_hit"] = event.get("cache_hit") is True
     fields["cost_saved"] = _cost(event.get("cost_saved")) or Decimal(0)
+    # The request log's record of the call, when its key logs bodies (not a usage record field).
+    fields["_log"] = event.get("log")
     for name, limit in _STRING_LIMITS.items():
         value = event.get(name) or ""
         if not isinstance(value, str):
@@ -774,6 +780,7 @@ def _write_events(events: list[dict]) -> int:
     from accounts.models import ApiKey, Team, UsageDaily, UsageRecord
     from providers.models import Deployment
 
+    logs = {event["request_id"]: event.pop("_log", None) for event in events}
     with transaction.atomic():
         stored, lost = _lost_records(UsageRecord, events)
         new = [event for event in events if event["request_id"] not in stored or event["request_id"] in lost]
@@ -833,6 +840,7 @@ def _write_events(events: list[dict]) -> int:
             count(event, cost)
 
         UsageRecord.objects.bulk_create(records)
+        request_logs_write(new, logs)
         _daily_add(UsageDaily, daily)
         # Keys updated in id order by every flusher, for the same reason as the daily rows' order.
         for key_id, used_at in sorted(last_used.items()):
@@ -840,6 +848,35 @@ def _write_events(events: list[dict]) -> int:
                 last_used_at=used_at
             )
     return len(records) + replaced
+
+
+def request_logs_write(events: list[dict], logs: dict) -> None:
+    """The request log's records of a batch's calls (those whose event carries one), in the usage records'
+    transaction; their byte and record counts go to Redis for /metrics once it commits."""
+    from accounts.models import RequestLog
+
+    rows = []
+    for event in events:
+        fields = request_log_record_fields(
+            logs.get(event["request_id"]), request_id=event["request_id"], created_at=event["created_at"], fields=event
+        )
+        if fields is not None:
+            rows.append(RequestLog(**fields))
+    if not rows:
+        return
+    RequestLog.objects.bulk_create(rows, ignore_conflicts=True)
+    stored = sum(row.stored_bytes for row in rows)
+    transaction.on_commit(lambda: _request_logs_count(len(rows), stored))
+
+
+def _request_logs_count(records: int, stored: int) -> None:
+    try:
+        pipe = redis_sync().pipeline(transaction=False)
+        pipe.incrby(REQUEST_LOG_RECORDS_KEY, records)
+        pipe.incrby(REQUEST_LOG_BYTES_KEY, stored)
+        pipe.execute()
+    except (RedisError, OSError) as exc:
+        logger.warning("counting request log records failed: %s", type(exc).__name__)
 
 
 _DAILY_TOTALS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cost")
@@ -976,13 +1013,16 @@ def usage_flush(*, batch_size: int = 1000, max_seconds: float | None = 10.0) -> 
     return written
 
 
-async def usage_queue_depths() -> tuple[int, int]:
-    """Events waiting in the usage queue, and events dead-lettered (for metrics)."""
+async def usage_queue_depths() -> tuple[int, int, int, int]:
+    """Events waiting in the usage queue, events dead-lettered, and the request log's records and stored bytes
+    written so far (for metrics)."""
     pipe = redis_async().pipeline(transaction=False)
     pipe.llen(USAGE_QUEUE_KEY)
     pipe.llen(USAGE_DEAD_KEY)
-    queued, dead = await pipe.execute()
-    return queued, dead
+    pipe.get(REQUEST_LOG_RECORDS_KEY)
+    pipe.get(REQUEST_LOG_BYTES_KEY)
+    queued, dead, records, stored = await pipe.execute()
+    return queued, dead, int(records or 0), int(stored or 0)
 
 
 def usage_pending_totals(

@@ -24,7 +24,7 @@ from pathlib import Path
 from django.conf import settings
 from django.http import HttpResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aigateway.metrics_dir import pid_alive
@@ -100,6 +100,12 @@ REFUSAL_CODES = frozenset(
         "no_run",
     }
 )
+LOG_REDACTIONS = Counter(
+    "gateway_request_log_redactions",
+    "Secrets, e-mail addresses, card-like numbers and operator patterns replaced in request log records, by kind "
+    "of record (metadata, full).",
+    ["level"],
+)
 CACHE_REQUESTS = Counter(
     "gateway_cache_requests",
     "Chat calls by what the response cache did: hit (answered from it), miss (looked up, not found), bypass "
@@ -134,6 +140,7 @@ class _Tally:
         self.refusals: dict[tuple, int] = {}
         self.cache: dict[str, int] = {}
         self.cache_bytes: dict[str, int] = {}
+        self.redactions: dict[str, int] = {}
         # (model, provider) -> the seconds observed since the last flush. A histogram takes one
         # observation at a time (prometheus-client has no public call that adds a bucket count), so each
         # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
@@ -202,6 +209,12 @@ def metrics_cache_stored(model: str, size: int) -> None:
     _flush_soon()
 
 
+def metrics_log_redactions(level: str, count: int) -> None:
+    if count:
+        _add(_tally.redactions, level, count)
+        _flush_soon()
+
+
 def metrics_stream_opened() -> None:
     _tally.streams += 1
     _tally.streams_changed = True
@@ -245,7 +258,7 @@ def metrics_flush() -> None:
     """Write this process's tallies to the shared multi-process files (and start a new tally)."""
     tally = _tally
     requests, tokens, errors, responses = tally.requests, tally.tokens, tally.errors, tally.responses
-    refusals, cache, cache_bytes = tally.refusals, tally.cache, tally.cache_bytes
+    refusals, cache, cache_bytes, redactions = tally.refusals, tally.cache, tally.cache_bytes, tally.redactions
     duration, ttfb, streams_changed = tally.duration, tally.ttfb, tally.streams_changed
     handle = tally.flush_handle
     if handle is not None:
@@ -266,6 +279,8 @@ def metrics_flush() -> None:
         CACHE_REQUESTS.labels(result).inc(count)
     for model, size in cache_bytes.items():
         CACHE_STORED_BYTES.labels(model).inc(size)
+    for level, count in redactions.items():
+        LOG_REDACTIONS.labels(level).inc(count)
     _histogram_add(DURATION, duration)
     _histogram_add(TTFB, ttfb)
     if streams_changed:
@@ -301,6 +316,17 @@ class SharedStateCollector:
         )
         dead.add_metric([], self.snapshot["dead_letters"])
         yield dead
+        # The request log rides the usage queue (its depth above); what the flushes wrote, counted in Redis.
+        records = CounterMetricFamily(
+            "gateway_request_log_records", "Request log records written to the database (every flusher)."
+        )
+        records.add_metric([], self.snapshot.get("log_records", 0))
+        yield records
+        stored = CounterMetricFamily(
+            "gateway_request_log_stored_bytes", "Bytes of request log records written (compressed, as stored)."
+        )
+        stored.add_metric([], self.snapshot.get("log_bytes", 0))
+        yield stored
         up = GaugeMetricFamily(
             "gateway_provider_up", "1 unless the health check marked the provider down.", labels=["provider"]
         )
@@ -321,9 +347,16 @@ async def _shared_state() -> dict:
     from accounts.usage import usage_queue_depths
     from providers.routing import router
 
-    queue_depth, dead_letters = await usage_queue_depths()
+    queue_depth, dead_letters, log_records, log_bytes = await usage_queue_depths()
     providers, breakers = await router.availability_snapshot()
-    return {"queue_depth": queue_depth, "dead_letters": dead_letters, "providers": providers, "breakers": breakers}
+    return {
+        "queue_depth": queue_depth,
+        "dead_letters": dead_letters,
+        "log_records": log_records,
+        "log_bytes": log_bytes,
+        "providers": providers,
+        "breakers": breakers,
+    }
 
 
 def _loopback(request) -> bool:

@@ -182,6 +182,39 @@ GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS = env.int("GATEWAY_DEFAULT_MAX_OUTPUT_TOKENS",
 # recently used answers), else in the gateway's Redis.
 GATEWAY_CACHE_MAX_BYTES = env.int("GATEWAY_CACHE_MAX_BYTES", default=1024 * 1024)
 GATEWAY_CACHE_REDIS_URL = env.str("GATEWAY_CACHE_REDIS_URL", default="")
+# Request log (turned on per tier, team or key with log_bodies): each record's JSON is cut to this many bytes
+# before it is compressed; records are deleted after GATEWAY_LOG_RETENTION_DAYS, health-check history after
+# GATEWAY_HEALTH_RETENTION_DAYS (a Celery beat task, in batches). GATEWAY_LOG_REDACT_PATTERNS: a regular
+# expression, or a JSON array of them, whose matches are redacted besides the built-in secret shapes.
+GATEWAY_LOG_MAX_BYTES = env.int("GATEWAY_LOG_MAX_BYTES", default=256 * 1024)
+GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
+GATEWAY_HEALTH_RETENTION_DAYS = env.int("GATEWAY_HEALTH_RETENTION_DAYS", default=14)
+
+
+def _redact_patterns(raw: str) -> list[str]:
+    """GATEWAY_LOG_REDACT_PATTERNS as a list of compiled-checked expressions (a bad one stops the start)."""
+    import json
+    import re
+
+    raw = raw.strip()
+    if not raw:
+        return []
+    try:
+        patterns = json.loads(raw) if raw.startswith("[") else [raw]
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"GATEWAY_LOG_REDACT_PATTERNS is not a JSON array of strings: {exc}") from None
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ImproperlyConfigured("GATEWAY_LOG_REDACT_PATTERNS must hold non-empty strings")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            message = f"GATEWAY_LOG_REDACT_PATTERNS: {pattern!r} is not a regular expression: {exc}"
+            raise ImproperlyConfigured(message) from None
+    return patterns
+
+
+GATEWAY_LOG_REDACT_PATTERNS = _redact_patterns(env.str("GATEWAY_LOG_REDACT_PATTERNS", default=""))
 # Budget threshold alerts: also POSTed here (besides a team's own webhook); checked every so often by Celery.
 GATEWAY_ALERT_WEBHOOK_URL = env.str("GATEWAY_ALERT_WEBHOOK_URL", default="")
 GATEWAY_BUDGET_ALERT_SECONDS = env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0)

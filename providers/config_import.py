@@ -34,7 +34,7 @@ from django.db import transaction
 
 from accounts.budget_rules import budget_amount_parse, budget_thresholds_normalize, budget_thresholds_problem
 from accounts.budgets import PERIODS
-from accounts.models import LIMIT_FIELDS, Budget, Team, Tier, soft_thresholds_default
+from accounts.models import LIMIT_FIELDS, LOG_LEVELS, Budget, Team, Tier, soft_thresholds_default
 from providers.egress import proxy_url_problem
 from providers.extra_headers import extra_header_problem
 from providers.models import MODEL_KINDS, Deployment, Dialect, Model, Provider, RouteRule
@@ -92,9 +92,9 @@ PRICE_KEYS = (
     "cache_write_price_per_million",
 )
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled", "timeout_total", *PRICE_KEYS)
-TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "cache_ttl_seconds", "models")
+TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "cache_ttl_seconds", "log_bodies", "models")
 ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
-TEAM_KEYS = ("name", "members", "models", "alert_webhook", "cache_ttl_seconds", "budgets")
+TEAM_KEYS = ("name", "members", "models", "alert_webhook", "cache_ttl_seconds", "log_bodies", "budgets")
 BUDGET_KEYS = ("period", "amount", "soft", "enabled")
 # "fallbacks[2] must be ..." from model_routing_problems: the index of the item, to report its line.
 ITEM_INDEX_RE = re.compile(r"^\w+\[(\d+)\]")
@@ -819,6 +819,7 @@ def _tiers_validate(entries, problems: _Problems, file_models: set[str]) -> list
             "max_output_tokens": entry.integer("max_output_tokens", default=None, minimum=0, nullable=True),
             "max_compare_models": entry.integer("max_compare_models", default=4, minimum=1),
             "cache_ttl_seconds": entry.integer("cache_ttl_seconds", default=0, minimum=0),
+            "log_bodies": _log_level(entry, default="off"),
         }
         models = entry.names("models")
         _note_duplicate(problems, seen, "tier", name, mapping.line)
@@ -858,6 +859,13 @@ def _routes_validate(entries, problems: _Problems, file_models: set[str]) -> lis
     return specs
 
 
+def _log_level(entry, *, default: str):
+    """A tier's or team's `log_bodies`: off, metadata or full. YAML reads a bare `off` as false: that is "off"."""
+    if entry.mapping.get("log_bodies") is False:
+        return "off"
+    return entry.choice("log_bodies", [level for level, _ in LOG_LEVELS], default=default)
+
+
 def _teams_validate(entries, problems: _Problems, file_models: set[str]) -> list[_TeamSpec]:
     if isinstance(entries, _Invalid):
         return []
@@ -872,6 +880,8 @@ def _teams_validate(entries, problems: _Problems, file_models: set[str]) -> list
             "alert_webhook": _team_webhook(entry),
             # Left out or null: the tier's TTL applies to the team's keys.
             "cache_ttl_seconds": entry.integer("cache_ttl_seconds", default=None, minimum=0, nullable=True),
+            # Left out: the tier's setting applies to the team's keys.
+            "log_bodies": _log_level(entry, default=""),
         }
         members = entry.names("members")
         models = entry.names("models")

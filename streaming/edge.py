@@ -151,6 +151,8 @@ async def call_admit(call, body_size: int) -> None:
     up in the same round trip: a hit (`call.cache_hit`, its answer in `call.cache_answer`) is admitted on its
     requests per minute alone, and the door answers it from the cache instead of relaying it."""
     call.body_size = body_size
+    if call.ctx.log_bodies == "full" and call.cache_events is None and call.operation == "chat":
+        call.cache_events = []  # the answer's events, for the request log's record (see relay.call_log_entry)
     marker = call_marker(call)
     separate_cache = bool(settings.GATEWAY_CACHE_REDIS_URL)
     try:

@@ -28,10 +28,11 @@ from accounts.auth import key_still_usable
 from accounts.budgets import to_units
 from accounts.context import KeyContext
 from accounts.limits import Admission, limits_settle_send, limits_settle_sent
+from accounts.request_log import request_log_entry
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record
 from aigateway.errors import GatewayError
 from aigateway.logs import request_log
-from aigateway.metrics import metrics_record, metrics_stream_closed, metrics_stream_opened
+from aigateway.metrics import metrics_log_redactions, metrics_record, metrics_stream_closed, metrics_stream_opened
 from aigateway.shutdown import shutdown_deadline, shutdown_passed, shutdown_waiting_add, shutdown_waiting_done
 from providers.dialects import DIALECTS
 from providers.dialects.base import Dialect
@@ -51,6 +52,7 @@ from providers.dialects.canonical import (
     UsageReport,
 )
 from providers.dialects.openai import openai as openai_dialect
+from providers.dialects.replay import Answer
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
 from providers.extra_headers import extra_headers_problem
 from providers.redaction import upstream_message_redact
@@ -318,6 +320,9 @@ async def call_finish(call: RelayCall) -> None:
         request_log(event, key_prefix=call.ctx.key_prefix, body=call.body if settings.GATEWAY_LOG_BODIES else None)
     except Exception as exc:
         logger.warning("metrics or request log failed for %s: %s", call.request_id, type(exc).__name__)
+    if call.ctx.log_bodies != "off":
+        # The request log's record rides with the usage event (written by the same flush).
+        event["log"] = call_log_entry(call, usage)
     # Queued together, so both ride in one Redis round trip (no task per step).
     settling = _settle_send(call, usage, event.get("cost"))
     await _record(call.request_id, event)
@@ -328,6 +333,35 @@ async def call_finish(call: RelayCall) -> None:
     if call.cache_events is not None:
         # After the books, off the client's path (a complete answer is returned once its call has finished).
         spawn(cache_store(call, usage, estimated, event.get("cost")))
+
+
+def call_log_entry(call: RelayCall, usage: Usage) -> dict | None:
+    """The request log's record of a finished call (accounts.request_log): its request, and for `full` its
+    answer as the client got it (assembled from the events a stream sent; what arrived, if it was cut off).
+    None if it cannot be made: the call is booked all the same."""
+    try:
+        answer = None
+        if call.ctx.log_bodies == "full":
+            answer = _answer_rendered(call, usage)
+        secrets = (call.route.provider.api_key,) if call.route is not None else ()
+        entry = request_log_entry(level=call.ctx.log_bodies, request=call.body, answer=answer, secrets=secrets)
+        metrics_log_redactions(call.ctx.log_bodies, entry["redactions"])
+        return entry
+    except Exception:
+        logger.exception("request %s: its request log record could not be made", call.request_id)
+        return None
+
+
+def _answer_rendered(call: RelayCall, usage: Usage) -> dict | None:
+    if call.cache_hit:
+        reply = call.cache_answer.response()
+    elif call.cache_events:
+        reply = Answer(call.cache_events, usage).response()
+    else:
+        return None
+    # A compare model's answer reads as a chat completion (the compare events are the stream's, not an answer).
+    dialect = openai_dialect if call.run_id else call.dialect
+    return dialect.render_response(reply, model=call.response_model)
 
 
 def _upstream_errors(call: RelayCall) -> list[tuple[str, str]]:
