@@ -94,25 +94,25 @@ def _text_of(value, out: list[str], budget: list[int]) -> None:
                 _text_of(item, out, budget)
 
 
-def _cut_to_fit(record: dict, limit: int) -> tuple[bytes, bool]:
-    """The record's JSON within `limit` bytes: as it is, or with its longest strings cut (each cut marked)."""
-    data = orjson.dumps(record)
-    if len(data) <= limit:
-        return data, False
+def _cut_to_fit(record: dict, limit: int) -> tuple[dict, bool]:
+    """The record with its longest strings cut (each cut marked) until its JSON fits in `limit` bytes; whether
+    anything was cut."""
+    size = len(orjson.dumps(record))
+    if size <= limit:
+        return record, False
     keep = max(64, limit // 4)
     for _ in range(24):
         record = _strings_cut(record, keep)
-        data = orjson.dumps(record)
-        if len(data) <= limit:
-            return data, True
+        if len(orjson.dumps(record)) <= limit:
+            return record, True
         keep //= 2
-    # Not even that fits (a huge number of short strings): what is left is the record's parameters.
-    return orjson.dumps({"truncated": True, "original_bytes": len(data)})[:limit], True
+    # Not even that fits (a huge number of short strings): what is left says how large it was.
+    return {"truncated": True, "original_bytes": size}, True
 
 
 def _strings_cut(value, keep: int):
     if isinstance(value, str):
-        return value if len(value) <= keep else value[:keep] + TRUNCATION_MARK.format(len(value) - keep)
+        return _cut(value, keep)
     if isinstance(value, list):
         return [_strings_cut(item, keep) for item in value]
     if isinstance(value, dict):
@@ -120,18 +120,57 @@ def _strings_cut(value, keep: int):
     return value
 
 
+def _cut(text: str, keep: int) -> str:
+    """`text` cut to about `keep` characters, never inside a word: the part of a secret or an address left at
+    the cut would be too short for redaction to recognise (records are cut before they are redacted)."""
+    if len(text) <= keep:
+        return text
+    head = text[:keep]
+    if not text[keep].isspace():
+        # Drop the word the cut went through (all of it, if the head is one word).
+        end = len(head)
+        while end and not head[end - 1].isspace():
+            end -= 1
+        head = head[:end]
+    # A card number is several words: the groups of digits left before the cut go too.
+    head = head[: _digit_groups_start(head)]
+    return head + TRUNCATION_MARK.format(len(text) - len(head))
+
+
+def _digit_groups_start(head: str) -> int:
+    """Where the run of digit groups (separated by single spaces or dashes) that ends `head` starts, or
+    len(head) when it ends with none. Linear: no regular expression backtracking over a long run of digits."""
+    end = len(head)
+    if end and head[end - 1] in " -":
+        end -= 1
+    start = end
+    while start and head[start - 1].isdigit():
+        start -= 1
+    if start == end:
+        return len(head)
+    while start > 1 and head[start - 1] in " -" and head[start - 2].isdigit():
+        start -= 1
+        while start and head[start - 1].isdigit():
+            start -= 1
+    return start
+
+
 def request_log_entry(*, level: str, request: dict, answer: dict | None, secrets=()) -> dict:
     """The `log` member of a usage event: the redacted record, compressed (base64, as events are JSON), its
-    searchable text, and how it was stored."""
-    redactor = _Redactor(secrets)
+    searchable text, and how it was stored. A record over the cap is cut first (so no time goes into redacting
+    what is not kept), at word boundaries, then redacted, and cut again should redaction have lengthened it."""
+    limit = settings.GATEWAY_LOG_MAX_BYTES
     if level == "metadata":
-        record = {"request": redactor.value(request_metadata(request))}
+        record = {"request": request_metadata(request)}
     else:
-        record = {"request": redactor.value(request), "response": redactor.value(answer)}
+        record = {"request": request, "response": answer}
     original = len(orjson.dumps(record))
-    data, truncated = _cut_to_fit(record, settings.GATEWAY_LOG_MAX_BYTES)
-    if truncated:
-        record = orjson.loads(data) if data.startswith(b"{") and data.endswith(b"}") else {}
+    # A little room for what redaction adds ("[redacted email]" is longer than a short address).
+    record, truncated = _cut_to_fit(record, limit - limit // 16)
+    redactor = _Redactor(secrets)
+    record = redactor.value(record)
+    record, cut_again = _cut_to_fit(record, limit)
+    data = orjson.dumps(record)
     texts: list[str] = []
     if level == "full":
         _text_of(record, texts, [SEARCH_TEXT_MAX])
@@ -141,7 +180,7 @@ def request_log_entry(*, level: str, request: dict, answer: dict | None, secrets
         "body": base64.b64encode(compressed).decode(),
         "search": "\n".join(texts)[:SEARCH_TEXT_MAX],
         "redactions": redactor.count,
-        "truncated": truncated,
+        "truncated": truncated or cut_again,
         "stored_bytes": len(compressed),
         "original_bytes": original,
     }

@@ -321,8 +321,15 @@ async def call_finish(call: RelayCall) -> None:
     except Exception as exc:
         logger.warning("metrics or request log failed for %s: %s", call.request_id, type(exc).__name__)
     if call.ctx.log_bodies != "off":
-        # The request log's record rides with the usage event (written by the same flush).
-        event["log"] = call_log_entry(call, usage)
+        # The request log's record rides with the usage event (written by the same flush). A large body's
+        # redaction takes milliseconds: in a thread, so the event loop keeps serving meanwhile.
+        if call.body_size > LOG_INLINE_MAX_BYTES:
+            entry = await asyncio.to_thread(call_log_entry, call, usage)
+        else:
+            entry = call_log_entry(call, usage)
+        if entry is not None:
+            event["log"] = entry
+            metrics_log_redactions(call.ctx.log_bodies, entry["redactions"])
     # Queued together, so both ride in one Redis round trip (no task per step).
     settling = _settle_send(call, usage, event.get("cost"))
     await _record(call.request_id, event)
@@ -335,6 +342,10 @@ async def call_finish(call: RelayCall) -> None:
         spawn(cache_store(call, usage, estimated, event.get("cost")))
 
 
+# Request bodies larger than this have their request log record made in a thread (see call_finish).
+LOG_INLINE_MAX_BYTES = 64 * 1024
+
+
 def call_log_entry(call: RelayCall, usage: Usage) -> dict | None:
     """The request log's record of a finished call (accounts.request_log): its request, and for `full` its
     answer as the client got it (assembled from the events a stream sent; what arrived, if it was cut off).
@@ -344,9 +355,7 @@ def call_log_entry(call: RelayCall, usage: Usage) -> dict | None:
         if call.ctx.log_bodies == "full":
             answer = _answer_rendered(call, usage)
         secrets = (call.route.provider.api_key,) if call.route is not None else ()
-        entry = request_log_entry(level=call.ctx.log_bodies, request=call.body, answer=answer, secrets=secrets)
-        metrics_log_redactions(call.ctx.log_bodies, entry["redactions"])
-        return entry
+        return request_log_entry(level=call.ctx.log_bodies, request=call.body, answer=answer, secrets=secrets)
     except Exception:
         logger.exception("request %s: its request log record could not be made", call.request_id)
         return None
