@@ -1,8 +1,10 @@
-"""Celery tasks for accounts: draining the usage queue into the database, budget threshold alerts."""
+"""Celery tasks for accounts: draining the usage queue into the database, budget threshold alerts, retention of
+the request log and health-check history."""
 
 from celery import shared_task
 
 from accounts.alerts import budget_alerts_run
+from accounts.retention import retention_run
 from accounts.usage import usage_flush, usage_reconcile
 
 # Beat sends one flush every GATEWAY_USAGE_FLUSH_SECONDS; while no worker runs they pile up in the
@@ -20,3 +22,15 @@ def flush_usage() -> int:
 @shared_task(ignore_result=True, expires=FLUSH_TASK_EXPIRES_SECONDS)
 def budget_alerts() -> int:
     return budget_alerts_run().created
+
+
+# Beat sends one every GATEWAY_RETENTION_SECONDS; a run that waited this long in the broker is dropped (the next
+# one deletes whatever it would have).
+RETENTION_TASK_EXPIRES_SECONDS = 300
+
+
+@shared_task(ignore_result=True, expires=RETENTION_TASK_EXPIRES_SECONDS)
+def expire_logs() -> int:
+    """Request log records and health-check history past their retention; returns the rows deleted."""
+    results = retention_run()
+    return sum(expiry.deleted for expiry in results.values() if expiry is not None)

@@ -157,6 +157,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.budget_alerts",
         "schedule": env.float("GATEWAY_BUDGET_ALERT_SECONDS", default=10.0),
     },
+    # Request log records and health-check history past their retention (GATEWAY_LOG_RETENTION_DAYS,
+    # GATEWAY_HEALTH_RETENTION_DAYS), in short batches, at most 20 s a run (accounts/retention.py).
+    "expire-logs": {
+        "task": "accounts.tasks.expire_logs",
+        "schedule": env.float("GATEWAY_RETENTION_SECONDS", default=600.0),
+    },
 }
 
 # Gateway behaviour.
@@ -184,11 +190,13 @@ GATEWAY_CACHE_MAX_BYTES = env.int("GATEWAY_CACHE_MAX_BYTES", default=1024 * 1024
 GATEWAY_CACHE_REDIS_URL = env.str("GATEWAY_CACHE_REDIS_URL", default="")
 # Request log (turned on per tier, team or key with log_bodies): each record's JSON is cut to this many bytes
 # before it is compressed; records are deleted after GATEWAY_LOG_RETENTION_DAYS, health-check history after
-# GATEWAY_HEALTH_RETENTION_DAYS (a Celery beat task, in batches). GATEWAY_LOG_REDACT_PATTERNS: a regular
-# expression, or a JSON array of them, whose matches are redacted besides the built-in secret shapes.
+# GATEWAY_HEALTH_RETENTION_DAYS (a Celery beat task, in batches; 0 = keep forever). GATEWAY_LOG_REDACT_PATTERNS:
+# a regular expression, or a JSON array of them, whose matches are redacted besides the built-in secret shapes.
 GATEWAY_LOG_MAX_BYTES = env.int("GATEWAY_LOG_MAX_BYTES", default=256 * 1024)
 GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
 GATEWAY_HEALTH_RETENTION_DAYS = env.int("GATEWAY_HEALTH_RETENTION_DAYS", default=14)
+if min(GATEWAY_LOG_RETENTION_DAYS, GATEWAY_HEALTH_RETENTION_DAYS) < 0:
+    raise ImproperlyConfigured("GATEWAY_LOG_RETENTION_DAYS and GATEWAY_HEALTH_RETENTION_DAYS: days, 0 = keep forever")
 
 
 def _redact_patterns(raw: str) -> list[str]:

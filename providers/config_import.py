@@ -861,7 +861,9 @@ def _routes_validate(entries, problems: _Problems, file_models: set[str]) -> lis
 
 def _log_level(entry, *, default: str):
     """A tier's or team's `log_bodies`: off, metadata or full. YAML reads a bare `off` as false: that is "off"."""
-    if entry.mapping.get("log_bodies") is False:
+    if "log_bodies" not in entry.mapping:
+        return default
+    if entry.mapping["log_bodies"] is False:
         return "off"
     return entry.choice("log_bodies", [level for level, _ in LOG_LEVELS], default=default)
 

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from aigateway.redis import redis_sync
+from aigateway.retention import Expiry, rows_expire
 from providers.models import Dialect, HealthCheck, HealthStatus, Provider
 from providers.upstream_policy import AddressRefused
 
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 # being checked (worker down, provider disabled) is tried again after a cool-down.
 HEALTH_DOWN_KEY = "gw:health:down:{provider_id}"
 ANTHROPIC_VERSION = "2023-06-01"
-HEALTH_HISTORY_DAYS = 7
 _ERROR_MAX_CHARS = 200
 _MAX_PARALLEL_PROBES = 16
 
@@ -224,10 +224,10 @@ def providers_health_check_all() -> list[HealthResult]:
     return providers_health_check()
 
 
-def health_history_prune(*, keep_days: int = HEALTH_HISTORY_DAYS) -> int:
-    """Delete HealthCheck rows older than keep_days; returns how many went."""
-    deleted, _ = HealthCheck.objects.filter(checked_at__lt=timezone.now() - timedelta(days=keep_days)).delete()
-    return deleted
+def health_history_expire(*, older_than: datetime, batch_size: int, deadline: float | None = None) -> Expiry:
+    """Delete HealthCheck rows checked before `older_than` in batches through the `checked_at` index (the retention
+    task's part for GATEWAY_HEALTH_RETENTION_DAYS)."""
+    return rows_expire(HealthCheck, field="checked_at", older_than=older_than, batch_size=batch_size, deadline=deadline)
 
 
 def providers_health_overview() -> list[dict]:

@@ -1,15 +1,15 @@
-"""Celery tasks for provider health; the beat schedule in settings runs `check_health`."""
+"""Celery tasks for provider health; the beat schedule in settings runs `check_health`. (Health-check history
+past GATEWAY_HEALTH_RETENTION_DAYS is deleted by the retention task, accounts.tasks.expire_logs.)"""
 
 from celery import shared_task
 
-from providers.health import health_history_prune, provider_health_check, providers_health_check_all
+from providers.health import provider_health_check, providers_health_check_all
 
 
 @shared_task(name="providers.tasks.check_health", ignore_result=True)
 def check_health() -> dict:
     results = providers_health_check_all()
-    pruned = health_history_prune()
-    return {"up": sum(r.ok for r in results), "down": sum(not r.ok for r in results), "pruned": pruned}
+    return {"up": sum(r.ok for r in results), "down": sum(not r.ok for r in results)}
 
 
 @shared_task(name="providers.tasks.check_provider_health", ignore_result=True)

@@ -99,3 +99,13 @@ def test_the_response_cache_yaml_imports_as_written(tmp_path):
     call_command("import_gateway_config", str(path))
     assert Tier.objects.get(name="evals").cache_ttl_seconds == 3600
     assert Team.objects.get(name="ci").cache_ttl_seconds == 600
+
+
+@pytest.mark.django_db
+def test_the_request_log_yaml_imports_as_written(tmp_path):
+    (block,) = code_blocks(section("Request log, audit trail, traces"), "yaml")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(block)
+    call_command("import_gateway_config", str(path))
+    assert Tier.objects.get(name="debug").log_bodies == "full"
+    assert Team.objects.get(name="support").log_bodies == "metadata"

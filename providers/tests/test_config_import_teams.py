@@ -251,3 +251,30 @@ def test_a_bad_team_cache_ttl_is_named_with_its_line(value, fragment):
 def test_a_bad_tier_cache_ttl_is_named_with_its_line():
     problems = problems_of(CACHED.replace("cache_ttl_seconds: 600", "cache_ttl_seconds: null"))
     assert any("line 3" in problem and "cache_ttl_seconds" in problem for problem in problems), problems
+
+
+LOGGED = """\
+tiers:
+  - name: debug
+    log_bodies: full
+  - name: quiet
+    log_bodies: off
+  - name: plain
+teams:
+  - name: support
+    log_bodies: metadata
+  - name: inherit
+"""
+
+
+def test_log_levels_are_imported_for_tiers_and_teams_a_bare_off_included():
+    from accounts.models import Tier
+
+    run_import(LOGGED)
+    assert dict(Tier.objects.values_list("name", "log_bodies")) == {"debug": "full", "quiet": "off", "plain": "off"}
+    assert dict(Team.objects.values_list("name", "log_bodies")) == {"support": "metadata", "inherit": ""}
+
+
+def test_a_bad_log_level_is_named_with_its_line():
+    problems = problems_of(LOGGED.replace("log_bodies: metadata", "log_bodies: everything"))
+    assert any("line 8" in p and "'everything' is not one of: off, metadata, full" in p for p in problems), problems
