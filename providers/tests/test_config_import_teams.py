@@ -277,4 +277,4 @@ def test_log_levels_are_imported_for_tiers_and_teams_a_bare_off_included():
 
 def test_a_bad_log_level_is_named_with_its_line():
     problems = problems_of(LOGGED.replace("log_bodies: metadata", "log_bodies: everything"))
-    assert any("line 8" in p and "'everything' is not one of: off, metadata, full" in p for p in problems), problems
+    assert any("line 9" in p and "'everything' is not one of: off, metadata, full" in p for p in problems), problems
