@@ -187,7 +187,12 @@ def test_metrics_of_two_workers_equal_the_usage_records(two_worker_gateway, simu
 
     # Each worker writes its tallies within a second of its last call.
     deadline = time.monotonic() + 15
-    while total(samples := scrape(url), "gateway_requests_total") != admitted:
+    # A worker writes its counters, then its histograms (one observation at a time): a scrape in between
+    # sees the first without the second, so both are waited for.
+    while (
+        total(samples := scrape(url), "gateway_requests_total") != admitted
+        or total(samples, "gateway_request_duration_seconds_count") != admitted
+    ):
         assert time.monotonic() < deadline, f"{total(samples, 'gateway_requests_total')} counted, {admitted} recorded"
         time.sleep(0.3)
     assert total(samples, "gateway_usage_queue_depth") == 0
