@@ -8,6 +8,8 @@ deleted: their usage history would lose its key.
 
 Tiers, teams and keys each take a response cache TTL (the key's, else the team's, else the tier's is in force);
 team and key pages show their cache figures this month, and a team's cached answers can be purged from the list.
+They also say what the request log keeps of their calls (`log_bodies`, the most specific wins); the logged
+requests themselves are in accounts.admin_request_log.
 """
 
 import importlib.util
@@ -23,7 +25,7 @@ from django.urls import path, reverse
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html, format_html_join
 
-from accounts.auth import cache_ttl_for
+from accounts.auth import cache_ttl_for, log_level_for
 from accounts.budget_rules import (
     budget_amount_problem,
     budget_target_problems,
@@ -33,7 +35,7 @@ from accounts.budget_rules import (
 from accounts.budgets import budgets_applying
 from accounts.cache_report import CacheFigures, cache_key_figures, cache_team_figures, cache_team_scope
 from accounts.key_handoff import key_handoff_put, key_handoff_take
-from accounts.models import LIMIT_FIELDS, ApiKey, Budget, Team, Tier, UsageDaily, UsageRecord
+from accounts.models import LIMIT_FIELDS, ApiKey, Budget, RequestLog, Team, Tier, UsageDaily, UsageRecord
 from accounts.services import (
     KeyRotationError,
     api_key_issue,
@@ -43,6 +45,7 @@ from accounts.services import (
     rotation_grace_default,
 )
 from accounts.spend import budget_statuses, key_spend, money, team_spend
+from aigateway.admin import AuditHistoryAdminMixin
 from providers.response_cache import cache_purge
 from providers.upstream_policy import base_url_problem
 
@@ -58,6 +61,13 @@ ISSUE_OPTION_FIELDS = (
     "daily_tokens",
     "max_output_tokens",
     "cache_ttl_seconds",
+    "log_bodies",
+)
+# The request log's setting, as the tier, team and key pages explain it.
+LOG_BODIES_HELP = (
+    "What the request log keeps of each call: off; metadata (the parameters, no content); or full (the request and "
+    "the answer, redacted). The key's own setting wins, then the team's, then the tier's. Logged requests are under "
+    "Accounts, Logged requests."
 )
 
 
@@ -68,26 +78,31 @@ def _admin_url(model, view: str, *args) -> str:
 class TierForm(forms.ModelForm):
     class Meta:
         model = Tier
-        fields = ["name", *LIMIT_FIELDS, "max_compare_models", "allowed_models", "cache_ttl_seconds"]
+        fields = ["name", *LIMIT_FIELDS, "max_compare_models", "allowed_models", "cache_ttl_seconds", "log_bodies"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Left empty (or missing from an older form), the cache is off rather than the form refused.
         self.fields["cache_ttl_seconds"].required = False
+        self.fields["log_bodies"].required = False
 
     def clean_cache_ttl_seconds(self):
         value = self.cleaned_data.get("cache_ttl_seconds")
         return 0 if value is None else value
 
+    def clean_log_bodies(self):
+        return self.cleaned_data.get("log_bodies") or "off"
+
 
 @admin.register(Tier)
-class TierAdmin(admin.ModelAdmin):
+class TierAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = TierForm
     list_display = [
         "name",
         *LIMIT_FIELDS,
         "max_compare_models",
         "cache_ttl_shown",
+        "log_bodies",
         "models_allowed",
         "key_count",
     ]
@@ -115,6 +130,7 @@ class TierAdmin(admin.ModelAdmin):
                 ),
             },
         ),
+        ("Request log", {"fields": ["log_bodies"], "description": LOG_BODIES_HELP}),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
@@ -243,7 +259,7 @@ class KeyBudgetInline(BudgetInline):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = BudgetForm
     list_display = ["__str__", "scope", "target", "period", "amount_shown", "soft_thresholds", "enabled"]
     list_filter = ["scope", "period", "enabled"]
@@ -292,7 +308,7 @@ class TeamForm(forms.ModelForm):
 
     class Meta:
         model = Team
-        fields = ["name", "members", "allowed_models", "alert_webhook", "cache_ttl_seconds"]
+        fields = ["name", "members", "allowed_models", "alert_webhook", "cache_ttl_seconds", "log_bodies"]
 
     def clean_alert_webhook(self):
         url = self.cleaned_data.get("alert_webhook", "")
@@ -330,7 +346,7 @@ class TeamApiKeyInline(admin.TabularInline):
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = TeamForm
     list_display = ["name", "member_count", "key_count", "models_allowed", "alert_webhook"]
     search_fields = ["name"]
@@ -340,6 +356,7 @@ class TeamAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["name", "members", "alert_webhook"]}),
         ("Models", {"fields": ["allowed_models"]}),
+        ("Request log", {"fields": ["log_bodies"], "description": LOG_BODIES_HELP}),
         (
             "Response cache",
             {
@@ -452,7 +469,7 @@ def _spend_table(title: str, testid: str, rows, *, link_keys: bool = False) -> s
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "prefix",
@@ -479,6 +496,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 "description": "Leave blank to use the tier's limits.",
             },
         ),
+        ("Request log", {"fields": ["log_bodies"], "description": LOG_BODIES_HELP}),
         (
             "Response cache",
             {
@@ -498,6 +516,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
         "usage_link",
         "cache_ttl_in_force",
         "cache_figures",
+        "log_bodies_in_force",
     ]
 
     def get_fieldsets(self, request, obj=None):
@@ -511,12 +530,13 @@ class ApiKeyAdmin(admin.ModelAdmin):
                 "description": "From the flushed daily totals (UTC days).",
             },
         )
-        *head, (cache_title, cache_options) = self.fieldsets
+        *head, (log_title, log_options), (cache_title, cache_options) = self.fieldsets
+        log = (log_title, {**log_options, "fields": [*log_options["fields"], "log_bodies_in_force"]})
         cache = (
             cache_title,
             {**cache_options, "fields": [*cache_options["fields"], "cache_ttl_in_force", "cache_figures"]},
         )
-        return [identity, *head, cache, spend]
+        return [identity, *head, log, cache, spend]
 
     def get_readonly_fields(self, request, obj=None):
         return self.change_readonly_fields if obj is not None else []
@@ -597,6 +617,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
         return format_html(
             '<span data-testid="cache-ttl-in-force">{}</span> ({})', f"{ttl} s" if ttl else "off", source
         )
+
+    @admin.display(description="request log in force")
+    def log_bodies_in_force(self, api_key: ApiKey) -> str:
+        if api_key.log_bodies:
+            source = "the key's own"
+        elif api_key.team is not None and api_key.team.log_bodies:
+            source = f"team {api_key.team}'s"
+        else:
+            source = f"tier {api_key.tier}'s"
+        return format_html('<span data-testid="log-bodies-in-force">{}</span> ({})', log_level_for(api_key), source)
 
     @admin.display(description="this month (this key)")
     def cache_figures(self, api_key: ApiKey) -> str:
@@ -700,7 +730,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 # Users
 
 
-class GatewayUserAdmin(type(admin.site.get_model_admin(get_user_model()))):
+class GatewayUserAdmin(AuditHistoryAdminMixin, type(admin.site.get_model_admin(get_user_model()))):
     """The project's user admin, saying why a user with API keys is not deleted (and what to do instead)
     rather than that nobody may delete keys."""
 
@@ -793,6 +823,15 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     search_fields = ["request_id", "run_id", "requested_model", "route"]
     list_select_related = ["api_key", "team", "user"]
+    readonly_fields = ["logged_request"]
+
+    @admin.display(description="logged request")
+    def logged_request(self, record: UsageRecord) -> str:
+        logged = RequestLog.objects.filter(request_id=record.request_id).values_list("pk", flat=True).first()
+        if logged is None:
+            return "not logged"
+        url = _admin_url(RequestLog, "change", logged)
+        return format_html('<a href="{}" data-testid="usage-logged-request">the logged request</a>', url)
 
 
 USAGE_DAILY_ACTIONS = []
@@ -811,3 +850,7 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     search_fields = ["model", "api_key__name", "api_key__prefix"]
     list_select_related = ["api_key"]
     actions = USAGE_DAILY_ACTIONS
+
+
+# The request log's admin lives beside this module and registers itself.
+from accounts import admin_request_log  # noqa: E402,F401

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from accounts.keys import key_display_prefix, key_generate, key_hash
 from accounts.models import LIMIT_FIELDS, ApiKey, Tier
+from aigateway.audit import audit_content_types_fresh, audit_context
 
 SERVICE_USERNAME = "gateway-service"
 
@@ -80,9 +81,9 @@ def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
 def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) -> RotatedKey:
     """Issue a successor and let the old key run out.
 
-    The new key is a new row with the old one's owner, team, tier, name, limit overrides and response cache
-    TTL, and its expiry unless `expires_at` is given (rotating does not extend a key's life). The old key keeps working
-    for `grace` (never longer than it would have anyway); a grace of zero revokes it now."""
+    The new key is a new row with the old one's owner, team, tier, name, limit overrides, response cache TTL and
+    request log setting, and its expiry unless `expires_at` is given (rotating does not extend a key's life). The
+    old key keeps working for `grace` (never longer than it would have anyway); a grace of zero revokes it now."""
     old = ApiKey.objects.select_for_update().get(pk=api_key.pk)
     now = timezone.now()
     if not old.enabled:
@@ -98,6 +99,7 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) ->
         playground=old.playground,
         team=old.team,
         cache_ttl_seconds=old.cache_ttl_seconds,
+        log_bodies=old.log_bodies,
         **{field: getattr(old, field) for field in LIMIT_FIELDS},
     )
     if grace <= timedelta(0):
@@ -128,5 +130,8 @@ def playground_key_get_or_create(*, user) -> ApiKey:
     existing = ApiKey.objects.select_for_update().filter(owner=user, playground=True).first()
     if existing is not None:
         return existing
-    tier, _ = Tier.objects.get_or_create(name=settings.GATEWAY_PLAYGROUND_TIER, defaults=PLAYGROUND_TIER_DEFAULTS)
-    return api_key_issue(owner=user, tier=tier, name=PLAYGROUND_KEY_NAME, playground=True).api_key
+    # The audit trail names the user the key is made for.
+    audit_content_types_fresh()
+    with audit_context(actor=user, via="playground"):
+        tier, _ = Tier.objects.get_or_create(name=settings.GATEWAY_PLAYGROUND_TIER, defaults=PLAYGROUND_TIER_DEFAULTS)
+        return api_key_issue(owner=user, tier=tier, name=PLAYGROUND_KEY_NAME, playground=True).api_key

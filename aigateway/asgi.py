@@ -25,6 +25,7 @@ from aigateway.api_handler import ApiHandler  # noqa: E402
 from aigateway.cors import ApiCors  # noqa: E402
 from aigateway.lifespan import lifespan_app  # noqa: E402
 from aigateway.security_headers import ApiTransportSecurity, SecurityHeaders  # noqa: E402
+from aigateway.tracing import tracing_setup  # noqa: E402
 from streaming.consumers import scope_headers, socket_key  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
 
@@ -78,6 +79,9 @@ application = ProtocolTypeRouter(
         "websocket": OriginCheckUnlessKey(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# OpenTelemetry traces when the OTEL_* environment asks for them (aigateway.tracing); off by default.
+tracing_setup()
 
 # What exists now (Django, the apps, their modules) lives as long as the process. Frozen, the collector's
 # full passes stop walking it again and again: measured, about a third more non-streamed requests per second.

@@ -30,6 +30,7 @@ async def _held_usage_wait(timeout: float) -> None:
 async def lifespan_app(scope, receive, send) -> None:
     from aigateway.metrics import metrics_process_exit
     from aigateway.shutdown import shutdown_signals_install
+    from aigateway.tracing import tracing_flush
     from providers.upstream import upstream_clients_close
     from streaming.relay import background_drain
 
@@ -52,5 +53,7 @@ async def lifespan_app(scope, receive, send) -> None:
                 metrics_process_exit()
             except Exception as exc:
                 logger.warning("writing metrics at exit failed: %s", type(exc).__name__)
+            # The spans of the last requests, exported before the process goes (a worker may skip atexit).
+            tracing_flush()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "accounts",
     "streaming",
     "aigateway",
+    # The audit trail (aigateway.audit): one LogEntry per change of a provider, model, key, user, ...
+    "auditlog",
 ]
 
 MIDDLEWARE = [
@@ -58,6 +60,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Admin changes are audited as the logged-in user's (other paths pass straight through).
+    "aigateway.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]

@@ -14,6 +14,7 @@ from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views.decorators.debug import sensitive_post_parameters
 
+from aigateway.admin import AuditHistoryAdminMixin
 from providers.admin_actions import check_health_now
 from providers.admin_cache import cache_purge_all_view, purge_cached_answers
 from providers.admin_routing import routing_test_view, when_summary
@@ -149,7 +150,7 @@ class ProviderDeploymentInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = ProviderAdminForm
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     list_display = [
@@ -335,7 +336,7 @@ class PublicModelAdminForm(StructuredFormMixin, forms.ModelForm):
 
 
 @admin.register(Model)
-class PublicModelAdmin(admin.ModelAdmin):
+class PublicModelAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = PublicModelAdminForm
     list_display = [
         "name",
@@ -409,7 +410,7 @@ class RouteRuleAdminForm(forms.ModelForm):
 
 
 @admin.register(RouteRule)
-class RouteRuleAdmin(admin.ModelAdmin):
+class RouteRuleAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = RouteRuleAdminForm
     list_display = ["order", "name", "enabled", "target", "share_shown", "conditions"]
     list_display_links = ["name"]
@@ -456,7 +457,7 @@ class RouteRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     list_display = ["__str__", "model", "provider", "upstream_model", "priority", "weight", "enabled"]
     list_filter = ["provider", "enabled"]
     search_fields = ["model__name", "provider__name", "upstream_model"]

@@ -35,6 +35,7 @@ from django.db import transaction
 from accounts.budget_rules import budget_amount_parse, budget_thresholds_normalize, budget_thresholds_problem
 from accounts.budgets import PERIODS
 from accounts.models import LIMIT_FIELDS, LOG_LEVELS, Budget, Team, Tier, soft_thresholds_default
+from aigateway.audit import audit_context
 from providers.egress import proxy_url_problem
 from providers.extra_headers import extra_header_problem
 from providers.models import MODEL_KINDS, Deployment, Dialect, Model, Provider, RouteRule
@@ -149,7 +150,9 @@ def gateway_config_import(*, data_text: str, source_name: str) -> ImportSummary:
     try:
         document = _yaml_load(data_text, source_name)
         plan = _plan_build(document, source_name, secrets)
-        return _plan_write(plan, source_name)
+        # Audited as the YAML import of this source (inside a command: as that command's, naming the source).
+        with audit_context(via="YAML import", source=source_name):
+            return _plan_write(plan, source_name)
     except ConfigImportError as exc:
         raise ConfigImportError([_redact(problem, secrets) for problem in exc.problems]) from None
 

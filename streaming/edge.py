@@ -29,6 +29,7 @@ from streaming.cache import cache_found, cache_key_with_admission, cache_lookup
 from streaming.refusals import request_refused
 from streaming.relay import call_end, call_in_flight, call_marker, new_request_id, spawn
 from streaming.tokens import rough_prompt_estimate
+from streaming.tracing import request_trace_answered, request_trace_error, request_trace_start, trace_call_start
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,13 @@ def speaks(dialect, *, endpoint: str | None = None):
             started = time.perf_counter()
             request.gateway_request_id = request_id = new_request_id()
             speaking = _dialect_for(dialect, request)
+            trace = request_trace_start(request, view=view_name)
             try:
                 response = await view(request, *args, **kwargs)
             except GatewayError as error:
                 response = error_response(speaking, error)
                 request_refused(request, error, endpoint=endpoint, started=started)
+                request_trace_error(trace, error.code)
             except Exception:
                 logger.exception("unhandled error in %s (request %s)", view.__name__, request_id)
                 error = GatewayError(500, "internal_error", "the gateway failed to handle this request")
@@ -73,6 +76,7 @@ def speaks(dialect, *, endpoint: str | None = None):
             if speaking is anthropic:
                 response["request-id"] = request_id
             metrics_response(view_name, response.status_code)
+            request_trace_answered(trace, request, response, endpoint=endpoint)
             return response
 
         wrapper.csrf_exempt = True
@@ -177,6 +181,8 @@ async def call_admit(call, body_size: int) -> None:
         raise
     if call.admission.allowed and not call.cache_hit:
         call_in_flight(call)
+    if call.admission.allowed:
+        trace_call_start(call)
     if not call.admission.allowed:
         headers = dict(call.admission.headers_for(call.dialect.name))
         headers["x-request-id"] = call.request_id

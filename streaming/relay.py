@@ -63,6 +63,7 @@ from streaming.cache import cache_answer_from_reply, cache_collect, cache_store
 from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
+from streaming.tracing import trace_attempt_answered, trace_attempt_failed, trace_attempt_start, trace_call_finish
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,8 @@ class RelayCall:
     cache_answer: object | None = None
     hit_estimated: bool = False
     cost_saved: str = "0"
+    # Its trace (streaming.tracing.CallTrace) once admitted, when tracing is on.
+    trace: object | None = None
 
     @property
     def response_model(self) -> str:
@@ -315,6 +318,7 @@ async def call_finish(call: RelayCall) -> None:
         )
     event = call_event(call, usage, estimated)
     event.update(call.meter.summary())
+    trace_call_finish(call, event)
     try:
         metrics_record(event, _upstream_errors(call))
         request_log(event, key_prefix=call.ctx.key_prefix, body=call.body if settings.GATEWAY_LOG_BODIES else None)
@@ -527,11 +531,13 @@ async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect
     headers = upstream.upstream_headers(provider.api_key, extra)
     if provider.request_transforms:
         headers = transforms_apply_headers(provider.request_transforms, headers)
+    headers = trace_attempt_start(call, route, headers)
     try:
         response = await upstream_open(provider, url, payload, headers)
     except httpx.TransportError as exc:
         raise _transport_failure(exc) from None
     call.meter.upstream_byte()
+    trace_attempt_answered(call, response.status_code)
     return response
 
 
@@ -698,6 +704,7 @@ async def _try_deployments(call: RelayCall, candidates: list[Route]):
             result = await _attempt(call, route, payload, upstream)
         except UpstreamFailure as failure:
             logger.info("request %s: deployment %s failed: %s", call.request_id, route.provider.name, failure.reason)
+            trace_attempt_failed(call, failure)
             if failure.provider_fault:
                 await router.record_failure(route, failure.reason)
             failure.provider = route.provider.name

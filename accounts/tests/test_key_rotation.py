@@ -203,14 +203,16 @@ def test_over_the_gateway_the_old_key_works_for_the_grace_period_then_stops(gate
         time.sleep(0.1)
 
 
-def test_a_rotated_key_keeps_its_team_and_cache_ttl(issued):
+def test_a_rotated_key_keeps_its_team_cache_ttl_and_log_setting(issued):
     from accounts.models import Team
     from accounts.services import api_key_rotate
 
     old = issued.api_key
     old.team = Team.objects.create(name="rotating-team")
     old.cache_ttl_seconds = 45
+    old.log_bodies = "metadata"
     old.save()
     rotated = api_key_rotate(api_key=old, grace=timedelta(0))
     assert rotated.new_key.team == old.team and rotated.new_key.cache_ttl_seconds == 45
+    assert rotated.new_key.log_bodies == "metadata"
     assert (rotated.new_key.rpm, rotated.new_key.daily_tokens) == (7, 1000)

@@ -15,6 +15,7 @@ from accounts.management.commands._key_lookup import expires_days
 from accounts.models import ApiKey, Budget, Team, Tier
 from accounts.services import api_key_issue, service_user_get_or_create
 from accounts.spend import money
+from aigateway.audit import audit_command
 
 
 def budget_amount(text: str):
@@ -44,6 +45,7 @@ class Command(BaseCommand):
             "--budget-period", choices=PERIODS, help="the period the --budget amount covers (default: month)"
         )
 
+    @audit_command("issue_key", action="issue")
     def handle(self, *args, **options):
         tier = Tier.objects.filter(name=options["tier"]).first()
         if tier is None:

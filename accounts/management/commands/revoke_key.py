@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand
 
 from accounts.management.commands._key_lookup import api_key_find
 from accounts.services import api_key_revoke
+from aigateway.audit import audit_command
 
 
 class Command(BaseCommand):
@@ -15,6 +16,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("key", help="the key's id or display prefix (sk-gw-...)")
 
+    @audit_command("revoke_key", action="revoke")
     def handle(self, *args, **options):
         api_key = api_key_revoke(api_key=api_key_find(options["key"]))
         self.stdout.write(f"Revoked API key {api_key.prefix}... (id {api_key.pk}, {api_key.name}).")

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from accounts.management.commands._key_lookup import api_key_find, expires_days
 from accounts.services import KeyRotationError, api_key_rotate
+from aigateway.audit import audit_command
 
 HELP = """Rotate an API key: a new key with the same owner, tier, name and limits is issued and its
 plaintext printed alone on the last line of output (it is not stored and cannot be shown again).
@@ -35,6 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--grace-hours", type=_hours, help="how long the old key keeps working (0 = revoke now)")
         parser.add_argument("--expires-days", type=expires_days, help="the new key expires after this many days")
 
+    @audit_command("rotate_key", action="rotate")
     def handle(self, *args, **options):
         api_key = api_key_find(options["key"])
         hours = options["grace_hours"]

@@ -21,6 +21,7 @@ from django.utils import timezone
 from accounts.keys import key_hash, key_looks_valid
 from accounts.models import ApiKey, Tier
 from accounts.services import api_key_issue, api_key_revoke
+from aigateway.audit import audit_command
 from providers.config_import import ConfigImportError, gateway_config_import
 
 DEFAULT_SIMULATOR_URL = "http://127.0.0.1:9100"
@@ -137,6 +138,7 @@ class Command(BaseCommand):
         f"var/{DEMO_KEY_FILE}) and printed on every run."
     )
 
+    @audit_command("seed_demo")
     def handle(self, *args, **options):
         simulator_url = os.environ.get("GATEWAY_SIMULATOR_URL", DEFAULT_SIMULATOR_URL).rstrip("/")
         public_url = os.environ.get("GATEWAY_PUBLIC_URL", DEFAULT_PUBLIC_URL).rstrip("/")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from aigateway.audit import audit_command
 from providers.config_import import ConfigImportError, gateway_config_import
 
 HELP = """Create or update providers, models (with their deployments and routing), tiers and routing
@@ -25,6 +26,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", help="YAML file with providers, models, tiers and/or routes")
 
+    @audit_command("import_gateway_config")
     def handle(self, *args, **options):
         path = Path(options["file"])
         try:

@@ -2,7 +2,9 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from providers.secret_rotation import provider_secrets_rotate
+from aigateway.audit import audit_command, audit_secrets_rewritten
+from providers.models import Provider
+from providers.secret_rotation import SECRET_COLUMNS, provider_secrets_rotate
 
 HELP = """Re-encrypt every provider's stored secrets (API key, proxy URL, client key) under the first key of
 GATEWAY_PROVIDER_SECRET_KEY.
@@ -16,8 +18,12 @@ configured key decrypts is named and left unchanged, and the command exits with 
 class Command(BaseCommand):
     help = HELP
 
+    @audit_command("rotate_provider_secrets", action="re-encrypt")
     def handle(self, *args, **options):
         result = provider_secrets_rotate()
+        # Queryset updates send no signal: the audit trail is told which stored secrets were rewritten.
+        for provider in Provider.objects.filter(name__in=result.rotated):
+            audit_secrets_rewritten(provider, [column for column in SECRET_COLUMNS if getattr(provider, column)])
         for name in result.rotated:
             self.stdout.write(f"re-encrypted: {name}")
         for name in result.changed_meanwhile:

@@ -232,6 +232,13 @@ export class ModelColumn {
     this.followEnd();
   }
 
+  /** A turn that ran elsewhere (a request from the request log): shown and kept in the history, no stats. */
+  replayTurn(prompt, answer) {
+    this.beginTurn(prompt, performance.now());
+    this.current.answer = answer;
+    this.finish({});
+  }
+
   /** Undo a turn the server refused as a whole, before any model started on it. */
   rollbackTurn() {
     const turn = this.current;

@@ -5,6 +5,7 @@
 import { GatewaySocket } from "./connection.js";
 import { ModelColumn } from "./column.js";
 import { formatModelPrice, formatMs } from "./format.js";
+import { fetchLogged, loggedTurns } from "./logged.js";
 import { curlSnippet, pythonSnippet } from "./snippets.js";
 
 const config = JSON.parse(document.getElementById("playground-config").textContent);
@@ -569,6 +570,45 @@ async function copyText(text) {
 }
 
 
+/** A request from the request log (?log=<request id>): its model, system prompt, settings and conversation,
+ * ready to continue, or to send again when it ended on an unanswered message. */
+async function openLogged(requestId) {
+  setStatus("Opening the logged request…", "busy");
+  let logged;
+  try {
+    logged = await fetchLogged(requestId);
+  } catch (error) {
+    showBanner(error.message);
+    setStatus("The logged request was not opened", "error");
+    return;
+  }
+  if (state.run) return;
+  const key = config.keys.find((item) => item.id === logged.api_key_id) || state.key;
+  const allowed = key.models.some((model) => model.name === logged.model);
+  selectKey(key, allowed ? [logged.model] : state.selected);
+  ui.system.value = logged.system || "";
+  ui.temperature.value = logged.temperature != null ? String(logged.temperature) : "";
+  ui.maxTokens.value = logged.max_tokens != null ? String(logged.max_tokens) : "";
+  syncTemperatureRange();
+  updateSummary();
+  const { turns, pending } = loggedTurns(logged.messages);
+  for (const column of selectedColumns()) {
+    column.clear();
+    for (const turn of turns) column.replayTurn(turn.prompt, turn.answer);
+  }
+  if (pending) {
+    ui.prompt.value = pending;
+    autosizePrompt();
+  }
+  updateControls();
+  const notes = [];
+  if (!allowed) notes.push(`${logged.model} is not available to this key, so the conversation went to the selected models.`);
+  if (logged.truncated) notes.push("The log cut this request to fit its size cap: some texts end in a cut mark.");
+  if (notes.length) showBanner(notes.join(" "));
+  setStatus(`Opened logged request ${logged.request_id}`, "ok");
+}
+
+
 function openSettings() {
   ui.settingsPanel.classList.add("is-open");
   ui.settingsToggle.setAttribute("aria-expanded", "true");
@@ -665,6 +705,8 @@ function init() {
   });
 
   updateControls();
+  const logged = new URLSearchParams(window.location.search).get("log");
+  if (logged) openLogged(logged);
   socket.connect().catch(() => {
     // The state handler has already said so in the status line.
   });
