@@ -76,15 +76,14 @@ class PostgresServer:
         if result.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}")
 
-    def start(self) -> None:
+    def start(self, *, durable: bool = False) -> None:
         self._run([str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER, "-E", "UTF8",
                    "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"])  # fmt: skip
-        # Durability off: the data is thrown away after the run anyway. Enough connections for the test
-        # process, the gateways and workers it starts, each with its own pool.
-        options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-        )
+        # Durability off unless asked (benchmarks of writes): the data is thrown away after the run anyway.
+        # Enough connections for the test process, the gateways and workers it starts, each with its own pool.
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.socket_dir} -c max_connections=300"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run([str(self.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.datadir),
                    "-l", str(self.root / "server.log"), "-o", options])  # fmt: skip
         self._create_role_and_database()
