@@ -9,6 +9,7 @@ dropped, gateway stopping), was cut short by a cap the client did not ask for, o
 GATEWAY_CACHE_MAX_BYTES. Every chat answer says what happened in `x-gateway-cache: hit | miss | bypass`.
 """
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ logger = logging.getLogger(__name__)
 # answer without looking), or `no-store` (neither).
 DIRECTIVE_HEADER = "x-gateway-cache"
 _DIRECTIVES = ("no-cache", "no-store")
+# How long storing an answer waits after its call ended (see cache_store).
+STORE_DELAY_SECONDS = 0.002
 
 
 @dataclass(slots=True)
@@ -188,8 +191,19 @@ def cache_collect(call: "RelayCall", events: list) -> None:
 
 
 def cache_answer_from_reply(call: "RelayCall", upstream, data: dict, reply=None) -> None:
-    """Keep a complete (non-streamed) answer for the cache: `reply` as the provider's dialect parsed it, or its
-    JSON `data` parsed now (an answer relayed as it came). One the canonical model cannot read is not kept."""
+    """Keep a complete (non-streamed) answer for the cache and the request log: `reply` as the provider's
+    dialect parsed it, or its JSON `data` (an answer relayed as it came). Read later (cache_answer_read), after
+    the client has its answer: a miss adds no parsing before it."""
+    call.cache_reply = (upstream, data, reply)
+
+
+def cache_answer_read(call: "RelayCall") -> None:
+    """The kept complete answer as content events (call.cache_events) and its finish reason; one the canonical
+    model cannot read is not kept."""
+    if call.cache_reply is None:
+        return
+    upstream, data, reply = call.cache_reply
+    call.cache_reply = None
     try:
         reply = reply if reply is not None else upstream.parse_response(data)
         call.cache_events = answer_events(reply)
@@ -203,9 +217,15 @@ def cache_answer_from_reply(call: "RelayCall", upstream, data: dict, reply=None)
 async def cache_store(call: "RelayCall", usage: Usage, estimated: bool, cost: str | None) -> None:
     """Store `call`'s answer when the cache keeps it (see the module's docstring); never raises."""
     plan = call.cache
-    if plan is None or not plan.store or call.cache_hit or call.cache_events is None:
+    if plan is None or not plan.store or call.cache_hit:
         return
-    if not call.finished or call.status != 200 or call.error_type or call.model != plan.model:
+    # A complete answer's call ends before its response is sent: the work here (reading the answer, compressing
+    # it, the Redis write) waits until the response is on its way, so a miss costs its client nothing.
+    await asyncio.sleep(STORE_DELAY_SECONDS)
+    cache_answer_read(call)
+    if call.cache_events is None or not call.finished or call.status != 200 or call.error_type:
+        return
+    if call.model != plan.model:
         return
     if call.finish_reason is None or _cap_cut_it(call):
         return

@@ -59,7 +59,7 @@ from providers.redaction import upstream_message_redact
 from providers.routing import Route, router
 from providers.transforms import transforms_apply_body, transforms_apply_headers, transforms_describe
 from providers.upstream import PoolExhausted, UpstreamBodyTooLarge, upstream_body_read, upstream_open
-from streaming.cache import cache_answer_from_reply, cache_collect, cache_store
+from streaming.cache import cache_answer_from_reply, cache_answer_read, cache_collect, cache_store
 from streaming.inflight import in_flight
 from streaming.meter import StreamMeter
 from streaming.tokens import count_prompt_tokens, count_tokens, estimate_request_tokens
@@ -145,6 +145,8 @@ class RelayCall:
     cache: object | None = None
     cache_result: str = ""
     cache_events: list | None = None
+    # A complete answer kept as it came, read into cache_events once the client has it (streaming.cache).
+    cache_reply: tuple | None = None
     cache_text_bytes: int = 0
     cache_hit: bool = False
     cache_answer: object | None = None
@@ -366,6 +368,7 @@ def call_log_entry(call: RelayCall, usage: Usage) -> dict | None:
 
 
 def _answer_rendered(call: RelayCall, usage: Usage) -> dict | None:
+    cache_answer_read(call)
     if call.cache_hit:
         reply = call.cache_answer.response()
     elif call.cache_events:
