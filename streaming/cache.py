@@ -219,9 +219,11 @@ async def cache_store(call: "RelayCall", usage: Usage, estimated: bool, cost: st
     plan = call.cache
     if plan is None or not plan.store or call.cache_hit:
         return
-    # A complete answer's call ends before its response is sent: the work here (reading the answer, compressing
-    # it, the Redis write) waits until the response is on its way, so a miss costs its client nothing.
-    await asyncio.sleep(STORE_DELAY_SECONDS)
+    if not call.stream:
+        # A complete answer's call ends before its response is sent: the work here (reading the answer,
+        # compressing it, the Redis write) waits until the response is on its way, so a miss costs its client
+        # nothing. A stream's client has had every byte by now.
+        await asyncio.sleep(STORE_DELAY_SECONDS)
     cache_answer_read(call)
     if call.cache_events is None or not call.finished or call.status != 200 or call.error_type:
         return

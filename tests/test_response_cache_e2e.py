@@ -202,7 +202,10 @@ def sim_models(fresh_simulator, redis_clean):
 def test_identical_requests_across_two_gateway_processes_reach_the_provider_once(gateway_factory, sim_models):
     key = _tier_key("cached")
     first, second = gateway_factory(), gateway_factory()
-    replies = [ask(gw, key, "chat", "gpt", stream=stream) for gw in (first, second) for stream in (False, True)]
+    replies = [ask(first, key, "chat", "gpt")]
+    eventually(lambda: len(cached_keys()) == 1, timeout=5)  # stored once its response is on its way
+    replies += [ask(first, key, "chat", "gpt", stream=True)]
+    replies += [ask(second, key, "chat", "gpt", stream=stream) for stream in (False, True)]
     replies += [ask(gw, key, "chat", "gpt") for gw in (second, first)]
     assert [reply.status for reply in replies] == [200] * 6
     assert [reply.cache for reply in replies] == ["miss", "hit", "hit", "hit", "hit", "hit"]
@@ -305,6 +308,7 @@ def test_two_teams_and_two_owners_never_share_an_entry(gateway, sim_models, djan
     ApiKey.objects.filter(key_hash=key_hash(red_again)).update(team=red)
     assert [ask(gateway, key, "chat", "gpt").cache for key in keys.values()] == ["miss"] * 4
     assert len(sim_models.requests()) == 4
+    eventually(lambda: len(cached_keys()) == 4, timeout=5)
     # Within a scope the entry is shared: another member's key on the same team hits.
     assert ask(gateway, red_again, "chat", "gpt").cache == "hit"
     assert [ask(gateway, key, "chat", "gpt").cache for key in keys.values()] == ["hit"] * 4
