@@ -34,6 +34,7 @@ _EVENT_FIELDS = (
     "tokens_estimated",
     "attempts",
     "run_id",
+    "dropped_tools",
 )
 
 
@@ -59,6 +60,8 @@ class RequestLine:
         )
         if f.get("failover"):
             text += f" failover={f['route']}"
+        if f.get("dropped_tools"):
+            text += " dropped_tools=" + ",".join(f["dropped_tools"])
         if "request_body" in f:
             text += " body=" + orjson.dumps(f["request_body"]).decode()
         return text

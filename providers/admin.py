@@ -290,6 +290,7 @@ class PublicModelAdminForm(StructuredFormMixin, forms.ModelForm):
             "cache_write_price_per_million",
             "max_output_tokens",
             "kinds",
+            "unsupported_tools",
             "context_window",
             "aliases",
             "alias_order",
@@ -300,9 +301,17 @@ class PublicModelAdminForm(StructuredFormMixin, forms.ModelForm):
     def clean_aliases(self):
         return _none_as_empty(self.cleaned_data["aliases"])
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Left out of a posted form (an older page, a script): the default.
+        self.fields["unsupported_tools"].required = False
+
     def clean_kinds(self):
         # An emptied box means the default, a chat model.
         return self.cleaned_data["kinds"] or ["chat"]
+
+    def clean_unsupported_tools(self):
+        return self.cleaned_data["unsupported_tools"] or "drop"
 
     def clean_fallbacks(self):
         return _none_as_empty(self.cleaned_data["fallbacks"])
@@ -351,7 +360,7 @@ class PublicModelAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     search_fields = ["name", "description"]
     readonly_fields = ["created_at", "updated_at"]
     fieldsets = [
-        (None, {"fields": ["name", "enabled", "description", "kinds"]}),
+        (None, {"fields": ["name", "enabled", "description", "kinds", "unsupported_tools"]}),
         (
             "Prices",
             {"fields": ["input_price_per_million", "output_price_per_million", "cached_input_price_per_million"]},

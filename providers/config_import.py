@@ -80,6 +80,7 @@ MODEL_KEYS = (
     "context_window",
     "description",
     "kinds",
+    "unsupported_tools",
     "aliases",
     "alias_order",
     "fallbacks",
@@ -720,6 +721,7 @@ def _models_validate(entries, problems: _Problems, file_providers: set[str]) -> 
             "context_window": entry.integer("context_window", default=None, minimum=1, nullable=True),
             "description": entry.string("description"),
             "alias_order": entry.integer("alias_order", default=0, minimum=-INT32_MAX),
+            "unsupported_tools": entry.choice("unsupported_tools", ["drop", "refuse"], default="drop"),
         }
         routing = _model_routing_validate(entry, name, problems, referenced_models)
         if not isinstance(routing, _Invalid):

@@ -124,6 +124,8 @@ class Provider(models.Model):
 
 
 MODEL_KINDS = ("chat", "embeddings", "completions")
+# What a translated request does with built-in tools (web_search, file_search, ...) its provider does not offer.
+UNSUPPORTED_TOOLS = (("drop", "drop them (named in x-gateway-dropped-tools)"), ("refuse", "refuse the request (400)"))
 
 
 def model_kinds_default() -> list[str]:
@@ -179,6 +181,14 @@ class Model(models.Model):
         default=list,
         blank=True,
         help_text="Models to use, in order, when the prompt does not fit this model's context window.",
+    )
+    unsupported_tools = models.CharField(
+        max_length=8,
+        choices=UNSUPPORTED_TOOLS,
+        default="drop",
+        db_default="drop",
+        help_text="Built-in tools (web_search, file_search, code_interpreter, ...) in a request this model's "
+        "provider gets translated: dropped and named in the x-gateway-dropped-tools header, or refused with a 400.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -64,6 +64,8 @@ class Route:
     prices: Prices = FREE
     # Seconds a call to this deployment may last from the moment it is opened, streams included (None: no cap).
     timeout_total: float | None = None
+    # What a translated request does with built-in tools the provider does not offer: "drop" or "refuse".
+    unsupported_tools: str = "drop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ def route_table_load() -> RouteTable:
                 provider=provider,
                 prices=deployment_prices(dep),
                 timeout_total=dep.timeout_total,
+                unsupported_tools=dep.model.unsupported_tools,
             )
         )
     return RouteTable(

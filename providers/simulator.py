@@ -52,8 +52,9 @@ OPTION_NAMES = (
     "cache_write",  # report this many of the other prompt tokens as written to a prompt cache
     "tool",  # call the offered tool with this name instead of the first one
     "tool_args",  # the tool call's arguments: a JSON object (default {"location": "Paris"})
+    "tool_id",  # the tool call's id, as it is (default a fresh `call_...` or `toolu_...` one)
 )
-TEXT_OPTIONS = ("tool", "tool_args")
+TEXT_OPTIONS = ("tool", "tool_args", "tool_id")
 FAULT_OPTIONS = ("fail", "hang", "drop_after", "malformed_after", "hang_after", "long_line", "invalid_json")
 LONG_LINE_PIECE = 64 * 1024
 DEFAULT_TOKENS = 12
@@ -139,9 +140,9 @@ def options_validate(raw: dict) -> dict:
 
 
 def _text_option(name: str, value):
-    if name == "tool":
+    if name in ("tool", "tool_id"):
         if not isinstance(value, str) or not value:
-            raise OptionError(f"simulator option 'tool' needs a tool name, got {value!r}")
+            raise OptionError(f"simulator option {name!r} needs a non-empty text, got {value!r}")
         return value
     if isinstance(value, str):
         try:
@@ -331,6 +332,10 @@ def _prompt_cache(options: dict, prompt_tokens: int) -> tuple[int, int]:
 
 def _new_id(prefix: str) -> str:
     return prefix + os.urandom(12).hex()
+
+
+def _tool_call_id(options: dict, prefix: str) -> str:
+    return options.get("tool_id") or _new_id(prefix)
 
 
 def _json_int(value) -> bool:
@@ -821,7 +826,7 @@ class Simulator:
                     "refusal": None,
                     "tool_calls": [
                         {
-                            "id": _new_id("call_"),
+                            "id": _tool_call_id(options, "call_"),
                             "type": "function",
                             "function": {"name": plan.tool_name, "arguments": "".join(tokens)},
                         }
@@ -902,7 +907,7 @@ class Simulator:
             await asyncio.sleep(options["ttft_ms"] / 1000)
         for index in range(len(plan.choices)):
             if plan.tool_name:
-                call = {"index": 0, "id": _new_id("call_"), "type": "function"}
+                call = {"index": 0, "id": _tool_call_id(options, "call_"), "type": "function"}
                 call["function"] = {"name": plan.tool_name, "arguments": ""}
                 delta = {"role": "assistant", "content": None, "tool_calls": [call]}
             else:
@@ -943,7 +948,8 @@ class Simulator:
             await self._drop_without_body(exchange, b"application/json")
         if plan.tool_name:
             arguments = orjson.loads("".join(tokens))
-            content = [{"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": arguments}]
+            tool_id = _tool_call_id(options, "toolu_")
+            content = [{"type": "tool_use", "id": tool_id, "name": plan.tool_name, "input": arguments}]
         else:
             content = [{"type": "text", "text": "".join(tokens)}]
         if plan.reasoning:
@@ -984,7 +990,7 @@ class Simulator:
         if usage:
             message["usage"] = {**self._anthropic_input(plan), "output_tokens": 1}
         if plan.tool_name:
-            block = {"type": "tool_use", "id": _new_id("toolu_"), "name": plan.tool_name, "input": {}}
+            block = {"type": "tool_use", "id": _tool_call_id(options, "toolu_"), "name": plan.tool_name, "input": {}}
         else:
             block = {"type": "text", "text": ""}
 
@@ -1110,11 +1116,11 @@ class Simulator:
         return output
 
     @staticmethod
-    def _responses_ids(plan: Completion) -> dict:
+    def _responses_ids(plan: Completion, options: dict) -> dict:
         return {
             "reasoning": _new_id("rs_"),
             "item": _new_id("fc_" if plan.tool_name else "msg_"),
-            "call": _new_id("call_"),
+            "call": _tool_call_id(options, "call_"),
         }
 
     async def responses_message(self, exchange: Exchange, body: dict, plan: Completion, options: dict) -> None:
@@ -1122,7 +1128,7 @@ class Simulator:
         if "drop_after" in options:
             await self._drop_without_body(exchange, b"application/json")
         status = "incomplete" if plan.finish == "length" else "completed"
-        output = self._responses_output(plan, self._responses_ids(plan))
+        output = self._responses_output(plan, self._responses_ids(plan, options))
         exchange.record["tokens_sent"] = plan.completion_tokens
         await exchange.json(200, self._response(body, plan, options, status, output))
 
@@ -1134,7 +1140,7 @@ class Simulator:
             return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
         tokens = plan.choices[0]
-        ids = self._responses_ids(plan)
+        ids = self._responses_ids(plan, options)
         final = self._responses_output(plan, ids)
         head = self._response(body, plan, options, "in_progress", [])
         await exchange.start(200, SSE_HEADERS)

@@ -4,6 +4,7 @@ client's dialect, streamed chunk for chunk or whole. The call was admitted and b
 import orjson
 from django.http import HttpResponse
 
+from providers.dialects.namespaces import client_names, client_parts
 from providers.dialects.replay import Answer
 from streaming.relay import STREAM_HEADERS, RelayCall, call_end, stream_response
 
@@ -15,7 +16,11 @@ async def cache_hit_answer(call: RelayCall) -> HttpResponse:
     if call.stream:
         return stream_response(cache_replay(call, answer), {**STREAM_HEADERS, **headers})
     try:
-        body = orjson.dumps(call.dialect.render_response(answer.response(), model=call.response_model))
+        reply = answer.response()
+        namespaced = call.canonical().namespaced_tools
+        if namespaced:
+            reply.parts = client_parts(reply.parts, namespaced)
+        body = orjson.dumps(call.dialect.render_response(reply, model=call.response_model))
         call.meter.sent()
         call.finished = True
     finally:
@@ -35,7 +40,12 @@ async def cache_replay(call: RelayCall, answer: Answer):
             include_usage=call.client_wants_usage,
             prompt_estimate=answer.usage.prompt_tokens,
         )
-        for event in answer.stream_events():
+        events = answer.stream_events()
+        namespaced = call.canonical().namespaced_tools
+        if namespaced:
+            # Stored as the provider called them (a translated answer): under the client's names again.
+            events = client_names(events, namespaced)
+        for event in events:
             for out in renderer.render(event):
                 call.meter.sent()
                 yield out

@@ -30,7 +30,7 @@ from accounts.context import KeyContext
 from accounts.limits import Admission, limits_settle_send, limits_settle_sent
 from accounts.request_log import request_log_entry
 from accounts.usage import LOST_ERROR_TYPE, LOST_STATUS, usage_record
-from aigateway.errors import GatewayError
+from aigateway.errors import GatewayError, bad_request
 from aigateway.logs import request_log
 from aigateway.metrics import metrics_log_redactions, metrics_record, metrics_stream_closed, metrics_stream_opened
 from aigateway.shutdown import shutdown_deadline, shutdown_passed, shutdown_waiting_add, shutdown_waiting_done
@@ -46,14 +46,17 @@ from providers.dialects.canonical import (
     StreamError,
     StreamEvent,
     TextDelta,
+    Thinking,
     ThinkingDelta,
     ToolCallDelta,
     Usage,
     UsageReport,
 )
+from providers.dialects.namespaces import client_names, client_parts
 from providers.dialects.openai import openai as openai_dialect
 from providers.dialects.replay import Answer
 from providers.dialects.sse import SSEDecoder, SSEEventTooLarge, SSEvent
+from providers.dialects.tool_ids import tool_ids_restored
 from providers.extra_headers import extra_headers_problem
 from providers.redaction import upstream_message_redact
 from providers.routing import Route, router
@@ -113,6 +116,8 @@ class RelayCall:
     prompt_cache_reported: tuple[int, int] = (0, 0)
     finish_reason: str | None = None
     completion_parts: list[str] = field(default_factory=list)
+    # The reasoning text relayed (also in completion_parts), counted when the provider reports no reasoning tokens.
+    reasoning_parts: list[str] = field(default_factory=list)
     finished: bool = False
     request: ChatRequest | None = None
     # The compare run this call is one model of ("" outside /v1/compare and the playground).
@@ -154,6 +159,8 @@ class RelayCall:
     cost_saved: str = "0"
     # Its trace (streaming.tracing.CallTrace) once admitted, when tracing is on.
     trace: object | None = None
+    # Built-in tools left out of the request the deployment being tried got (it offers none of them).
+    dropped_tools: tuple[str, ...] = ()
 
     @property
     def response_model(self) -> str:
@@ -172,6 +179,8 @@ class RelayCall:
             headers.update(self.admission.headers_for(self.dialect.name))
         if self.cache_result:
             headers["x-gateway-cache"] = self.cache_result
+        if self.dropped_tools:
+            headers["x-gateway-dropped-tools"] = ", ".join(self.dropped_tools)
         return headers
 
     def canonical(self) -> ChatRequest:
@@ -217,7 +226,7 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
     provider reported none (the answer was cut short, or the provider never counts). A report with a count
     above TOKEN_COUNT_MAX is counted as that and marked estimated too: it is not what the provider said."""
     if call.usage is not None:
-        return call.usage, call.usage.clamped
+        return _reasoning_counted(call, call.usage), call.usage.clamped
     if not call.answered:
         # No deployment answered (or the client left first): the provider did no work to bill.
         return Usage(), False
@@ -226,7 +235,15 @@ def call_usage(call: RelayCall) -> tuple[Usage, bool]:
         system = _system_text(call.body.get("system", call.body.get("instructions")))
         prompt, cached, written = count_prompt_tokens(_prompt_messages(call.body), system), 0, 0
     completion = count_tokens("".join(call.completion_parts))
-    return Usage(prompt, completion, cached, written), True
+    return _reasoning_counted(call, Usage(prompt, completion, cached, written)), True
+
+
+def _reasoning_counted(call: RelayCall, usage: Usage) -> Usage:
+    """`usage` with the gateway's count of the reasoning text relayed when the provider counted none (Anthropic
+    never does): a part of completion_tokens, never more, billed within it and not again."""
+    if usage.reasoning_tokens is None and call.reasoning_parts:
+        usage.reasoning_tokens = min(count_tokens("".join(call.reasoning_parts)), usage.completion_tokens)
+    return usage
 
 
 def call_cost(call: RelayCall, usage: Usage) -> Decimal:
@@ -260,6 +277,8 @@ def call_event(call: RelayCall, usage: Usage, estimated: bool) -> dict:
         "run_id": call.run_id,
         "created_at": time.time(),
     }
+    if call.dropped_tools:
+        event["dropped_tools"] = list(call.dropped_tools)
     if call.route is not None:
         # Priced now, at the prices in force when the call ran: a later price change never rewrites it. A
         # started marker (no route yet) carries none: its record is priced by the flush.
@@ -507,9 +526,14 @@ def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
         # Nothing to cap or force: the body goes as it came, under the deployment's model name.
         body = {**call.body, "model": route.upstream_model}
     elif _same_dialect(call, upstream):
+        call.dropped_tools = ()
         body = upstream.prepare_chat(call.body, **options)
     else:
-        body = upstream.build_request(call.canonical(), **options)
+        request = call.canonical()
+        call.dropped_tools = _builtin_tools_dropped(request, route)
+        # Tool-call ids go back to the provider as it wrote them, not as the client was shown them.
+        request = tool_ids_restored(request, client=call.dialect.name, provider=upstream.name)
+        body = upstream.build_request(request, **options)
     transforms = route.provider.request_transforms
     if transforms:
         body = transforms_apply_body(transforms, body)
@@ -521,6 +545,21 @@ def _upstream_body(call: RelayCall, route: Route, upstream: Dialect) -> bytes:
                 transforms_describe(transforms),
             )
     return orjson.dumps(body)
+
+
+def _builtin_tools_dropped(request: ChatRequest, route: Route) -> tuple[str, ...]:
+    """The built-in tools a translated request leaves out (its provider offers none of them), by type; a 400
+    naming the first one when the model refuses such requests instead."""
+    if not request.builtin_tools:
+        return ()
+    if route.unsupported_tools == "refuse":
+        where, kind = request.builtin_tools[0]
+        raise bad_request(
+            f"'{where}' is a {kind!r} built-in tool, which this model's provider does not offer "
+            "(only function tools are translated)",
+            param=where,
+        )
+    return tuple(dict.fromkeys(kind for _where, kind in request.builtin_tools))
 
 
 async def _open(call: RelayCall, route: Route, payload: bytes, upstream: Dialect) -> httpx.Response:
@@ -804,15 +843,22 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
             call.usage = upstream.response_usage(data)
             if call.usage is None:
                 call.completion_parts.append(text)
+            if call.usage is None or call.usage.reasoning_tokens is None:
+                _reasoning_read(call, upstream, data)
             if call.cache_events is not None:
                 cache_answer_from_reply(call, upstream, data)
         else:
             reply = upstream.parse_response(data)
             call.usage = reply.usage
+            call.reasoning_parts.extend(part.text for part in reply.parts if isinstance(part, Thinking))
             if call.usage is None:
                 call.completion_parts.append(reply.text())
+            else:
+                _reasoning_counted(call, call.usage)  # in the client's usage too
             if call.cache_events is not None:
                 cache_answer_from_reply(call, upstream, data, reply)
+            if call.request.namespaced_tools:
+                reply.parts = client_parts(reply.parts, call.request.namespaced_tools)
             data = call.dialect.render_response(reply, model=call.response_model)
     except MalformedEvent as exc:
         # The gateway's estimate counts what could be read of the answer.
@@ -824,12 +870,25 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
     return body
 
 
+def _reasoning_read(call: RelayCall, upstream: Dialect, data: dict) -> None:
+    """The reasoning text of a complete answer passed on as it came, for the record's count when the provider
+    reports none; an answer already read that its dialect's parser finds odd costs only this count."""
+    try:
+        reply = upstream.parse_response(data)
+    except MalformedEvent:
+        return
+    call.reasoning_parts.extend(part.text for part in reply.parts if isinstance(part, Thinking))
+
+
 def _account(call: RelayCall, events: list[StreamEvent]) -> None:
     """What the usage record learns from one upstream event."""
     for event in events:
         match event:
-            case TextDelta(text=text) | ThinkingDelta(text=text) if text:
+            case TextDelta(text=text) if text:
                 call.completion_parts.append(text)
+            case ThinkingDelta(text=text) if text:
+                call.completion_parts.append(text)
+                call.reasoning_parts.append(text)
             case ToolCallDelta():
                 call.completion_parts.append((event.name or "") + event.arguments)
             case UsageReport():
@@ -842,7 +901,7 @@ def _account(call: RelayCall, events: list[StreamEvent]) -> None:
                         event.completion_tokens,
                         event.cached_tokens or 0,
                         event.cache_write_tokens or 0,
-                        event.reasoning_tokens or 0,
+                        event.reasoning_tokens,
                         event.clamped,
                     )
             case Finish(reason=reason):
@@ -893,6 +952,8 @@ class StreamBridge:
             out = self.passthrough.forward(event.event, payload, data)
             return [] if out is None else [out]
         rendered: list[bytes] = []
+        if self.call.request.namespaced_tools:
+            events = client_names(events, self.call.request.namespaced_tools)
         for canonical_event in events:
             rendered.extend(self.renderer.render(canonical_event))
         return rendered
@@ -924,8 +985,12 @@ class StreamBridge:
                 usage.cached_tokens,
                 estimated=True,
                 cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
             )
             out = self.renderer.render(report)
+        elif self.call.usage.reasoning_tokens is None and self.call.reasoning_parts:
+            # The provider counted no reasoning in what it reported: the client's format gets the gateway's count.
+            out = self.renderer.render(UsageReport(reasoning_tokens=self.estimate().reasoning_tokens))
         return out + self.renderer.close()
 
 

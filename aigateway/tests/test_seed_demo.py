@@ -105,7 +105,7 @@ def test_repeated_runs_keep_counts_and_the_demo_key():
     _lines, _password, second_key = seed_demo()
 
     assert counts() == after_first
-    assert after_first == {"providers": 2, "models": 5, "deployments": 6, "tiers": 3, "keys": 1, "users": 1}
+    assert after_first == {"providers": 2, "models": 6, "deployments": 7, "tiers": 3, "keys": 1, "users": 1}
     demo = ApiKey.objects.get(name="demo")
     assert demo.owner.username == "admin"
     assert demo.tier.name == "pro"

@@ -37,6 +37,7 @@ from providers.dialects.canonical import (
 from providers.dialects.checks import array_field, object_items, tool_checked
 from providers.dialects.nesting import json_text_too_deep
 from providers.dialects.sse import data_verbatim, sse_encode
+from providers.dialects.tool_ids import ANTHROPIC_IDS, tool_id_for_client
 from providers.dialects.values import array_of, object_of, text_of, token_count
 from providers.redaction import upstream_message_redact
 
@@ -232,6 +233,16 @@ def _system_in(content, where: str) -> list[Text]:
     if any(not isinstance(part, Text) for part in parts):
         raise bad_request(f"'{where}' may hold only text blocks when translated for this model's provider", param=where)
     return parts
+
+
+def _server_tool(raw) -> bool:
+    """A tool Anthropic runs itself: a versioned type (`web_search_20250305`, `bash_20250124`) and no schema."""
+    return (
+        isinstance(raw, dict)
+        and isinstance(raw.get("type"), str)
+        and raw["type"] != "custom"
+        and "input_schema" not in raw
+    )
 
 
 def _tool_in(raw, where: str) -> Tool:
@@ -489,7 +500,7 @@ class AnthropicStreamRenderer(StreamRenderer):
                 if index not in self.tool_blocks:
                     block = {
                         "type": "tool_use",
-                        "id": id_in_style(event.id, "toolu_", "call_"),
+                        "id": tool_id_for_client(event.id, ANTHROPIC_IDS),
                         "name": event.name or "",
                         "input": {},
                     }
@@ -628,7 +639,12 @@ class AnthropicDialect(Dialect):
         if not all(isinstance(sequence, str) for sequence in request.stop):
             raise bad_request("'stop_sequences' must be an array of strings", param="stop_sequences")
         request.stream = bool(body.get("stream"))
-        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(array_field(body, "tools"))]
+        for index, raw in enumerate(array_field(body, "tools")):
+            if _server_tool(raw):
+                # Anthropic's own tools (web_search_..., code_execution_...): dropped or refused by the relay.
+                request.builtin_tools.append((f"tools[{index}]", raw["type"]))
+            else:
+                request.tools.append(_tool_in(raw, f"tools[{index}]"))
         choice = body.get("tool_choice")
         request.tool_choice = _tool_choice_in(choice)
         if request.tool_choice is not None and choice.get("disable_parallel_tool_use") is True:
@@ -650,7 +666,7 @@ class AnthropicDialect(Dialect):
             elif isinstance(part, Text):
                 content.append({"type": "text", "text": part.text})
             elif isinstance(part, ToolCall):
-                tool_id = id_in_style(part.id, "toolu_", "call_")
+                tool_id = tool_id_for_client(part.id, ANTHROPIC_IDS)
                 content.append(
                     {"type": "tool_use", "id": tool_id, "name": part.name, "input": _json_object(part.arguments)}
                 )

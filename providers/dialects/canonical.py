@@ -24,8 +24,9 @@ class Usage:
     cached_tokens: int = 0
     # The part of prompt_tokens written to a prompt cache (Anthropic bills it apart).
     cache_write_tokens: int = 0
-    # The part of completion_tokens the model spent reasoning (billed as output).
-    reasoning_tokens: int = 0
+    # The part of completion_tokens the model spent reasoning (billed as output, within completion_tokens); None
+    # when nobody counted it (the provider reported none and the gateway saw no reasoning text), which is not 0.
+    reasoning_tokens: int | None = None
     # A count the provider reported was above TOKEN_COUNT_MAX and is counted as that.
     clamped: bool = False
 
@@ -58,6 +59,8 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text
+    # The namespace of a Responses client's tool grouped in one (the provider saw it under a flat name).
+    namespace: str | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +112,11 @@ class ChatRequest:
     output_format: dict | None = None
     # Alternative answers asked for (OpenAI's n).
     choices: int = 1
+    # Built-in tools the client's own API offers (web_search, file_search, ...) as (where, type): a provider that
+    # gets the request translated has none of them, so they are dropped or refused (the model's unsupported_tools).
+    builtin_tools: list[tuple[str, str]] = field(default_factory=list)
+    # Tools a Responses client grouped in namespaces, under the flat names providers see: flat -> (namespace, name).
+    namespaced_tools: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -157,6 +165,7 @@ class ToolCallDelta:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    namespace: str | None = None
 
 
 @dataclass(slots=True)
@@ -182,13 +191,13 @@ class UsageReport:
                 self.clamped = True
 
     def usage(self) -> Usage:
-        """The counts as a Usage, those not reported as 0."""
+        """The counts as a Usage, those not reported as 0 (the reasoning part as None: not counted)."""
         return Usage(
             self.prompt_tokens or 0,
             self.completion_tokens or 0,
             self.cached_tokens or 0,
             self.cache_write_tokens or 0,
-            self.reasoning_tokens or 0,
+            self.reasoning_tokens,
             self.clamped,
         )
 
@@ -242,9 +251,9 @@ def budget_for(request: "ChatRequest") -> int | None:
 
 
 def id_in_style(value: str | None, prefix: str, foreign: str) -> str:
-    """An id in the client's own dialect style (`msg_...` / `chatcmpl-...`, `toolu_...` / `call_...`):
-    ours kept, the other dialect's prefix swapped, a bare one prefixed, a missing one made up. The
-    client sends tool ids back as they were rendered, so the mapping needs no memory."""
+    """A message id in the client's own dialect style (`msg_...` / `chatcmpl-...`): ours kept, the other
+    dialect's prefix swapped, a bare one prefixed, a missing one made up. Only shown, never sent back;
+    tool-call ids, which are, go through providers.dialects.tool_ids."""
     if not value:
         return prefix + uuid.uuid4().hex[:24]
     if value.startswith(prefix):

@@ -45,6 +45,7 @@ from providers.dialects.sse import (
     model_member,
     sse_encode,
 )
+from providers.dialects.tool_ids import OPENAI_IDS, tool_id_for_client
 from providers.dialects.values import array_of, index_of, object_of, text_of, token_count
 from providers.redaction import upstream_message_redact
 
@@ -134,7 +135,7 @@ def _usage_body(usage: Usage, *, estimated: bool = False) -> dict:
         body["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
         if usage.cache_write_tokens:
             body["prompt_tokens_details"]["cache_write_tokens"] = usage.cache_write_tokens
-    if usage.reasoning_tokens:
+    if usage.reasoning_tokens is not None:  # None: nobody counted it, which is not 0
         body["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     if estimated:
         body["estimated"] = True
@@ -407,7 +408,7 @@ class OpenAIStreamRenderer(StreamRenderer):
             case ToolCallDelta():
                 call: dict = {"index": event.index}
                 if event.id is not None or event.name is not None:
-                    call["id"] = id_in_style(event.id, "call_", "toolu_")
+                    call["id"] = tool_id_for_client(event.id, OPENAI_IDS)
                     call["type"] = "function"
                     call["function"] = {"name": event.name or "", "arguments": event.arguments}
                 else:
@@ -622,7 +623,7 @@ class OpenAIDialect(Dialect):
         if calls:
             message["tool_calls"] = [
                 {
-                    "id": id_in_style(c.id, "call_", "toolu_"),
+                    "id": tool_id_for_client(c.id, OPENAI_IDS),
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments},
                 }

@@ -100,7 +100,7 @@ class Answer:
                 case ToolCallDelta(index=index):
                     call = tools.get(index)
                     if call is None:
-                        call = tools[index] = ToolCall(event.id or "", event.name or "", "")
+                        call = tools[index] = ToolCall(event.id or "", event.name or "", "", event.namespace)
                         parts.append(call)
                     call.arguments += event.arguments
                 case Finish():
@@ -130,7 +130,7 @@ def answer_events(reply: ChatResponse) -> list[StreamEvent]:
             if part.signature:
                 events.append(ThinkingDelta("", part.signature))
         elif isinstance(part, ToolCall):
-            events.append(ToolCallDelta(tool_index, part.id, part.name, part.arguments))
+            events.append(ToolCallDelta(tool_index, part.id, part.name, part.arguments, part.namespace))
             tool_index += 1
     events.append(Finish(reply.finish_reason or "stop", reply.stop_sequence))
     return events
@@ -149,8 +149,8 @@ def answer_encode(answer: Answer) -> bytes:
                 rows.append([_TEXT, text])
             case ThinkingDelta(text=text, signature=signature):
                 rows.append([_THINKING, text, signature])
-            case ToolCallDelta(index=index, id=call_id, name=name, arguments=arguments):
-                rows.append([_TOOL, index, call_id, name, arguments])
+            case ToolCallDelta(index=index, id=call_id, name=name, arguments=arguments, namespace=namespace):
+                rows.append([_TOOL, index, call_id, name, arguments, namespace])
             case Finish(reason=reason, stop_sequence=stop_sequence):
                 rows.append([_FINISH, reason, stop_sequence])
     usage = answer.usage
@@ -179,12 +179,13 @@ def answer_decode(data: bytes) -> Answer:
             elif tag == _THINKING:
                 events.append(ThinkingDelta(row[1], row[2]))
             elif tag == _TOOL:
-                events.append(ToolCallDelta(row[1], row[2], row[3], row[4]))
+                # Entries stored before namespaces were kept have five fields.
+                events.append(ToolCallDelta(row[1], row[2], row[3], row[4], row[5] if len(row) > 5 else None))
             elif tag == _FINISH:
                 events.append(Finish(row[1], row[2]))
             else:
                 raise AnswerUnreadable(f"unknown event tag {tag!r}")
-        usage = Usage(*(int(count) for count in stored["usage"]))
+        usage = Usage(*(None if count is None else int(count) for count in stored["usage"]))
         return Answer(events, usage, bool(stored["estimated"]))
     except (orjson.JSONDecodeError, LookupError, TypeError, ValueError) as exc:
         if isinstance(exc, AnswerUnreadable):

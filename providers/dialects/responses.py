@@ -38,12 +38,13 @@ from providers.dialects.canonical import (
     Usage,
     UsageReport,
     effort_for_budget,
-    id_in_style,
 )
 from providers.dialects.checks import array_field, object_items, tool_checked
+from providers.dialects.namespaces import flat_name
 from providers.dialects.openai import openai as chat_dialect
 from providers.dialects.openai import tool_arguments, upstream_error_text, usage_detail
 from providers.dialects.sse import data_verbatim, sse_encode
+from providers.dialects.tool_ids import OPENAI_IDS, tool_id_for_client
 from providers.dialects.values import array_of, index_of, object_of, text_of, token_count
 
 _EMPTY_SCHEMA = {"type": "object", "properties": {}}
@@ -91,13 +92,16 @@ def _usage_body(usage: Usage | None) -> dict | None:
     input_details = {"cached_tokens": usage.cached_tokens}
     if usage.cache_write_tokens:
         input_details["cache_write_tokens"] = usage.cache_write_tokens
-    return {
+    body = {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": input_details,
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
     }
+    # A count nobody made is left out, not shown as 0; the whole object, as clients read it all or nothing.
+    if usage.reasoning_tokens is not None:
+        body["output_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return body
 
 
 def _status(finish_reason: str | None) -> tuple[str, dict | None]:
@@ -148,14 +152,17 @@ def _reasoning_item(item_id: str, text: str) -> dict:
 
 
 def _function_call_item(item_id: str, call: ToolCall, status: str) -> dict:
-    return {
+    item = {
         "id": item_id,
         "type": "function_call",
-        "call_id": id_in_style(call.id, "call_", "toolu_"),
+        "call_id": tool_id_for_client(call.id, OPENAI_IDS),
         "name": call.name,
         "arguments": call.arguments,
         "status": status,
     }
+    if call.namespace is not None:
+        item["namespace"] = call.namespace
+    return item
 
 
 # Client request -> canonical --------------------------------------------------------------------
@@ -230,11 +237,16 @@ def _input_in(raw, request: ChatRequest) -> None:
                     f"'{where}.role' is {role!r}; expected user, assistant, system or developer", param=f"{where}.role"
                 )
         elif kind == "function_call":
-            if not isinstance(item.get("name"), str):
+            name, namespace = item.get("name"), item.get("namespace")
+            if not isinstance(name, str):
                 raise bad_request(f"'{where}' must be a function_call with a name", param=where)
+            if namespace is not None:
+                if not isinstance(namespace, str):
+                    raise bad_request(f"'{where}.namespace' must be a string", param=f"{where}.namespace")
+                name = _flat_name(request, namespace, name)
             call = ToolCall(
                 str(item.get("call_id") or ""),
-                item["name"],
+                name,
                 tool_arguments(item.get("arguments"), f"{where}.arguments"),
             )
             _append(request.messages, "assistant", call)
@@ -250,26 +262,71 @@ def _input_in(raw, request: ChatRequest) -> None:
             )
 
 
-def _tool_in(raw, where: str) -> Tool:
-    kind = raw.get("type") if isinstance(raw, dict) else None
-    if kind != "function":
-        raise bad_request(
-            f"'{where}' is a {kind!r} built-in tool, which this model's provider does not offer "
-            "(only function tools are translated)",
-            param=where,
-        )
+def _function_tool_in(raw: dict, where: str) -> Tool:
     if not isinstance(raw.get("name"), str):
         raise bad_request(f"'{where}' must be a function tool with a name", param=where)
     return tool_checked(raw, where, "parameters")
 
 
-def _tool_choice_in(raw) -> ToolChoice | None:
+def _tools_in(raw_tools: list, request: ChatRequest) -> None:
+    """Function tools as they are, the function tools of a namespace under flat names (see
+    providers.dialects.namespaces), and built-in tools noted for the relay to drop or refuse."""
+    namespaces: list[tuple[str, str, dict]] = []
+    for index, raw in enumerate(raw_tools):
+        where = f"tools[{index}]"
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if kind == "function":
+            request.tools.append(_function_tool_in(raw, where))
+        elif kind == "namespace":
+            namespace = raw.get("name")
+            if not isinstance(namespace, str) or not namespace:
+                raise bad_request(f"'{where}' must be a namespace tool with a name", param=f"{where}.name")
+            inner = array_field(raw, "tools", f"{where}.tools")
+            for position, tool in enumerate(inner):
+                here = f"{where}.tools[{position}]"
+                inner_kind = tool.get("type") if isinstance(tool, dict) else None
+                if inner_kind == "function":
+                    namespaces.append((namespace, here, tool))
+                else:
+                    request.builtin_tools.append((here, str(inner_kind)))
+        else:
+            request.builtin_tools.append((where, str(kind)))
+    # Plain tools keep their names; namespaced ones get names no other tool has.
+    taken = {tool.name for tool in request.tools}
+    for namespace, where, raw in namespaces:
+        tool = _function_tool_in(raw, where)
+        flat = _flat_name(request, namespace, tool.name, taken)
+        taken.add(flat)
+        request.tools.append(Tool(name=flat, description=tool.description, parameters=tool.parameters))
+
+
+def _flat_name(request: ChatRequest, namespace: str, name: str, taken: set[str] | None = None) -> str:
+    """The provider-side name of a namespaced tool: the one its definition got, else a new one."""
+    for flat, (known_namespace, known_name) in request.namespaced_tools.items():
+        if known_namespace == namespace and known_name == name:
+            return flat
+    if taken is None:
+        taken = {tool.name for tool in request.tools}
+    flat = flat_name(namespace, name, taken | set(request.namespaced_tools))
+    request.namespaced_tools[flat] = (namespace, name)
+    return flat
+
+
+def _tool_choice_in(raw, request: ChatRequest) -> ToolChoice | None:
     if raw is None:
         return None
     if raw in ("auto", "none", "required"):
         return ToolChoice(raw)
-    if isinstance(raw, dict) and raw.get("type") == "function" and isinstance(raw.get("name"), str):
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if kind == "function" and isinstance(raw.get("name"), str):
+        namespace = raw.get("namespace")
+        if isinstance(namespace, str):
+            return ToolChoice("tool", _flat_name(request, namespace, raw["name"]))
         return ToolChoice("tool", raw["name"])
+    if isinstance(kind, str) and kind not in ("function", "allowed_tools", "custom", "mcp"):
+        # A built-in tool forced: it goes (or the request is refused) with the tool itself.
+        request.builtin_tools.append(("tool_choice", kind))
+        return None
     raise bad_request("'tool_choice' can be translated only as auto, none, required or a function", param="tool_choice")
 
 
@@ -356,6 +413,7 @@ class ResponsesStreamParser(StreamParser):
                         text_of(item.get("call_id"), "item.call_id") or "",
                         text_of(item.get("name"), "item.name") or "",
                         text_of(item.get("arguments"), "item.arguments") or "",
+                        text_of(item.get("namespace"), "item.namespace"),
                     )
                 )
         elif kind == "response.created":
@@ -522,7 +580,7 @@ class ResponsesStreamRenderer(StreamRenderer):
             case ToolCallDelta(index=ordinal):
                 out = []
                 if ordinal not in self.tool_items:
-                    call = ToolCall(event.id or "", event.name or "", "")
+                    call = ToolCall(event.id or "", event.name or "", "", event.namespace)
                     out = self._open_item("function_call", _function_call_item(_new_id("fc_"), call, "in_progress"))
                     self.tool_items[ordinal] = self.open["index"]
                 # Arguments of a call whose item is already closed (interleaved calls) cannot be added any more.
@@ -622,6 +680,8 @@ class ResponsesDialect(Dialect):
         """A checked /v1/responses body -> canonical; what has no counterpart (built-in tools, stored
         items, file inputs) is refused with a 400 naming it."""
         request = ChatRequest(messages=[])
+        # Tools first: a call of a namespaced tool in the input is renamed as its definition is.
+        _tools_in(array_field(body, "tools"), request)
         instructions = body.get("instructions")
         if isinstance(instructions, str) and instructions:
             request.system.append(Text(instructions))
@@ -634,8 +694,7 @@ class ResponsesDialect(Dialect):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(request, name, value)
         request.stream = bool(body.get("stream"))
-        request.tools = [_tool_in(raw, f"tools[{index}]") for index, raw in enumerate(array_field(body, "tools"))]
-        request.tool_choice = _tool_choice_in(body.get("tool_choice"))
+        request.tool_choice = _tool_choice_in(body.get("tool_choice"), request)
         if isinstance(body.get("parallel_tool_calls"), bool):
             request.parallel_tool_calls = body["parallel_tool_calls"]
         user = body.get("safety_identifier") or body.get("user")
@@ -753,7 +812,8 @@ class ResponsesDialect(Dialect):
             elif kind == "function_call":
                 call_id = text_of(item.get("call_id"), "output[].call_id") or ""
                 name = text_of(item.get("name"), "output[].name") or ""
-                parts.append(ToolCall(call_id, name, text_of(item.get("arguments"), "output[].arguments") or ""))
+                arguments = text_of(item.get("arguments"), "output[].arguments") or ""
+                parts.append(ToolCall(call_id, name, arguments, text_of(item.get("namespace"), "output[].namespace")))
         response_id = data.get("id")
         return ChatResponse(
             id=response_id if isinstance(response_id, str) else "",

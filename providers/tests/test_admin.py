@@ -310,3 +310,25 @@ def test_provider_form_saves_good_request_transforms(admin_client, routing):
     assert cleared.status_code == 302
     provider.refresh_from_db()
     assert provider.request_transforms == []
+
+
+def test_model_unsupported_tools_is_set_from_admin(admin_client, routing):
+    page = admin_client.get(admin_url("model_add")).content.decode()
+    assert 'name="unsupported_tools"' in page and 'value="refuse"' in page
+    data = {
+        "name": "strict-tools",
+        "enabled": "on",
+        "unsupported_tools": "refuse",
+        "deployments-TOTAL_FORMS": "0",
+        "deployments-INITIAL_FORMS": "0",
+        "deployments-MIN_NUM_FORMS": "0",
+        "deployments-MAX_NUM_FORMS": "1000",
+        "_save": "Save",
+    }
+    response = admin_client.post(admin_url("model_add"), data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Model.objects.get(name="strict-tools").unsupported_tools == "refuse"
+    # A form posted without the field (an older page, a script) gets the default.
+    response = admin_client.post(admin_url("model_add"), {**data, "name": "default-tools", "unsupported_tools": ""})
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert Model.objects.get(name="default-tools").unsupported_tools == "drop"

@@ -820,3 +820,26 @@ def test_model_kinds_are_imported_and_checked():
             """
         )
     assert any("line 4" in p and "unknown kind 'images'" in p for p in raised.value.problems), raised.value.problems
+
+
+def test_unsupported_tools_is_imported_and_checked():
+    run_import(
+        """
+        models:
+          - name: strict
+            unsupported_tools: refuse
+          - name: lenient
+        """
+    )
+    assert Model.objects.get(name="strict").unsupported_tools == "refuse"
+    assert Model.objects.get(name="lenient").unsupported_tools == "drop"
+    with pytest.raises(ConfigImportError) as raised:
+        run_import(
+            """
+            models:
+              - name: strict
+                unsupported_tools: ignore
+            """
+        )
+    assert any("line 4" in p and "unsupported_tools" in p for p in raised.value.problems), raised.value.problems
+    assert Model.objects.get(name="strict").unsupported_tools == "refuse"

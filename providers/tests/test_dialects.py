@@ -328,10 +328,15 @@ def test_anthropic_request_to_openai_full_conversation():
     }
 
 
-def test_anthropic_server_tools_and_documents_cannot_go_to_openai():
+def test_anthropic_server_tools_are_noted_and_documents_cannot_go_to_openai():
     base = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    with pytest.raises(GatewayError, match="'web_search_20250305' server tool"):
-        anthropic.parse_request({**base, "tools": [{"type": "web_search_20250305", "name": "web_search"}]})
+    server_tool = {"type": "web_search_20250305", "name": "web_search"}
+    request = anthropic.parse_request({**base, "tools": [WEATHER_TOOL_ANTHROPIC, server_tool]})
+    # Left for the relay to drop or refuse (the model's unsupported_tools), never translated.
+    assert [tool.name for tool in request.tools] == ["get_weather"]
+    assert request.builtin_tools == [("tools[1]", "web_search_20250305")]
+    with pytest.raises(GatewayError, match="must be a tool with a name"):
+        anthropic.parse_request({**base, "tools": [{"type": "custom"}]})
     document = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
     with pytest.raises(GatewayError, match=r"'messages\[0\].content\[0\]' is a 'document' content block"):
         anthropic.parse_request({**base, "messages": [{"role": "user", "content": [document]}]})
@@ -382,7 +387,7 @@ def test_anthropic_reply_to_chat_completion():
                 "reasoning_content": "Let me look.",
                 "tool_calls": [
                     {
-                        "id": "call_9",
+                        "id": "call_toolu_9",  # the provider's id carried whole
                         "type": "function",
                         "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
                     }
@@ -444,7 +449,7 @@ def test_chat_completion_to_anthropic_message():
         "type": "message",
         "role": "assistant",
         "model": "public",
-        "content": [{"type": "tool_use", "id": "toolu_5", "name": "get_weather", "input": {"location": "Paris"}}],
+        "content": [{"type": "tool_use", "id": "toolu_call_5", "name": "get_weather", "input": {"location": "Paris"}}],
         "stop_reason": "tool_use",
         "stop_sequence": None,
         "usage": {"input_tokens": 11, "output_tokens": 5},
@@ -586,7 +591,12 @@ def test_anthropic_tool_use_stream_to_openai_tool_call_deltas():
         {"content": "Let me check."},
         {
             "tool_calls": [
-                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+                {
+                    "index": 0,
+                    "id": "call_toolu_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
             ]
         },
         {"tool_calls": [{"index": 0, "function": {"arguments": ""}}]},
@@ -594,7 +604,12 @@ def test_anthropic_tool_use_stream_to_openai_tool_call_deltas():
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
         {
             "tool_calls": [
-                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+                {
+                    "index": 1,
+                    "id": "call_toolu_2",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": ""},
+                }
             ]
         },
         {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
@@ -750,7 +765,7 @@ def test_openai_tool_call_stream_to_anthropic_tool_use_blocks():
         ("message_delta", None),
         ("message_stop", None),
     ]
-    assert events[4]["content_block"] == {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+    assert events[4]["content_block"] == {"type": "tool_use", "id": "toolu_call_1", "name": "get_weather", "input": {}}
     assert [e["delta"]["partial_json"] for e in events[5:7]] == ['{"location": ', '"Paris"}']
     assert events[8]["content_block"]["name"] == "get_time"
     assert events[-2]["delta"]["stop_reason"] == "tool_use"

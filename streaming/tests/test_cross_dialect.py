@@ -124,6 +124,7 @@ def test_tool_calls_non_stream(gateway, claude, fresh_simulator):
 
 
 def test_tool_calls_stream_and_the_conversation_continues(gateway, claude, fresh_simulator):
+    fresh_simulator.configure(tool_id="toolu_01weather")
     client = gateway_client(gateway, claude)
     calls: dict[int, dict] = {}
     finish = None
@@ -140,7 +141,8 @@ def test_tool_calls_stream_and_the_conversation_continues(gateway, claude, fresh
     assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
     assert orjson.loads(calls[0]["arguments"]) == {"location": "Paris"}
 
-    # The client sends the tool result back the OpenAI way; Anthropic gets tool_use / tool_result blocks.
+    # The client sends the tool result back the OpenAI way; Anthropic gets tool_use / tool_result blocks, under
+    # its own id.
     follow_up = [
         *WEATHER,
         {
@@ -161,11 +163,13 @@ def test_tool_calls_stream_and_the_conversation_continues(gateway, claude, fresh
     sent = fresh_simulator.requests(model="sim-claude")[-1]["body"]["messages"]
     assert sent[1] == {
         "role": "assistant",
-        "content": [{"type": "tool_use", "id": calls[0]["id"], "name": "get_weather", "input": {"location": "Paris"}}],
+        "content": [
+            {"type": "tool_use", "id": "toolu_01weather", "name": "get_weather", "input": {"location": "Paris"}}
+        ],
     }
     assert sent[2] == {
         "role": "user",
-        "content": [{"type": "tool_result", "tool_use_id": calls[0]["id"], "content": "18C and sunny"}],
+        "content": [{"type": "tool_result", "tool_use_id": "toolu_01weather", "content": "18C and sunny"}],
     }
 
 

@@ -215,6 +215,7 @@ def test_sdk_stream_translated_from_openai(gateway, key, fresh_simulator):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_use_translated_from_openai(gateway, key, fresh_simulator, stream):
+    fresh_simulator.configure(tool_id="call_weather1")
     client = through(gateway, key)
     fields = {"model": "gpt", "max_tokens": 100, "messages": WEATHER, "tools": [TOOL], "tool_choice": {"type": "auto"}}
     if stream:
@@ -235,7 +236,8 @@ def test_tool_use_translated_from_openai(gateway, key, fresh_simulator, stream):
     ]
     assert sent["tool_choice"] == "auto"
 
-    # The tool result goes back the Anthropic way; the OpenAI provider gets tool_calls / a tool message.
+    # The tool result goes back the Anthropic way; the OpenAI provider gets tool_calls / a tool message, under
+    # its own id.
     follow_up = [
         *WEATHER,
         {"role": "assistant", "content": [block.model_dump(include={"type", "id", "name", "input"})]},
@@ -249,13 +251,13 @@ def test_tool_use_translated_from_openai(gateway, key, fresh_simulator, stream):
         "content": None,
         "tool_calls": [
             {
-                "id": block.id,
+                "id": "call_weather1",
                 "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
             }
         ],
     }
-    assert sent[2] == {"role": "tool", "tool_call_id": block.id, "content": "18C"}
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_weather1", "content": "18C"}
 
 
 @pytest.mark.parametrize("model", ["claude", "gpt"])

@@ -191,7 +191,6 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, key, model):
         ({"model": "resp", "input": "hi", "stream": "yes"}, "stream", "boolean"),
         ({"model": "resp", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "not supported"),
         ({"model": "chat", "input": "hi", "conversation": "conv_1"}, "conversation", "send the full input"),
-        ({"model": "chat", "input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]", "built-in tool"),
         ({"model": "chat", "input": [{"type": "item_reference", "id": "x"}]}, "input[0]", "item_reference"),
     ],
 )

@@ -65,18 +65,26 @@ class ClaudeCodeRun:
         )
 
 
-def claude_code_env(
-    *, home: Path, base_url: str, api_key: str, model: str | None, small_model: str | None = None
-) -> dict[str, str]:
-    """The environment of a user who points Claude Code at the gateway, and nothing from the test process
-    (no stray ANTHROPIC_* or proxy settings). `model` None: Claude Code's own default model names."""
-    small_model = small_model or model
-    env = {
+def claude_code_shell_env(*, home: Path) -> dict[str, str]:
+    """What any shell has before the user exports anything, and nothing from the test process (no stray
+    ANTHROPIC_* or proxy settings)."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "SHELL": shutil.which("bash") or "/bin/sh",
         "TERM": "dumb",
+    }
+
+
+def claude_code_env(
+    *, home: Path, base_url: str, api_key: str, model: str | None, small_model: str | None = None
+) -> dict[str, str]:
+    """The environment of a user who points Claude Code at the gateway. `model` None: Claude Code's own
+    default model names."""
+    small_model = small_model or model
+    env = {
+        **claude_code_shell_env(home=home),
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_API_KEY": api_key,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
@@ -96,18 +104,23 @@ def claude_code_env(
 def claude_code_run(
     prompt: str,
     *,
-    base_url: str,
-    api_key: str,
+    base_url: str | None = None,
+    api_key: str | None = None,
     model: str | None,
     small_model: str | None = None,
+    exported: dict[str, str] | None = None,
     cwd: Path | None = None,
     args: tuple[str, ...] = (),
     timeout: float = 60.0,
 ) -> ClaudeCodeRun:
     """`claude -p PROMPT --output-format json` in `cwd` (a fresh temporary folder when None) with a fresh HOME.
 
-    The whole process group is killed when it outlives `timeout`; the run is returned either way.
+    The environment is claude_code_env's, or, with `exported`, exactly the variables given there (as a
+    user exported them) on top of a bare shell's. The whole process group is killed when it outlives
+    `timeout`; the run is returned either way.
     """
+    if exported is None and (base_url is None or api_key is None):
+        raise ValueError("claude_code_run needs base_url and api_key, or the whole environment in `exported`")
     claude = claude_code_install()
     scratch = Path(tempfile.mkdtemp(prefix="gw-claude-code-"))
     home = scratch / "home"
@@ -116,7 +129,10 @@ def claude_code_run(
         cwd = scratch / "project"
         cwd.mkdir()
     command = [str(claude), "-p", prompt, "--output-format", "json", *args]
-    env = claude_code_env(home=home, base_url=base_url, api_key=api_key, model=model, small_model=small_model)
+    if exported is None:
+        env = claude_code_env(home=home, base_url=base_url, api_key=api_key, model=model, small_model=small_model)
+    else:
+        env = {**claude_code_shell_env(home=home), **exported}
     started = time.monotonic()
     # Its own process group: tool subprocesses (shells, searches) are stopped with it.
     process = subprocess.Popen(

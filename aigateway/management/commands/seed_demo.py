@@ -1,10 +1,11 @@
 """`manage.py seed_demo`: a working demo against the upstream simulator, safe to run again.
 
-Imports the demo providers, models and tiers through the config import, makes sure a superuser
-`admin` exists, and prints the API key named "demo". The key is issued once; its plaintext is kept
-in `var/demo-key` (local, not in git, readable by its owner only) and printed again on every run, so
-clients set up against the demo keep working and its usage history stays. Only when that file is
-gone, or its key was revoked, is a new demo key issued (the unusable old one is revoked, never deleted).
+Imports the demo providers, models and tiers through the config import (Claude Code's own model names
+reach the demo through an alias, so it needs no model settings), makes sure a superuser `admin` exists,
+and prints the API key named "demo". The key is issued once; its plaintext is kept in `var/demo-key`
+(local, not in git, readable by its owner only) and printed again on every run, so clients set up
+against the demo keep working and its usage history stays. Only when that file is gone, or its key was
+revoked, is a new demo key issued (the unusable old one is revoked, never deleted).
 """
 
 import os
@@ -30,6 +31,13 @@ ADMIN_USERNAME = "admin"
 DEMO_KEY_NAME = "demo"
 DEMO_KEY_TIER = "pro"
 DEMO_KEY_FILE = "demo-key"
+# Claude Code asks for its own model names (claude-opus-..., claude-haiku-...) when none is configured;
+# the demo serves them all with its Anthropic-dialect model. Patterns of lower-numbered models are tried
+# first and a real model's own name always wins, so a high number keeps this a last resort: a model named
+# claude-... or another model's claude-* pattern (alias_order 0 unless set) is chosen before it.
+CLAUDE_CODE_MODEL = "sim-claude"
+CLAUDE_CODE_ALIASES = ["claude-*"]
+CLAUDE_CODE_ALIAS_ORDER = 1000
 
 
 def demo_key_path() -> Path:
@@ -89,7 +97,14 @@ def demo_config(simulator_url: str) -> dict:
             {
                 "name": "sim-fast",
                 "description": "Simulator, fast deterministic echo.",
+                "kinds": ["chat", "completions"],
                 "deployments": [{"provider": "sim", "upstream_model": "sim-echo"}],
+            },
+            {
+                "name": "sim-embed",
+                "description": "Simulator embeddings: deterministic vectors of the input.",
+                "kinds": ["embeddings"],
+                "deployments": [{"provider": "sim", "upstream_model": "sim-embed"}],
             },
             {
                 "name": "sim-slow",
@@ -97,8 +112,10 @@ def demo_config(simulator_url: str) -> dict:
                 "deployments": [{"provider": "sim", "upstream_model": "sim-echo?tokens=60&interval_ms=50"}],
             },
             {
-                "name": "sim-claude",
-                "description": "Simulator behind the Anthropic dialect.",
+                "name": CLAUDE_CODE_MODEL,
+                "description": "Simulator behind the Anthropic dialect; serves Claude Code's own claude-* names.",
+                "aliases": CLAUDE_CODE_ALIASES,
+                "alias_order": CLAUDE_CODE_ALIAS_ORDER,
                 "deployments": [{"provider": "sim-anthropic", "upstream_model": "sim-echo"}],
             },
             {
@@ -191,6 +208,8 @@ class Command(BaseCommand):
                 f"Issued API key '{DEMO_KEY_NAME}' on tier {DEMO_KEY_TIER}{revoked_note}; kept in var/{DEMO_KEY_FILE}."
             )
         self.stdout.write("")
+        # No model settings needed: the CLI's own claude-* names reach CLAUDE_CODE_MODEL through its alias.
+        self.stdout.write(f"Claude Code: ANTHROPIC_BASE_URL={public_url} ANTHROPIC_API_KEY={plaintext} claude")
         self.stdout.write(f"Playground: {public_url}/playground/  (log in as the admin user below)")
         self.stdout.write(f"Admin:      {public_url}/admin/  (user {ADMIN_USERNAME}, {password_note})")
         self.stdout.write(f"API key:    {plaintext}")
