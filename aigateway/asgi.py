@@ -28,6 +28,7 @@ from aigateway.security_headers import ApiTransportSecurity, SecurityHeaders  # 
 from aigateway.tracing import tracing_setup  # noqa: E402
 from streaming.consumers import scope_headers, socket_key  # noqa: E402
 from streaming.routing import websocket_urlpatterns  # noqa: E402
+from streaming.views import api_path_unprefixed  # noqa: E402
 
 API_PATH_PREFIX = "/v1/"
 # Probes and metrics: plain answers for machines, no session or CSRF, no middleware.
@@ -40,15 +41,25 @@ class OriginCheckUnlessKey:
     key (`Authorization: Bearer` or `x-api-key`, which a page cannot set on a websocket) comes from a
     program and needs no Origin: the consumer authenticates it by that key alone, never by the session,
     and closes it with 4401 unless the key is valid. Any other Authorization scheme (a browser sends
-    `Basic` for `ws://user:pass@host/`) is no key, so the Origin check holds."""
+    `Basic` for `ws://user:pass@host/`) is no key, so the Origin check holds.
+
+    A socket with neither a key nor an Origin header is a program too: every browser sends Origin on a
+    websocket handshake (RFC 6455, section 4.1), whichever page opens it. It reaches the consumer without
+    its cookies, so it can never be authenticated by a session, and is told to send a key (an error frame,
+    close 4401) instead of getting a bare 403 it cannot read."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.origin_checked = AllowedHostsOriginValidator(app)
 
     async def __call__(self, scope, receive, send):
-        has_key = socket_key(scope_headers(scope)) is not None
-        return await (self.app if has_key else self.origin_checked)(scope, receive, send)
+        headers = scope_headers(scope)
+        if socket_key(headers) is not None:
+            return await self.app(scope, receive, send)
+        if "origin" not in headers:
+            kept = [(name, value) for name, value in scope.get("headers", ()) if name.lower() != b"cookie"]
+            return await self.app({**scope, "headers": kept}, receive, send)
+        return await self.origin_checked(scope, receive, send)
 
 
 class HttpDispatch:
@@ -63,7 +74,9 @@ class HttpDispatch:
             # logged traceback; percent-encoded, they reach the views as the bad values they are.
             scope = {**scope, "query_string": quote_from_bytes(query, safe=_ASCII).encode()}
         path = scope["path"]
-        app = self.api_app if path.startswith(API_PATH_PREFIX) or path in API_PATHS else self.site_app
+        # An API path without its /v1 (a wrong base URL) gets the API's JSON 404 saying so, never a page.
+        api = path.startswith(API_PATH_PREFIX) or path in API_PATHS or api_path_unprefixed(path)
+        app = self.api_app if api else self.site_app
         return await app(scope, receive, send)
 
 

@@ -101,12 +101,12 @@ class Bench:
         fanout.api_key = "sk-upstream"
         fanout.save()
         Deployment.objects.create(model=Model.objects.create(name="fanout"), provider=fanout, upstream_model="fanout")
-        for name, upstream in (
-            ("sim-fast", "sim-echo"),
-            ("sim-hold", "sim-echo?tokens=150&interval_ms=1000"),
-            ("embed", "sim-embed"),
+        for name, upstream, kinds in (
+            ("sim-fast", "sim-echo", ["chat"]),
+            ("sim-hold", "sim-echo?tokens=150&interval_ms=1000", ["chat"]),
+            ("embed", "sim-embed", ["embeddings"]),
         ):
-            model = Model.objects.create(name=name)
+            model = Model.objects.create(name=name, kinds=kinds)
             Deployment.objects.create(model=model, provider=provider, upstream_model=upstream)
         # Every limit set (so each request is admitted, leased and settled in Redis), none ever reached.
         tier = Tier.objects.create(

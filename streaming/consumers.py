@@ -108,7 +108,9 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             self.session_watch = asyncio.create_task(self._watch_session())
             problem = None
         else:
-            problem = "log in, or send an API key"
+            # No key, and no session: a logged-out browser, or a program (aigateway.asgi hands a socket with no
+            # Origin and no key over without its cookies) that must send its key.
+            problem = "log in, or send an API key as 'Authorization: Bearer <key>' or 'x-api-key'"
         if problem:
             await self._refuse(GatewayError(401, "unauthenticated", problem))
             await self.close(code=CLOSE_UNAUTHENTICATED)

@@ -212,10 +212,22 @@ async def _admission(call, marker: bytes, cache_key: str | None):
     )
 
 
-async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, body_size: int = 0) -> RouteDecision:
+def _kinds_text(kinds: tuple[str, ...]) -> str:
+    return kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+
+
+def _model_serves(table, model: str, kind: str) -> bool:
+    """Whether `model` is for `kind` of request ("chat", "embeddings", "completions"); no kinds = chat."""
+    return kind in (table.kinds.get(model) or ("chat",))
+
+
+async def route_choose(
+    ctx: KeyContext, body: dict, *, dialect: str, meta=None, body_size: int = 0, kind: str = "chat"
+) -> RouteDecision:
     """The model that serves this request (the one named, an alias's, a rule's, a context fallback's),
-    checked against the key's tier: 404 for an unknown name, 403 when the tier does not allow the
-    model that would serve, 400 when the prompt fits no model. No query: the route table is in process."""
+    checked against the key's tier and the model's kinds: 404 for an unknown name, 403 when the tier does
+    not allow the model that would serve, 400 when that model is not for `kind` of request (a chat model
+    asked for embeddings) or the prompt fits no model. No query: the route table is in process."""
     table = await router.table()
     routing = table.routing
     name = body["model"]
@@ -241,9 +253,18 @@ async def route_choose(ctx: KeyContext, body: dict, *, dialect: str, meta=None, 
         raise GatewayError(
             403, "model_not_allowed", f"this key's tier does not allow the model {served}", param="model"
         )
-    if decision.fallbacks and not all(ctx.may_use(model) for model in decision.fallbacks):
-        # A fallback is still this key's request: only models its tier allows.
-        allowed = tuple(model for model in decision.fallbacks if ctx.may_use(model))
+    if not _model_serves(table, decision.model, kind):
+        # Refused here, before admission: a request the model is not for spends nothing of the key's limits.
+        served = f"'{decision.model}'" + (f" (asked for as '{name}')" if decision.model != name else "")
+        kinds = _kinds_text(table.kinds.get(decision.model) or ("chat",))
+        raise GatewayError(400, "unsupported_model_kind", f"model {served} serves {kinds}, not {kind}", param="model")
+    if decision.fallbacks and not all(
+        ctx.may_use(model) and _model_serves(table, model, kind) for model in decision.fallbacks
+    ):
+        # A fallback is still this key's request: only models its tier allows, of the request's kind.
+        allowed = tuple(
+            model for model in decision.fallbacks if ctx.may_use(model) and _model_serves(table, model, kind)
+        )
         decision = RouteDecision(decision.requested, decision.model, decision.route, allowed, decision.reasons)
     return decision
 
@@ -491,8 +512,9 @@ def check_responses_body(body: dict) -> None:
     for name in ("previous_response_id", "conversation"):
         if body.get(name) is not None:
             raise bad_request(
-                f"'{name}' is not supported: this gateway stores no responses or conversations; "
-                "send the full input with every request",
+                f"'{name}' is not supported: this gateway stores no responses or conversations (over the "
+                "websocket, only the last responses of the same socket can be continued); send the full input "
+                "with every request",
                 param=name,
             )
     if "input" not in body:

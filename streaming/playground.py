@@ -26,11 +26,14 @@ def playground_config(*, user, host: str, secure: bool) -> dict:
     if not keys and user.is_staff:
         playground_key_get_or_create(user=user)
         keys = playground_keys(user=user)
-    models = list(
-        Model.objects.filter(enabled=True)
+    # The page chats: models for embeddings or completions only would always be refused.
+    models = [
+        model
+        for model in Model.objects.filter(enabled=True)
         .order_by("name")
-        .values("name", "input_price_per_million", "output_price_per_million")
-    )
+        .values("name", "input_price_per_million", "output_price_per_million", "kinds")
+        if "chat" in (model["kinds"] or ["chat"])
+    ]
     scheme = "https" if secure else "http"
     return {
         "user": user.get_username(),

@@ -1,3 +1,5 @@
+import re
+
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 from django.views.generic import RedirectView
@@ -20,6 +22,9 @@ urlpatterns = [
     path("playground/", playground.playground, name="playground"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # A base URL without /v1, or with it twice: a JSON 404 that says which base URL to set.
+    re_path(rf"^(?:{'|'.join(re.escape(rest) for rest in views.API_ENDPOINTS)}|models/.+)$", views.wrong_base_url),
+    re_path(r"^v1/v1/", views.wrong_base_url),
     # Last: every other /v1/ path answers the API's JSON 404, never an HTML page.
     re_path(r"^v1/(?P<rest>.*)$", views.not_found),
 ]

@@ -11,6 +11,7 @@ import orjson
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
+from django.http.request import split_domain_port, validate_host
 
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
@@ -18,12 +19,15 @@ from accounts.limits import limits_admit_requests
 from aigateway.db import db_read
 from aigateway.errors import GatewayError
 from aigateway.redis import redis_async
+from aigateway.security_headers import request_is_secure
+from aigateway.shutdown import shutdown_phase
 from providers.dialects.anthropic import anthropic
 from providers.dialects.openai import openai
 from providers.dialects.responses import responses
 from providers.dialects.sse import sse_encode
 from providers.health import provider_down_keys, providers_enabled_ids, providers_health_overview
-from providers.routing import router
+from providers.route_rules import RouteDecision
+from providers.routing import route_table_load, router
 from streaming.cache import cache_directive, cache_plan
 from streaming.cache_hits import cache_hit_answer
 from streaming.compare import CompareRun, compare_prepare
@@ -73,15 +77,23 @@ async def _post_json(request) -> tuple[str, KeyContext, dict]:
     return request_id, ctx, read_json_body(request)
 
 
-async def _chat(request, *, dialect, endpoint: str, check_body, operation: str = "chat") -> HttpResponse:
-    """The shared path of the relayed endpoints: authenticate, check, route, admit, relay, record."""
-    started = time.perf_counter()
-    request_id, ctx, body = await _post_json(request)
-    check_body(body)
-    stream = bool(body.get("stream"))
-    decision = await route_choose(ctx, body, dialect=dialect.name, meta=request.META, body_size=len(request.body))
+def relay_call_build(
+    *,
+    request_id: str,
+    ctx: KeyContext,
+    body: dict,
+    decision: RouteDecision,
+    dialect,
+    endpoint: str,
+    operation: str = "chat",
+    started: float,
+    upstream_headers: dict[str, str] | None = None,
+    upstream_query: str = "",
+) -> RelayCall:
+    """A checked, routed request as the relay takes it, whichever door it came through (these views, the
+    Responses websocket); the door then plans the cache, admits the call (call_admit) and opens it."""
     options = body.get("stream_options")
-    call = RelayCall(
+    return RelayCall(
         request_id=request_id,
         ctx=ctx,
         endpoint=endpoint,
@@ -91,10 +103,32 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         fallbacks=decision.fallbacks,
         operation=operation,
         body=body,
-        stream=stream,
+        stream=bool(body.get("stream")),
         client_wants_usage=isinstance(options, dict) and bool(options.get("include_usage")),
         meter=StreamMeter(started),
         dialect=dialect,
+        upstream_headers=upstream_headers or {},
+        upstream_query=upstream_query,
+    )
+
+
+async def _chat(request, *, dialect, endpoint: str, check_body, operation: str = "chat") -> HttpResponse:
+    """The shared path of the relayed endpoints: authenticate, check, route, admit, relay, record."""
+    started = time.perf_counter()
+    request_id, ctx, body = await _post_json(request)
+    check_body(body)
+    decision = await route_choose(
+        ctx, body, dialect=dialect.name, meta=request.META, body_size=len(request.body), kind=operation
+    )
+    call = relay_call_build(
+        request_id=request_id,
+        ctx=ctx,
+        body=body,
+        decision=decision,
+        dialect=dialect,
+        endpoint=endpoint,
+        operation=operation,
+        started=started,
         upstream_headers=_forwarded_headers(request, dialect),
         upstream_query=_forwarded_query(request, dialect),
     )
@@ -217,7 +251,7 @@ async def models(request):
             if model in served:
                 served.setdefault(alias, model)
     data = [
-        _model_entry(name, table.models[model], dialect, table.kinds.get(model, ("chat",)))
+        _model_entry(name, table.models[model], dialect, table.kinds.get(model) or ("chat",))
         for name, model in sorted(served.items())
     ]
     if dialect is anthropic:
@@ -240,7 +274,8 @@ async def model_detail(request, model: str):
     table = await router.table()
     if model not in table.models or not ctx.may_use(model):
         raise GatewayError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-    entry = _model_entry(model, table.models[model], anthropic_if_versioned(request), table.kinds.get(model, ("chat",)))
+    kinds = table.kinds.get(model) or ("chat",)
+    entry = _model_entry(model, table.models[model], anthropic_if_versioned(request), kinds)
     return HttpResponse(orjson.dumps(entry), content_type="application/json")
 
 
@@ -254,15 +289,107 @@ async def not_found(request, rest: str = ""):
     raise GatewayError(404, "not_found", f"no such endpoint: {request.method} {request.path}")
 
 
+# The API's endpoints by their path under /v1, with their method: where a client whose base URL lacks /v1,
+# or has it once too many, is pointed to.
+API_ENDPOINTS = {
+    "chat/completions": "POST",
+    "responses": "POST",
+    "messages": "POST",
+    "messages/count_tokens": "POST",
+    "compare": "POST",
+    "embeddings": "POST",
+    "completions": "POST",
+    "models": "GET",
+}
+DOUBLED_PREFIX = "/v1/v1/"
+
+
+def api_path_unprefixed(path: str) -> bool:
+    """Whether `path` is an API endpoint's without its /v1 (`/chat/completions`, `/models/{id}`)."""
+    rest = path[1:]
+    return rest in API_ENDPOINTS or (rest.startswith("models/") and len(rest) > 7)
+
+
+def _gateway_url(request) -> str:
+    """This gateway's URL as the client reached it: the scheme (a proxy's X-Forwarded-Proto counts as
+    SECURE_PROXY_SSL_HEADER says) and the Host header, quoted only when it is well formed and one of
+    ALLOWED_HOSTS (as Django's `get_host` checks it); otherwise a placeholder, so the hint never echoes
+    an arbitrary header."""
+    scope = getattr(request, "scope", None)
+    secure = request_is_secure(scope) if scope is not None else request.is_secure()
+    scheme = "https" if secure else "http"
+    domain, port = split_domain_port(request.headers.get("host", ""))
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    if not domain or not validate_host(domain, allowed):
+        return f"{scheme}://HOST:PORT"
+    return f"{scheme}://{domain}" + (f":{port}" if port else "")
+
+
+def _wrong_base_url_dialect(request):
+    """Anthropic's error shape for the Messages paths and for Anthropic's SDKs (which always send
+    anthropic-version), OpenAI's for the rest."""
+    if request.path.removeprefix(DOUBLED_PREFIX[:-1]).startswith("/messages"):
+        return anthropic
+    return anthropic_if_versioned(request)
+
+
+@speaks(_wrong_base_url_dialect)
+async def wrong_base_url(request):
+    """An API path without /v1 (`/chat/completions`) or with it twice (`/v1/v1/messages`): the client's base
+    URL is wrong. A JSON 404 in the client's format naming the right path and the base URL to set, instead
+    of a page of HTML an SDK would show as an unreadable error."""
+    base = _gateway_url(request)
+    doubled = request.path.startswith(DOUBLED_PREFIX)
+    rest = request.path[len(DOUBLED_PREFIX) if doubled else 1 :]
+    right = f"{_endpoint_method(rest, request.method)} /v1/{rest}"
+    anthropic_client = _wrong_base_url_dialect(request) is anthropic
+    if doubled and anthropic_client:
+        # Anthropic's SDKs add /v1 to their base URL themselves.
+        where = f"the base URL ends in /v1 once too many ({right}): set it to {base}, Anthropic's SDKs add /v1"
+    elif doubled:
+        where = (
+            f"the base URL ends in /v1 once too many ({right}): set it to {base}/v1, or to {base} for a client "
+            "that adds /v1 itself"
+        )
+    elif anthropic_client:
+        where = (
+            f"the API is under /v1 ({right}); set the base URL to {base} for Anthropic's SDKs, which add /v1 "
+            f"themselves, or to {base}/v1 for a client that does not"
+        )
+    else:
+        where = f"the API is under /v1 ({right}); set the base URL to {base}/v1"
+    raise GatewayError(
+        404, "wrong_base_url", f"{request.method} {request.path} is not an endpoint of this gateway: {where}"
+    )
+
+
+def _endpoint_method(rest: str, method: str) -> str:
+    """The method of the endpoint at /v1/`rest`; the client's own for a path that is none of them."""
+    if rest.startswith("models/"):
+        return "GET"
+    return API_ENDPOINTS.get(rest, method)
+
+
 async def health(request):
-    """Liveness for everyone; with a staff key, a summary of provider health as well."""
+    """Liveness: 200 while the process runs, draining included. It never fails on a dependency, so an
+    orchestrator restarts only a process that is stuck. `?checks=1` adds the health of what the gateway
+    depends on (the database, Redis, a provider not marked down), 503 when one is missing: for monitoring and
+    alerts, never for a liveness probe or a load balancer. With a staff key, a summary of provider health."""
     payload: dict = {"status": "ok"}
+    status = 200
+    if ("checks", "1") in parse_qsl(request.META.get("QUERY_STRING", "")):
+        checks = await _dependency_checks()
+        payload["checks"] = checks
+        if any(value != "ok" for value in checks.values()):
+            payload["status"], status = "degraded", 503
     plaintext = key_from_headers(request.headers)
     if plaintext:
         ctx = await key_context_resolve(plaintext)
         if ctx is not None and ctx.is_staff:
             payload["providers"] = await _provider_health()
-    return JsonResponse(payload)
+    return JsonResponse(payload, status=status, headers={"Cache-Control": "no-store"} if "checks" in payload else None)
 
 
 async def _provider_health() -> list[dict]:
@@ -280,19 +407,46 @@ async def _provider_health() -> list[dict]:
     ]
 
 
-# Each readiness check must answer within this, so a hung database or Redis cannot hang the probe.
+# Each check must answer within this, so a hung database or Redis cannot hang a probe.
 READY_CHECK_TIMEOUT_SECONDS = 2.0
 # A check still running (hung) is shared by the probes that come meanwhile instead of started again, so a
 # hung dependency holds one thread or connection per process, not one per probe.
 _ready_running: dict[str, asyncio.Task] = {}
+# Set once this process has loaded its route table: from then on readiness needs no store at all.
+_route_table_loaded = False
 
 
 @speaks(openai)
 async def ready(request):
-    """Readiness, for a load balancer or orchestrator (`/health` is liveness): 200 when this process can
-    serve - the database answers, Redis answers, an enabled provider is not marked down - else 503 with
-    what is missing. Names no provider, address or secret: anyone may call it."""
+    """Readiness, for a load balancer or orchestrator (`/health` is liveness): 200 while this process can
+    serve and wants traffic - it is not draining or stopping (a stop signal makes it 503 at once, while it
+    still serves), and it has loaded its route table once. Process-local on purpose: a database or Redis
+    outage is every process's at once, and taking them all out of rotation would only turn errors into
+    refused connections; `/health?checks=1` and the metrics report the stores. Names nothing secret."""
+    global _route_table_loaded
     only("GET", "HEAD")(request)
+    phase = shutdown_phase()
+    table = "loaded"
+    if not _route_table_loaded:
+        ok, problem = await _ready_check("route_table", _route_table_load)
+        _route_table_loaded = ok
+        table = "loaded" if ok else f"not loaded: {problem}"
+    is_ready = phase == "serving" and _route_table_loaded
+    return JsonResponse(
+        {"status": "ready" if is_ready else "not_ready", "checks": {"process": phase, "route_table": table}},
+        status=200 if is_ready else 503,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _route_table_load() -> str:
+    # The database's part only: the config version in Redis is only a cache's freshness.
+    await db_read(route_table_load)
+    return ""
+
+
+async def _dependency_checks() -> dict[str, str]:
+    """What `/health?checks=1` shows: each store and the providers, "ok" or what is wrong."""
     database, redis, providers = await asyncio.gather(
         _ready_check("database", _ready_database),
         _ready_check("redis", _ready_redis),
@@ -303,12 +457,7 @@ async def ready(request):
         # Its answer comes from both stores: say which one it waits for rather than repeat their error.
         missing = " and ".join(name for name, (ok, _) in (("database", database), ("redis", redis)) if not ok)
         checks["providers"] = f"unknown: {missing} unreachable"
-    is_ready = database[0] and redis[0] and providers[0]
-    return JsonResponse(
-        {"status": "ready" if is_ready else "not_ready", "checks": checks},
-        status=200 if is_ready else 503,
-        headers={"Cache-Control": "no-store"},
-    )
+    return checks
 
 
 async def _ready_check(name: str, check) -> tuple[bool, str]:

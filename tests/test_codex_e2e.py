@@ -15,10 +15,12 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.codex import codex_install, codex_run
+from tests.support.codex import codex_config, codex_install, codex_run
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.usage import wait_usage
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -184,3 +186,49 @@ def test_the_readme_config_and_command_work(codex_cli, gateway, fresh_simulator)
     assert sent["body"]["model"] == "sim-echo?echo=1"
     [event] = wait_usage(lambda events: len(events) == 1)
     assert event["status_code"] == 200 and event["model"] == settings["model"]
+
+
+METRICS_TOKEN = "metrics-token-for-codex"
+
+
+def socket_answers(gateway) -> float:
+    """Responses the gateway answered over its websocket door (`gateway_http_responses{view=responses_socket}`)."""
+    response = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "gateway_http_responses_total" and sample.labels.get("view") == "responses_socket"
+    )
+
+
+@pytest.mark.parametrize("dialect", ["openai", "responses"])
+def test_exec_over_the_websocket(codex_cli, gateway_factory, fresh_simulator, tmp_path, dialect):
+    """With `supports_websockets = true` Codex opens `ws /v1/responses` first and sends its turns as frames."""
+    gateway = gateway_factory(GATEWAY_METRICS_TOKEN=METRICS_TOKEN)
+    model = deployment_create(dialect, fresh_simulator, "sim-echo")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "forecast.txt").write_text(FORECAST + "\n")
+    fresh_simulator.configure(tool="exec_command", tool_args={"cmd": "cat forecast.txt"})
+    config = codex_config(base_url=gateway.openai_base, model=model, websockets=True)
+
+    run = codex_run(
+        WEATHER_PROMPT,
+        base_url=gateway.openai_base,
+        api_key=key_create("free"),
+        model=model,
+        cwd=project,
+        config=config,
+    )
+
+    succeeded(run)
+    [command] = run.items("command_execution")
+    assert FORECAST in command["aggregated_output"], run.describe()
+    assert len(fresh_simulator.requests(path=PATHS[dialect])) == 2
+    # The turns went over the socket (a fallback to HTTP would leave this at 0), the second one continuing the
+    # first by its previous_response_id; Codex's warm-up frame (`generate: false`) was answered without a provider.
+    eventually(lambda: socket_answers(gateway) >= 2, timeout=5, what="answers over the socket")
+    events = wait_usage(lambda events: len(events) == 2)
+    assert [event["status_code"] for event in events] == [200, 200]

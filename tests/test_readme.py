@@ -78,7 +78,9 @@ def test_the_sample_gateway_yaml_imports_as_written(tmp_path, monkeypatch):
     path.write_text(config)
     call_command("import_gateway_config", str(path))
     assert set(Provider.objects.values_list("name", flat=True)) == {"sim", "claude"}
-    assert set(Model.objects.values_list("name", flat=True)) == {"sim-fast", "sim-slow", "sim-long"}
+    assert set(Model.objects.values_list("name", flat=True)) == {"sim-fast", "sim-slow", "embed", "sim-long"}
+    assert Model.objects.get(name="embed").kinds == ["embeddings"]
+    assert Model.objects.get(name="sim-long").unsupported_tools == "refuse"
     assert Tier.objects.filter(name="free").exists()
     assert RouteRule.objects.count() == 3
     # Its teams, once their members exist.

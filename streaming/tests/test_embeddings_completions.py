@@ -16,10 +16,10 @@ def key(fresh_simulator):
     sim = provider_create("sim", fresh_simulator.openai_base)
     claude = provider_create("sim-anthropic", fresh_simulator.anthropic_base, dialect="anthropic")
     model_create("embed", [(sim, "sim-embed", 0)], input_price_per_million=1, kinds=["embeddings"])
-    model_create("embed-failover", [(sim, "sim-embed?fail=500", 0), (sim, "sim-embed", 1)])
-    model_create("text", [(sim, "sim-echo?tokens=6", 0)])
-    model_create("text-failover", [(sim, "sim-echo?fail=503", 0), (sim, "sim-echo?tokens=6", 1)])
-    model_create("claude-only", [(claude, "sim-claude", 0)])
+    model_create("embed-failover", [(sim, "sim-embed?fail=500", 0), (sim, "sim-embed", 1)], kinds=["embeddings"])
+    model_create("text", [(sim, "sim-echo?tokens=6", 0)], kinds=["chat", "completions"])
+    model_create("text-failover", [(sim, "sim-echo?fail=503", 0), (sim, "sim-echo?tokens=6", 1)], kinds=["completions"])
+    model_create("claude-only", [(claude, "sim-claude", 0)], kinds=["chat", "embeddings", "completions"])
     return key_create("free")
 
 
@@ -103,5 +103,5 @@ def test_bad_input_is_a_400_naming_the_field(gateway, key, path, body, needle):
 def test_models_list_says_what_each_model_is_for(gateway, key):
     client = openai.OpenAI(base_url=gateway.openai_base, api_key=key, max_retries=0)
     kinds = {m.id: m.model_extra["kinds"] for m in client.models.list()}
-    assert kinds["embed"] == ["embeddings"] and kinds["text"] == ["chat"]
+    assert kinds["embed"] == ["embeddings"] and kinds["text"] == ["chat", "completions"]
     assert client.models.retrieve("embed").model_extra["kinds"] == ["embeddings"]

@@ -11,12 +11,12 @@ it opens go to ANTHROPIC_BASE_URL: a `HEAD /` as a warm-up, then `POST /v1/messa
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.cli import cli_run
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_DIR = ROOT / "var" / "claude-code"
@@ -133,35 +133,16 @@ def claude_code_run(
         env = claude_code_env(home=home, base_url=base_url, api_key=api_key, model=model, small_model=small_model)
     else:
         env = {**claude_code_shell_env(home=home), **exported}
-    started = time.monotonic()
-    # Its own process group: tool subprocesses (shells, searches) are stopped with it.
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        stderr += f"\n[killed: no result within {timeout}s]"
+        returncode, stdout, stderr, seconds = cli_run(command, cwd=cwd, env=env, timeout=timeout)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         shutil.rmtree(scratch, ignore_errors=True)
     return ClaudeCodeRun(
         command=command,
-        returncode=process.returncode,
+        returncode=returncode,
         stdout=stdout,
         stderr=stderr,
-        seconds=time.monotonic() - started,
+        seconds=seconds,
         result=_last_json_object(stdout),
     )
 

@@ -10,12 +10,12 @@ line (thread, turn and item events), which the tests read.
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.cli import cli_run
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_DIR = ROOT / "var" / "codex"
@@ -144,27 +144,9 @@ def codex_run(
         "TERM": "dumb",
         KEY_VARIABLE: api_key,
     }
-    started = time.monotonic()
-    process = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        stdout, stderr = process.communicate()
-        stderr += f"\n[killed: no result within {timeout}s]"
+        returncode, stdout, stderr, seconds = cli_run(command, cwd=cwd, env=env, timeout=timeout)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
         shutil.rmtree(scratch, ignore_errors=True)
     events = []
     for line in stdout.splitlines():
@@ -174,4 +156,4 @@ def codex_run(
             continue
         if isinstance(value, dict):
             events.append(value)
-    return CodexRun(command, process.returncode, stdout, stderr, time.monotonic() - started, events)
+    return CodexRun(command, returncode, stdout, stderr, seconds, events)
