@@ -1,7 +1,9 @@
 # make run  - the whole system in the foreground (Ctrl-C stops it): ASGI server on :8000, the
 #             upstream simulator on :9100, a Celery worker with beat, and the embedded Redis
 #             (unless REDIS_URL is set).
-# make test - lint and the test suite.
+# make test - lint (ruff, the Kubernetes manifests, the migrations) and the test suite.
+# make lint-migrations - django-migration-linter over the SQL PostgreSQL would run (a private server for the run).
+# make lint-kubernetes - deploy/kubernetes/ against the vendored Kubernetes 1.30 schemas (strict).
 # make test-postgres - the test suite against a private PostgreSQL server started (and deleted) for the run.
 # make fuzz - the fuzz tests alone, with FUZZ_EXAMPLES (5,000) generated cases per endpoint instead of 200.
 PYTHON ?= python3
@@ -12,7 +14,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-postgres lint bench bench-tracing bench-workers bench-metrics bench-sse bench-compare bench-request-log soak clean
+.PHONY: run test test-postgres lint lint-migrations lint-kubernetes bench bench-tracing bench-workers bench-metrics bench-sse bench-compare bench-request-log soak clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +30,22 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP) lint
+# Migrations that the release still running tolerates during a rolling deploy: tests/migration_lint_settings.py
+# says what fails and which released migrations are accepted as they are. PostgreSQL's SQL, not SQLite's.
+lint-migrations: $(STAMP)
+	DJANGO_SETTINGS_MODULE=tests.migration_lint_settings $(PY) -m tests.support.postgres -- \
+		$(PY) manage.py lintmigrations
+
+# Every Kubernetes object under deploy/kubernetes/ (kustomization.yaml and Helm values are not objects).
+K8S_SCHEMA := deploy/kubernetes/schemas/kubernetes-v1.30-strict.json
+K8S_MANIFESTS := $(filter-out %/kustomization.yaml,$(wildcard deploy/kubernetes/*.yaml)) \
+	$(filter-out %/prometheus-adapter-values.yaml,$(wildcard deploy/kubernetes/extras/*.yaml))
+lint-kubernetes: $(STAMP)
+	$(VENV)/bin/check-jsonschema --schemafile $(K8S_SCHEMA) $(K8S_MANIFESTS)
+
+test: $(STAMP) lint lint-kubernetes
 	.ci/test-deps
+	$(MAKE) --no-print-directory lint-migrations
 	$(VENV)/bin/pytest
 
 test-postgres: $(STAMP)

@@ -26,7 +26,7 @@ from accounts.budgets import BudgetRef, budget_counters, budget_refusal_message,
 from accounts.context import KeyContext
 from accounts.usage import USAGE_INFLIGHT_DEADLINES_KEY, USAGE_INFLIGHT_KEY, usage_batched_script, usage_lost_after
 from aigateway.errors import GatewayError
-from aigateway.redis import redis_async, redis_sync
+from aigateway.redis import RedisPoolExhausted, redis_async, redis_pool_exhausted_error, redis_sync
 
 logger = logging.getLogger(__name__)
 
@@ -374,11 +374,17 @@ async def _admit_script(
     ctx: KeyContext, day: int, args: list, lease_id: str | None, extra_keys: list[str] | None = None
 ) -> list | None:
     """The admission script's answer for `ctx` (one round trip, gathered with others under load); None when
-    Redis cannot be reached and GATEWAY_LIMITS_FAIL_OPEN lets the call through, else a 503 GatewayError.
+    Redis cannot be reached and GATEWAY_LIMITS_FAIL_OPEN lets the call through, else a 503 GatewayError (also
+    when no connection of the process's Redis pool came free in time).
     A cancellation (client gone) frees any lease taken and clears the usage marker stored."""
     keys = [*_keys(ctx.key_id, day), USAGE_INFLIGHT_KEY, USAGE_INFLIGHT_DEADLINES_KEY, *(extra_keys or ())]
     try:
         return await _admissions().admit(keys, args, lease_id)
+    except RedisPoolExhausted as exc:
+        # Redis is there but this process has more commands waiting than connections: shed the load, even
+        # when failing open (letting these through would only add to it).
+        _warn_redis_down("admit", exc, "refusing with 503")
+        raise redis_pool_exhausted_error() from None
     except (RedisError, OSError) as exc:
         if settings.GATEWAY_LIMITS_FAIL_OPEN:
             _warn_redis_down("admit", exc, "failing open")

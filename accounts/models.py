@@ -105,7 +105,10 @@ class ApiKey(models.Model):
     enabled = models.BooleanField(default=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     playground = models.BooleanField(
-        default=False, editable=False, help_text="Created for a staff user's browser playground; never shown."
+        default=False,
+        db_default=False,
+        editable=False,
+        help_text="Created for a staff user's browser playground; never shown.",
     )
     # Per-key overrides of the tier's limits; null = use the tier's value.
     rpm = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests / minute override")
@@ -230,22 +233,22 @@ class UsageRecord(models.Model):
     )
     endpoint = models.CharField(max_length=64)
     # The model the client asked for, when routing served another one (alias, rule or fallback).
-    requested_model = models.CharField(max_length=128, blank=True, default="")
+    requested_model = models.CharField(max_length=128, blank=True, default="", db_default="")
     # How routing decided: "default", "alias:<name>", "rule:<name>", "context-fallback:<m>", "fallback:<m>".
-    route = models.CharField(max_length=128, blank=True, default="")
+    route = models.CharField(max_length=128, blank=True, default="", db_default="")
     # The compare run (one per /v1/compare request or playground turn) this record belongs to.
-    run_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    run_id = models.CharField(max_length=64, blank=True, default="", db_default="", db_index=True)
     stream = models.BooleanField(default=False)
     status_code = models.PositiveSmallIntegerField()
     error_type = models.CharField(max_length=64, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     # The part of prompt_tokens read from the provider's prompt cache (priced apart).
-    cached_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0, db_default=0)
     # Prompt tokens written to the provider's prompt cache (priced apart; part of prompt_tokens).
-    cache_write_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(default=0, db_default=0)
     # The part of completion_tokens the model spent reasoning (billed as output).
-    reasoning_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(default=0, db_default=0)
     tokens_estimated = models.BooleanField(default=False)
     # In GATEWAY_CURRENCY, at the prices in force when the call ran.
     cost = models.DecimalField(max_digits=14, decimal_places=8, default=0)

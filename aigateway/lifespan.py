@@ -1,4 +1,4 @@
-"""ASGI lifespan. At startup: put the graceful-stop trigger in front of the server's SIGTERM/SIGINT
+"""ASGI lifespan. At startup: put the drain and graceful-stop trigger in front of the server's SIGTERM/SIGINT
 handlers (see aigateway.shutdown). At shutdown (after the server has waited for open connections): let
 spawned usage pushes and lease settles finish, give usage events held through a Redis outage a last
 chance to reach the queue, then close the upstream connection pools."""
@@ -29,7 +29,7 @@ async def _held_usage_wait(timeout: float) -> None:
 
 async def lifespan_app(scope, receive, send) -> None:
     from aigateway.metrics import metrics_process_exit
-    from aigateway.shutdown import shutdown_signals_install
+    from aigateway.shutdown import shutdown_signals_install, shutdown_stopped_mark
     from aigateway.tracing import tracing_flush
     from providers.upstream import upstream_clients_close
     from streaming.relay import background_drain
@@ -37,7 +37,7 @@ async def lifespan_app(scope, receive, send) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
-            shutdown_signals_install(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS)
+            shutdown_signals_install(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS, settings.GATEWAY_DRAIN_SECONDS)
             # Whatever the server built up to here lives as long as the process too (see asgi.py).
             gc.collect()
             gc.freeze()
@@ -46,6 +46,7 @@ async def lifespan_app(scope, receive, send) -> None:
             try:
                 await background_drain()
                 await _held_usage_wait(HELD_USAGE_WAIT_SECONDS)
+                shutdown_stopped_mark()
                 await upstream_clients_close()
             except Exception as exc:
                 logger.warning("closing upstream clients failed: %s", type(exc).__name__)

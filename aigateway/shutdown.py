@@ -1,12 +1,17 @@
-"""Graceful shutdown of a gateway process: once told to stop (SIGTERM), streams in flight get
-`GATEWAY_SHUTDOWN_GRACE_SECONDS` to finish on their own; after that the relay ends each one with an
-error event in its client's dialect, so every client sees a clean end and every call is recorded.
+"""Graceful shutdown of a gateway process, so that a rolling restart cuts nothing. Once told to stop (SIGTERM):
+
+1. draining: `/ready` answers 503 at once while the process goes on serving every request, new connections
+   included, for `GATEWAY_DRAIN_SECONDS`: the time a load balancer needs to notice and send new requests
+   elsewhere;
+2. stopping: the server stops accepting connections; streams in flight get `GATEWAY_SHUTDOWN_GRACE_SECONDS`
+   to finish on their own; after that the relay ends each one with an error event in its client's dialect,
+   so every client sees a clean end and every call is recorded.
 
 The ASGI server owns the stop itself: uvicorn catches SIGTERM/SIGINT with `signal.signal` before the
 lifespan starts, then stops accepting connections and waits for the open ones (at most
 `--timeout-graceful-shutdown` seconds, which must exceed the grace). `shutdown_signals_install`, run at
-lifespan startup, puts a handler in front of the server's that starts the grace period and then calls
-the server's handler, so both happen on the same signal.
+lifespan startup, puts a handler in front of the server's that starts the drain, and once it is over starts
+the grace period and calls the server's handler. A second signal during the drain ends it at once.
 """
 
 import asyncio
@@ -21,6 +26,10 @@ logger = logging.getLogger(__name__)
 SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _deadline: float | None = None
+# Set at the first stop signal: the process no longer wants new requests (readiness fails) but still serves.
+_draining = False
+# Set when the lifespan shutdown closes the upstream pools: nothing can be served any more.
+_stopped = False
 # Set when the deadline's timer has fired: an event loop may run a timer slightly before the clock reaches
 # its time (uvloop's timers have millisecond resolution), so "past the deadline" cannot be read off the
 # clock alone by the requests that timer cancels.
@@ -76,34 +85,86 @@ def shutdown_deadline() -> float | None:
     return _deadline
 
 
+def shutdown_drain_begin() -> None:
+    global _draining
+    _draining = True
+
+
+def shutdown_stopped_mark() -> None:
+    global _stopped
+    _stopped = True
+
+
+def shutdown_phase() -> str:
+    """What this process is doing: "serving", "draining" (a stop signal came; it still serves while load
+    balancers notice), "stopping" (no new connections; streams in flight finish) or "stopped"."""
+    if _stopped:
+        return "stopped"
+    if _deadline is not None:
+        return "stopping"
+    return "draining" if _draining else "serving"
+
+
 def shutdown_reset() -> None:
-    global _deadline, _expired
+    global _deadline, _expired, _draining, _stopped
     _deadline = None
     _expired = False
+    _draining = False
+    _stopped = False
     _waiting.clear()
 
 
 class _GracefulStop:
-    """A signal handler that starts the grace period, then hands the signal to the server's handler."""
+    """A signal handler that starts the drain; when it is over (or at a second signal), starts the grace
+    period and hands the signal to the server's handler. Later signals go to the server's handler directly
+    (uvicorn: a second SIGINT stops at once)."""
 
-    def __init__(self, grace_seconds: float, server_handler) -> None:
+    def __init__(self, grace_seconds: float, server_handler, drain_seconds: float = 0.0) -> None:
         self.grace_seconds = grace_seconds
+        self.drain_seconds = drain_seconds
         self.server_handler = server_handler
 
     def __call__(self, signum, frame) -> None:
-        first = _deadline is None
+        if _deadline is not None:  # the server was told already (by this signal or the other)
+            self.server_handler(signum, frame)
+            return
+        if _draining or self.drain_seconds <= 0:
+            self._stop(signum)
+            return
+        shutdown_drain_begin()
+        logger.warning(
+            "received %s: not ready; still serving for %gs, then no new connections, and streams in flight "
+            "have %gs to finish",
+            signal.Signals(signum).name,
+            self.drain_seconds,
+            self.grace_seconds,
+        )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._stop(signum)
+            return
+        # Called from a signal handler: reach the loop the thread-safe way.
+        loop.call_soon_threadsafe(loop.call_later, self.drain_seconds, self._stop, signum)
+
+    def _stop(self, signum) -> None:
+        if _deadline is not None:
+            return
+        drained = _draining
+        shutdown_drain_begin()
         shutdown_begin(self.grace_seconds)
-        if first:
-            logger.warning(
-                "received %s: no new connections; streams in flight have %.0fs to finish",
-                signal.Signals(signum).name,
-                self.grace_seconds,
-            )
-        self.server_handler(signum, frame)
+        logger.warning(
+            "%s %s: no new connections; streams in flight have %gs to finish",
+            "drain over after" if drained else "received",
+            signal.Signals(signum).name,
+            self.grace_seconds,
+        )
+        self.server_handler(signum, None)
 
 
-def shutdown_signals_install(grace_seconds: float) -> list[str]:
-    """Chain the grace period in front of the server's SIGTERM/SIGINT handlers; returns the signals done.
+def shutdown_signals_install(grace_seconds: float, drain_seconds: float = 0.0) -> list[str]:
+    """Chain the drain and the grace period in front of the server's SIGTERM/SIGINT handlers; returns the
+    signals done.
 
     Only a handler installed in Python (uvicorn's) is chained: with the default action, or under a server
     that handles signals outside Python (Twisted under daphne stops its reactor itself), the grace period
@@ -116,6 +177,6 @@ def shutdown_signals_install(grace_seconds: float) -> list[str]:
         current = signal.getsignal(signum)
         if isinstance(current, _GracefulStop) or not callable(current) or current is signal.default_int_handler:
             continue
-        signal.signal(signum, _GracefulStop(grace_seconds, current))
+        signal.signal(signum, _GracefulStop(grace_seconds, current, drain_seconds))
         installed.append(signal.Signals(signum).name)
     return installed

@@ -33,12 +33,16 @@ class Provider(models.Model):
     api_key_encrypted = models.TextField(blank=True, default="", editable=False)
     # Egress: a forward proxy for this provider only (http://[user:pass@]host:port; credentials encrypted like
     # the API key), else HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
-    proxy_url_encrypted = models.TextField(blank=True, default="", editable=False)
+    proxy_url_encrypted = models.TextField(blank=True, default="", db_default="", editable=False)
     # TLS: PEM CA certificates to trust for this provider instead of the system store (SSL_CERT_FILE), and a
     # client certificate (mTLS) with its private key (encrypted at rest).
-    ca_bundle = models.TextField(blank=True, default="", help_text="PEM CA certificates; empty = the system store.")
-    client_cert = models.TextField(blank=True, default="", help_text="PEM client certificate (mTLS); optional.")
-    client_key_encrypted = models.TextField(blank=True, default="", editable=False)
+    ca_bundle = models.TextField(
+        blank=True, default="", db_default="", help_text="PEM CA certificates; empty = the system store."
+    )
+    client_cert = models.TextField(
+        blank=True, default="", db_default="", help_text="PEM client certificate (mTLS); optional."
+    )
+    client_key_encrypted = models.TextField(blank=True, default="", db_default="", editable=False)
     extra_headers = models.JSONField(default=dict, blank=True)
     timeout_connect = models.FloatField(default=5.0, validators=[MinValueValidator(0.1)])
     timeout_read = models.FloatField(default=120.0, validators=[MinValueValidator(0.1)])
@@ -52,6 +56,7 @@ class Provider(models.Model):
     enabled = models.BooleanField(default=True)
     request_transforms = models.JSONField(
         default=list,
+        db_default=[],
         blank=True,
         help_text=(
             "Edits to every request sent to this provider, applied in order after translation. Ops: drop, default, "
@@ -161,24 +166,30 @@ class Model(models.Model):
     description = models.TextField(blank=True, default="")
     kinds = models.JSONField(
         default=model_kinds_default,
+        db_default=model_kinds_default(),
         blank=True,
         help_text='What the model is for, shown in /v1/models: any of "chat", "embeddings", "completions".',
     )
     aliases = models.JSONField(
         default=list,
+        db_default=[],
         blank=True,
         help_text='Other names clients may send: exact names or glob patterns, e.g. ["gpt-4o-mini", "claude-*"].',
     )
     alias_order = models.IntegerField(
-        default=0, help_text="Alias patterns of models with a lower number are tried first (exact names always win)."
+        default=0,
+        db_default=0,
+        help_text="Alias patterns of models with a lower number are tried first (exact names always win).",
     )
     fallbacks = models.JSONField(
         default=list,
+        db_default=[],
         blank=True,
         help_text="Models to try, in order, when every deployment of this one failed before the first byte.",
     )
     context_fallbacks = models.JSONField(
         default=list,
+        db_default=[],
         blank=True,
         help_text="Models to use, in order, when the prompt does not fit this model's context window.",
     )

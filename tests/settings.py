@@ -10,5 +10,8 @@ to the processes they start.
 import os
 
 os.environ.setdefault("DJANGO_DEBUG", "True")
+# Tests stop and kill workers with an embedded beat and start new ones: the lock of a killed beat lapses in
+# seconds here, not production's 30.
+os.environ.setdefault("GATEWAY_BEAT_LOCK_SECONDS", "3")
 
 from aigateway.settings import *  # noqa: E402, F403

@@ -1,15 +1,17 @@
 """`manage.py run_gateway`: the gateway under uvicorn with the production server settings.
 
-uvloop, the header and body read timeouts of aigateway.server, no access log, and a graceful-shutdown
-wait of GATEWAY_SHUTDOWN_GRACE_SECONDS plus a margin: on SIGTERM the server stops accepting connections,
-streams get the grace period to finish, the rest end with an error event, then the process exits.
+uvloop, the header and body read timeouts of aigateway.server, no access log, X-Forwarded-For believed from
+FORWARDED_ALLOW_IPS only, and a graceful-shutdown wait of GATEWAY_SHUTDOWN_GRACE_SECONDS plus a margin: on
+SIGTERM the process fails /ready and keeps serving for GATEWAY_DRAIN_SECONDS, then stops accepting
+connections, streams get the grace period to finish, the rest end with an error event, and the process exits.
 
 GATEWAY_WORKERS processes (every usable core by default; `--workers` overrides) share the port. With
 more than one, this process is uvicorn's supervisor: it binds the socket, starts the workers with
 multiprocessing's spawn (each imports the application afresh, so its caches, clients and background
-tasks are its own), restarts one that dies, and on SIGTERM/SIGINT stops listening, passes SIGTERM to
-every worker and waits for them, each giving its own streams the grace period. Settings are read here
-first, so the workers inherit the metrics folder (PROMETHEUS_MULTIPROC_DIR) through the environment.
+tasks are its own), restarts one that dies, and on SIGTERM/SIGINT closes its own copy of the socket, passes
+SIGTERM to every worker and waits for them, each draining (its copy still accepting) and then giving its own
+streams the grace period. Settings are read here first, so the workers inherit the metrics folder
+(PROMETHEUS_MULTIPROC_DIR) through the environment.
 """
 
 import copy
@@ -86,7 +88,9 @@ class Command(BaseCommand):
             f"{'es' if workers > 1 else ''} "
             f"(header timeout {settings.GATEWAY_HEADER_TIMEOUT_SECONDS:g}s, "
             f"body timeout {settings.GATEWAY_BODY_TIMEOUT_SECONDS:g}s, "
-            f"shutdown grace {settings.GATEWAY_SHUTDOWN_GRACE_SECONDS:g}s)"
+            f"drain {settings.GATEWAY_DRAIN_SECONDS:g}s, "
+            f"shutdown grace {settings.GATEWAY_SHUTDOWN_GRACE_SECONDS:g}s, "
+            f"proxies trusted {','.join(settings.FORWARDED_ALLOW_IPS) or 'none'})"
         )
         self.stdout.flush()
         listen = {
