@@ -11,12 +11,11 @@ it opens go to ANTHROPIC_BASE_URL: a `HEAD /` as a warm-up, then `POST /v1/messa
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.cli import cli_run
+from tests.support.cli import cli_run, npm_install
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_DIR = ROOT / "var" / "claude-code"
@@ -25,26 +24,11 @@ CLAUDE = INSTALL_DIR / "node_modules" / ".bin" / "claude"
 PACKAGE = "@anthropic-ai/claude-code@2"
 
 
-class ClaudeCodeError(AssertionError):
-    """The CLI could not be installed (a test failure, not a skip: the end-to-end proof needs it)."""
-
-
 def claude_code_install(timeout: float = 300.0) -> Path:
     """The `claude` executable, installed with npm when it is not there yet."""
     if CLAUDE.exists():
         return CLAUDE
-    npm = shutil.which("npm")
-    if npm is None:
-        raise ClaudeCodeError("npm is not installed: it is needed to install the Claude Code CLI")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--prefix", str(INSTALL_DIR), PACKAGE, "--no-audit", "--no-fund"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ClaudeCodeError(f"{' '.join(command)} did not finish within {timeout}s") from None
-    if done.returncode != 0 or not CLAUDE.exists():
-        raise ClaudeCodeError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return CLAUDE
+    return npm_install(PACKAGE, prefix=INSTALL_DIR, executable=CLAUDE, timeout=timeout)
 
 
 @dataclass

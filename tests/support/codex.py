@@ -10,12 +10,11 @@ line (thread, turn and item events), which the tests read.
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.cli import cli_run
+from tests.support.cli import cli_run, npm_install
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTALL_DIR = ROOT / "var" / "codex"
@@ -24,10 +23,6 @@ CODEX = INSTALL_DIR / "node_modules" / ".bin" / "codex"
 VERSION = "0.171.0"
 PACKAGE = f"@openai/codex@{VERSION}"
 KEY_VARIABLE = "GATEWAY_API_KEY"
-
-
-class CodexError(AssertionError):
-    """The CLI could not be installed (a test failure, not a skip: the end-to-end proof needs it)."""
 
 
 def codex_installed_version() -> str | None:
@@ -42,18 +37,7 @@ def codex_install(timeout: float = 300.0) -> Path:
     """The `codex` executable at the pinned version, installed with npm when it is not there yet."""
     if CODEX.exists() and codex_installed_version() == VERSION:
         return CODEX
-    npm = shutil.which("npm")
-    if npm is None:
-        raise CodexError("npm is not installed: it is needed to install the Codex CLI")
-    INSTALL_DIR.mkdir(parents=True, exist_ok=True)
-    command = [npm, "install", "--prefix", str(INSTALL_DIR), PACKAGE, "--no-audit", "--no-fund"]
-    try:
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise CodexError(f"{' '.join(command)} did not finish within {timeout}s") from None
-    if done.returncode != 0 or not CODEX.exists():
-        raise CodexError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return CODEX
+    return npm_install(PACKAGE, prefix=INSTALL_DIR, executable=CODEX, timeout=timeout)
 
 
 def codex_config(*, base_url: str, model: str, websockets: bool = False) -> str:
