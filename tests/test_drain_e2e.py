@@ -226,7 +226,9 @@ async def _rolling_restart(process: subprocess.Popen, draining: str, other: str,
             try:
                 async with httpx.AsyncClient(timeout=1) as fresh:
                     await fresh.get(draining + "/health")
-            except httpx.ConnectError:
+            except (httpx.ConnectError, httpx.RemoteProtocolError):
+                # Refused, or (a connection that raced the listener's close) closed before any answer: either
+                # way this gateway takes no new connection.
                 refused_after = time.monotonic() - signalled
                 break
             await asyncio.sleep(0.05)
