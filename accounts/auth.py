@@ -66,6 +66,7 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
         budgets=tuple(budget_ref(budget) for budget in budgets),
         cache_ttl=cache_ttl_for(api_key),
         log_bodies=log_level_for(api_key),
+        resumable_streams=resumable_for(api_key),
         **limits,
     )
 
@@ -73,6 +74,11 @@ def key_context_build(api_key: ApiKey) -> KeyContext:
 def log_level_for(api_key: ApiKey) -> str:
     """What the request log keeps of the key's calls: its own setting, else its team's, else its tier's."""
     return api_key.log_bodies or (api_key.team.log_bodies if api_key.team else "") or api_key.tier.log_bodies
+
+
+def resumable_for(api_key: ApiKey) -> bool:
+    """Whether every stream of the key is resumable: its own setting, else its tier's."""
+    return api_key.resumable_streams if api_key.resumable_streams is not None else api_key.tier.resumable_streams
 
 
 def cache_ttl_for(api_key: ApiKey) -> int:

@@ -28,6 +28,8 @@ class KeyContext:
     cache_ttl: int = 0
     # What the request log keeps of this key's calls: "off", "metadata" or "full"; see log_level_for.
     log_bodies: str = "off"
+    # Every stream of this key is resumable (see streaming.resumable); see resumable_for.
+    resumable_streams: bool = False
 
     def may_use(self, model_name: str) -> bool:
         return self.allowed_models is None or model_name in self.allowed_models

@@ -40,6 +40,14 @@ class Tier(models.Model):
         verbose_name="request log",
         help_text="What the request log keeps of calls: off, metadata (parameters, no content) or full bodies.",
     )
+    resumable_streams = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text=(
+            "Every stream of the tier's keys is resumable (an SSE id on each event; a client that drops can "
+            "reconnect with GET /v1/streams/{id}); otherwise only requests sending x-gateway-resumable: true."
+        ),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -130,6 +138,12 @@ class ApiKey(models.Model):
         db_default="",
         verbose_name="request log override",
         help_text="Overrides the team's and the tier's request log setting; empty = theirs.",
+    )
+    resumable_streams = models.BooleanField(
+        null=True,
+        blank=True,
+        verbose_name="resumable streams override",
+        help_text="Overrides the tier's resumable streams setting; empty = the tier's.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
@@ -346,3 +360,57 @@ class RequestLog(models.Model):
 
     def __str__(self) -> str:
         return self.request_id
+
+
+class StoredResponse(models.Model):
+    """A Responses API answer kept for its key's owner (`store`, the API's default): the response object as
+    the client got it, its own input items, and the whole conversation up to and including its output (what
+    `previous_response_id` continues), each zlib-compressed JSON. Written by the usage flush, never on the
+    request path; deleted after GATEWAY_RESPONSES_RETENTION_DAYS or by its owner (DELETE)."""
+
+    response_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Whose it is: only keys of the same owner may read, continue or delete it.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    model = models.CharField(max_length=128)
+    status = models.CharField(max_length=16)
+    previous_response_id = models.CharField(max_length=64, blank=True, default="")
+    response = models.BinaryField()
+    input_items = models.BinaryField()
+    conversation = models.BinaryField()
+    stored_bytes = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.response_id
+
+
+class PlaygroundRun(models.Model):
+    """One conversation of the browser playground, kept per user so a reload (or another device) reopens it:
+    its models, its turns (each prompt and every model's answer with its stats), and the stream id of a turn
+    still running, which the page resumes."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="playground_runs")
+    # The owner's team when it was saved: who a shared link is visible to.
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    title = models.CharField(max_length=200, blank=True, default="")
+    model_names = models.JSONField(default=list, blank=True)
+    turns = models.JSONField(default=list, blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    active_stream_id = models.CharField(max_length=64, blank=True, default="")
+    share_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title or f"run {self.pk}"

@@ -362,6 +362,22 @@ GATEWAY_BODY_TIMEOUT_SECONDS = env.float("GATEWAY_BODY_TIMEOUT_SECONDS", default
 GATEWAY_MAX_HEADER_BYTES = env.int("GATEWAY_MAX_HEADER_BYTES", default=64 * 1024)
 # A stream with no upstream event for this long gets an SSE comment (": keepalive"); 0 turns it off.
 GATEWAY_SSE_KEEPALIVE_SECONDS = env.float("GATEWAY_SSE_KEEPALIVE_SECONDS", default=15.0)
+# Resumable streams (streaming.resumable): a resumable stream whose client leaves keeps its upstream call going
+# this long while its events are buffered in Redis, for GET /v1/streams/{id} to pick up; its buffer lives as long
+# after the stream ends. A stream's buffer holds at most GATEWAY_RESUME_MAX_BYTES (past it, the stream goes on
+# live only and can no longer be resumed), all streams' buffers together GATEWAY_RESUME_TOTAL_MAX_BYTES.
+GATEWAY_RESUME_GRACE_SECONDS = env.float("GATEWAY_RESUME_GRACE_SECONDS", default=60.0)
+GATEWAY_RESUME_MAX_BYTES = env.int("GATEWAY_RESUME_MAX_BYTES", default=4 * 1024 * 1024)
+GATEWAY_RESUME_TOTAL_MAX_BYTES = env.int("GATEWAY_RESUME_TOTAL_MAX_BYTES", default=512 * 1024 * 1024)
+if GATEWAY_RESUME_GRACE_SECONDS <= 0:
+    raise ImproperlyConfigured("GATEWAY_RESUME_GRACE_SECONDS must be positive")
+# Stored responses (/v1/responses with `store`, the API's default): deleted this many days after they were made
+# (0 = kept until their owner deletes them), by a Celery beat task in batches.
+GATEWAY_RESPONSES_RETENTION_DAYS = env.int("GATEWAY_RESPONSES_RETENTION_DAYS", default=30)
+if GATEWAY_RESPONSES_RETENTION_DAYS < 0:
+    raise ImproperlyConfigured("GATEWAY_RESPONSES_RETENTION_DAYS: days, 0 = keep until deleted")
+# The playground keeps this many of each user's past runs (the oldest go when a new one is saved).
+GATEWAY_PLAYGROUND_HISTORY_MAX = env.int("GATEWAY_PLAYGROUND_HISTORY_MAX", default=200)
 # An upstream JSON body, or one SSE line, larger than this ends the call with an error.
 GATEWAY_MAX_UPSTREAM_BODY_BYTES = env.int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", default=32 * 1024 * 1024)
 GATEWAY_MAX_SSE_LINE_BYTES = env.int("GATEWAY_MAX_SSE_LINE_BYTES", default=4 * 1024 * 1024)
