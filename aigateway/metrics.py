@@ -118,6 +118,17 @@ CACHE_STORED_BYTES = Counter(
     "Bytes of answers written to the response cache (compressed, as stored), by model.",
     ["model"],
 )
+RESUMABLE_OPEN = Gauge(
+    "gateway_resumable_streams_open",
+    "Resumable streams running now (with or without a client reading them).",
+    multiprocess_mode="livesum",
+)
+RESUMABLE_EVENTS = Counter(
+    "gateway_resumable_streams",
+    "Resumable streams by what happened: opened, resumed (a client reconnected), expired (nobody came back "
+    "within the grace, or the buffer was full with nobody reading), cancelled.",
+    ["event"],
+)
 STREAMS_IN_FLIGHT = Gauge(
     "gateway_streams_in_flight", "Streamed answers being relayed now.", multiprocess_mode="livesum"
 )
@@ -130,6 +141,7 @@ class _Tally:
     def __init__(self) -> None:
         self.reset()
         self.streams = 0
+        self.resumable_open = 0
         self.flush_handle: asyncio.TimerHandle | None = None
 
     def reset(self) -> None:
@@ -141,6 +153,7 @@ class _Tally:
         self.cache: dict[str, int] = {}
         self.cache_bytes: dict[str, int] = {}
         self.redactions: dict[str, int] = {}
+        self.resumable: dict[str, int] = {}
         # (model, provider) -> the seconds observed since the last flush. A histogram takes one
         # observation at a time (prometheus-client has no public call that adds a bucket count), so each
         # value waits here for its `observe`: a float a call, for at most FLUSH_SECONDS.
@@ -215,6 +228,20 @@ def metrics_log_redactions(level: str, count: int) -> None:
         _flush_soon()
 
 
+def metrics_resumable(event: str) -> None:
+    """A resumable stream's life: "opened" and "closed" move the open gauge; "opened", "resumed", "expired" and
+    "cancelled" are counted."""
+    if event == "closed":
+        _tally.resumable_open -= 1
+        _tally.streams_changed = True
+    else:
+        if event == "opened":
+            _tally.resumable_open += 1
+            _tally.streams_changed = True
+        _tally.resumable[event] = _tally.resumable.get(event, 0) + 1
+    _flush_soon()
+
+
 def metrics_stream_opened() -> None:
     _tally.streams += 1
     _tally.streams_changed = True
@@ -259,6 +286,7 @@ def metrics_flush() -> None:
     tally = _tally
     requests, tokens, errors, responses = tally.requests, tally.tokens, tally.errors, tally.responses
     refusals, cache, cache_bytes, redactions = tally.refusals, tally.cache, tally.cache_bytes, tally.redactions
+    resumable = tally.resumable
     duration, ttfb, streams_changed = tally.duration, tally.ttfb, tally.streams_changed
     handle = tally.flush_handle
     if handle is not None:
@@ -281,10 +309,13 @@ def metrics_flush() -> None:
         CACHE_STORED_BYTES.labels(model).inc(size)
     for level, count in redactions.items():
         LOG_REDACTIONS.labels(level).inc(count)
+    for event, count in resumable.items():
+        RESUMABLE_EVENTS.labels(event).inc(count)
     _histogram_add(DURATION, duration)
     _histogram_add(TTFB, ttfb)
     if streams_changed:
         STREAMS_IN_FLIGHT.set(tally.streams)
+        RESUMABLE_OPEN.set(tally.resumable_open)
 
 
 def metrics_process_exit() -> None:

@@ -161,6 +161,15 @@ class RelayCall:
     trace: object | None = None
     # Built-in tools left out of the request the deployment being tried got (it offers none of them).
     dropped_tools: tuple[str, ...] = ()
+    # How the call is booked when it is stopped before it completes: its client left, or (a resumable or
+    # background stream, see streaming.resumable) it was cancelled.
+    stop_error_type: str = "client_disconnected"
+    # A Responses call to be stored (streaming.responses_store's plan), the fields its response object gets
+    # from the gateway (the id GET /v1/responses/{id} knows, `store`, `previous_response_id`, `background`),
+    # and the response object the client got, captured for the store.
+    store: object | None = None
+    response_fields: dict = field(default_factory=dict)
+    response_object: dict | None = None
 
     @property
     def response_model(self) -> str:
@@ -355,9 +364,23 @@ async def call_finish(call: RelayCall) -> None:
         if entry is not None:
             event["log"] = entry
             metrics_log_redactions(call.ctx.log_bodies, entry["redactions"])
+    stored = None
+    if call.store is not None:
+        try:
+            stored = call.store.entry(call)
+        except Exception:
+            logger.exception("request %s: its stored response could not be made", call.request_id)
+        if stored is not None:
+            event["stored_response"] = stored
     # Queued together, so both ride in one Redis round trip (no task per step).
     settling = _settle_send(call, usage, event.get("cost"))
     await _record(call.request_id, event)
+    if stored is not None:
+        try:
+            # Readable at once (GET /v1/responses/{id}), before the flush writes it to the database.
+            await call.store.keep(stored)
+        except Exception as exc:
+            logger.warning("request %s: stored response not kept in Redis: %s", call.request_id, type(exc).__name__)
     try:
         await limits_settle_sent(settling)
     except Exception as exc:
@@ -655,7 +678,7 @@ async def relay_open(call: RelayCall):
         raise
     except asyncio.CancelledError:
         if not shutdown_passed() or task.uncancel() > 0:
-            call_end(call, status=499, error_type="client_disconnected")
+            call_end(call, status=499, error_type=call.stop_error_type)
             raise
         # The grace period of a stopping gateway ended before any provider answered: a clean 503.
         error = GatewayError(503, "gateway_shutdown", "the gateway is restarting; retry the request")
@@ -864,6 +887,10 @@ async def _complete(call: RelayCall, response: httpx.Response, upstream: Dialect
         # The gateway's estimate counts what could be read of the answer.
         call.completion_parts.append(text)
         raise _MalformedAnswer(str(exc)) from None
+    if call.response_fields:
+        data.update(call.response_fields)
+    if call.store is not None:
+        call.response_object = data
     body = orjson.dumps(data)
     call.meter.sent()
     call.finished = True
@@ -927,6 +954,9 @@ class StreamBridge:
             # About four bytes of JSON per token: cheap, and corrected once the provider reports usage.
             estimate = call.body_size // 4
             self.renderer = call.dialect.stream_renderer(**options, prompt_estimate=estimate)
+        if call.response_fields:
+            # A stored Responses answer carries the gateway's id, which GET /v1/responses/{id} knows.
+            (self.passthrough or self.renderer).response_fields = call.response_fields
         # The provider said the stream is over: it completed, or it reported an error.
         self.complete = False
 
@@ -1116,6 +1146,8 @@ async def _stream_body(
             for event in pending:
                 for out in bridge.feed(event):
                     call.meter.sent()
+                    if call.store is not None:
+                        response_snapshot(call, out)
                     yield out
                 if bridge.complete:
                     break
@@ -1157,6 +1189,8 @@ async def _stream_body(
             raise httpx.RemoteProtocolError("upstream ended the stream before it was complete")
         for out in bridge.close():
             call.meter.sent()
+            if call.store is not None:
+                response_snapshot(call, out)
             yield out
         call.finished = True
     except (httpx.TransportError, _ShuttingDown, _KeyRevoked, _UpstreamTimedOut, _UpstreamBadEvent) as exc:
@@ -1185,9 +1219,35 @@ async def _stream_body(
         # Closing the upstream response drops its connection: the provider stops generating. The call ends
         # in its own task, so a client leaving even now (the last event sent) cannot skip its books.
         ending = call_end(
-            call, status=499, error_type="client_disconnected", cleanup=lambda: _close_upstream(chunks, response)
+            call, status=499, error_type=call.stop_error_type, cleanup=lambda: _close_upstream(chunks, response)
         )
         await asyncio.shield(ending)
+
+
+# The Responses events that carry the whole response object: the last one seen is the stored answer.
+_RESPONSE_EVENTS = (
+    b"event: response.created\n",
+    b"event: response.in_progress\n",
+    b"event: response.completed\n",
+    b"event: response.incomplete\n",
+    b"event: response.failed\n",
+)
+
+
+def response_snapshot(call: RelayCall, out: bytes) -> None:
+    """Keep the response object of a Responses lifecycle event the client got (a few per stream; the other
+    events are told apart by their first bytes and never parsed)."""
+    if not out.startswith(_RESPONSE_EVENTS):
+        return
+    for line in out.split(b"\n"):
+        if line.startswith(b"data:"):
+            try:
+                response = orjson.loads(line[5:])["response"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                return
+            if isinstance(response, dict):
+                call.response_object = response
+            return
 
 
 # The shortest interval at which a stream checks that its key is still usable.

@@ -2,6 +2,7 @@
 Messages, ...), health and readiness."""
 
 import asyncio
+import logging
 import time
 from contextlib import aclosing
 from datetime import UTC, datetime
@@ -46,7 +47,18 @@ from streaming.edge import (
     speaks,
 )
 from streaming.meter import StreamMeter
-from streaming.relay import KEEPALIVE, STREAM_HEADERS, RelayCall, relay_chat, relay_count_tokens, stream_response
+from streaming.relay import (
+    KEEPALIVE,
+    STREAM_HEADERS,
+    RelayCall,
+    relay_chat,
+    relay_count_tokens,
+    relay_open,
+    stream_response,
+)
+from streaming.resumable import ResumableStream, resumable_check, resumable_replay
+
+logger = logging.getLogger(__name__)
 
 # Client headers passed on to a provider of the client's own dialect.
 _FORWARDED_HEADERS = {"openai": (), "anthropic": ("anthropic-beta", "anthropic-version")}
@@ -117,6 +129,7 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
     started = time.perf_counter()
     request_id, ctx, body = await _post_json(request)
     check_body(body)
+    resumable = resumable_wanted(request, ctx)
     decision = await route_choose(
         ctx, body, dialect=dialect.name, meta=request.META, body_size=len(request.body), kind=operation
     )
@@ -138,10 +151,99 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         await call_admit(call, len(request.body))
         if call.cache_hit:
             return await cache_hit_answer(call)
+        if resumable and call.stream:
+            return await relay_resumable(call)
         return await relay_chat(call)
     except GatewayError as error:
         error.headers = {**call.headers(), **error.headers}
         raise
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def resumable_wanted(request, ctx: KeyContext) -> bool:
+    """Whether the request's stream is to be resumable: its `x-gateway-resumable` header says so, else its key's
+    (or tier's) `resumable_streams`."""
+    value = request.headers.get("x-gateway-resumable")
+    if value is None:
+        return ctx.resumable_streams
+    value = value.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise GatewayError(400, "invalid_request", "the x-gateway-resumable header must be true or false")
+
+
+async def relay_resumable(call: RelayCall, *, stream_id: str = "") -> HttpResponse:
+    """A streamed call as a resumable stream (streaming.resumable): its events carry SSE ids and the response
+    the stream's id (`x-gateway-stream-id`), and a client that drops may reconnect with GET /v1/streams/{id}."""
+    body = await relay_open(call)
+    # The stream runs the body from now on, whatever the client does (relay_open's guard for a body never
+    # iterated must not end the call when this request ends).
+    call.body_started = True
+    try:
+        stream = await ResumableStream.open(
+            body, ctx=call.ctx, stream_id=stream_id, on_stop=lambda reason: resumable_stopped(call, reason)
+        )
+    except Exception as exc:
+        # Redis unreachable: the answer still streams, only it cannot be resumed.
+        logger.warning(
+            "request %s: not resumable, its stream could not be opened: %s", call.request_id, type(exc).__name__
+        )
+        return stream_response(body, {**STREAM_HEADERS, **call.headers()})
+    headers = {**STREAM_HEADERS, **call.headers(), "x-gateway-stream-id": stream.stream_id}
+    return stream_response(resumable_sse(stream), headers)
+
+
+def resumable_stopped(call: RelayCall, reason: str) -> None:
+    if reason == "cancelled":
+        call.stop_error_type = "cancelled"
+
+
+async def resumable_sse(stream: ResumableStream):
+    """The live client's body of a resumable SSE stream."""
+    async with aclosing(stream.live()) as frames:
+        async for item in frames:
+            yield KEEPALIVE if item is None else item[1]
+
+
+@speaks(anthropic_if_versioned)
+async def stream_resume(request, stream_id: str):
+    """GET /v1/streams/{id}: a resumable stream from after the event its `Last-Event-ID` header (or `?after=`)
+    names (from the start without one), then live to its end, with the key that started it, from any gateway
+    process. The events are byte for byte those of the original stream."""
+    only("GET")(request)
+    ctx = await authenticate(request)
+    after = last_event_id(request)
+    meta = await resumable_check(stream_id, ctx=ctx, after=after)
+    if meta.get("kind") != "sse":
+        raise GatewayError(
+            400, "invalid_request", f"stream '{stream_id}' is a playground run's: resume it over the playground socket"
+        )
+    headers = {**STREAM_HEADERS, "x-request-id": request.gateway_request_id, "x-gateway-stream-id": stream_id}
+    return stream_response(replay_sse(stream_id, after), headers)
+
+
+def last_event_id(request) -> int:
+    """The id of the last event the client has, from `Last-Event-ID` or `?after=` (0: none)."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = dict(parse_qsl(request.META.get("QUERY_STRING", ""))).get("after", "0")
+    raw = raw.strip() or "0"
+    if not raw.isdigit() or len(raw) > 18:
+        raise GatewayError(
+            400, "invalid_request", f"the last event id must be a non-negative integer, got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+async def replay_sse(stream_id: str, after: int):
+    keepalive = settings.GATEWAY_SSE_KEEPALIVE_SECONDS or None
+    async with aclosing(resumable_replay(stream_id, kind="sse", after=after, keepalive=keepalive)) as frames:
+        async for item in frames:
+            yield KEEPALIVE if item is None else item[1]
 
 
 @speaks(openai, endpoint="chat.completions")
@@ -217,8 +319,13 @@ async def compare(request):
     request_id, ctx, body = await _post_json(request)
     prepared = await compare_prepare(ctx=ctx, body=body, body_size=len(request.body), meta=request.META)
     prepared.cache_directive = cache_directive(request.headers)
+    resumable = resumable_wanted(request, ctx)
     run = CompareRun(prepared, started=started)
     headers = {**STREAM_HEADERS, "x-request-id": request_id, "x-gateway-run-id": run.run_id}
+    if resumable:
+        stream = await ResumableStream.open(_compare_sse(run), ctx=ctx, on_stop=lambda _reason: run.cancel())
+        headers["x-gateway-stream-id"] = stream.stream_id
+        return stream_response(resumable_sse(stream), headers)
     return stream_response(_compare_sse(run), headers)
 
 

@@ -464,14 +464,25 @@ class ResponsesStreamRenderer(StreamRenderer):
         self.tool_items: dict[int, int] = {}  # tool call ordinal -> output_index
         self.finish: str | None = None
         self.usage = UsageReport()
+        self._fields: dict = {}
 
     def _event(self, payload: dict) -> bytes:
         payload["sequence_number"] = self.sequence
         self.sequence += 1
         return sse_encode(orjson.dumps(payload), event=payload["type"])
 
+    @property
+    def response_fields(self) -> dict:
+        return self._fields
+
+    @response_fields.setter
+    def response_fields(self, fields: dict) -> None:
+        """Fields every response object of the stream gets (its id, `store`, ...), set by whoever stores it."""
+        self._fields = fields
+        self.id = fields.get("id") or self.id
+
     def _response(self, status: str, **extra) -> dict:
-        return _response_object(
+        response = _response_object(
             response_id=self.id,
             created_at=self.created_at,
             model=self.model,
@@ -480,6 +491,7 @@ class ResponsesStreamRenderer(StreamRenderer):
             usage=None,
             **extra,
         )
+        return response | self._fields if self._fields else response
 
     def _start(self) -> list[bytes]:
         if self.started:
@@ -622,6 +634,8 @@ class ResponsesStreamRenderer(StreamRenderer):
 class ResponsesPassthrough(StreamPassthrough):
     def __init__(self, *, model: str) -> None:
         self.model = model
+        # Fields every response object gets (its id, `store`, ...), set by whoever stores the answer.
+        self.response_fields: dict = {}
 
     def forward(self, name: str | None, payload: dict | None, data: str | None = None) -> bytes | None:
         if payload is None:
@@ -630,6 +644,7 @@ class ResponsesPassthrough(StreamPassthrough):
         response = payload.get("response")
         if isinstance(response, dict) and "model" in response:
             response["model"] = self.model
+            response.update(self.response_fields)
             verbatim = False  # the lifecycle events (created, completed): a few per stream, re-encoded
         return sse_encode(data.encode() if verbatim else orjson.dumps(payload), event=name or payload.get("type"))
 
