@@ -414,3 +414,34 @@ class PlaygroundRun(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"run {self.pk}"
+
+
+class ArenaVote(models.Model):
+    """One vote of the playground's blind arena: two models answered the same prompt as "Model A" and "Model B",
+    and the user said which was better (or a tie, or both bad) before their names were shown. The prompt is kept
+    as its hash; the answers only in the request log (when it keeps bodies), under the two request ids."""
+
+    OUTCOMES = [("a", "model A"), ("b", "model B"), ("tie", "tie"), ("bad", "both bad")]
+
+    # The battle (one turn of one arena run): at most one vote each.
+    battle_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    run = models.ForeignKey(PlaygroundRun, on_delete=models.SET_NULL, null=True, blank=True, related_name="votes")
+    turn = models.PositiveIntegerField(default=0)
+    prompt_hash = models.CharField(max_length=64)
+    model_a = models.CharField(max_length=128)
+    model_b = models.CharField(max_length=128)
+    outcome = models.CharField(max_length=4, choices=OUTCOMES)
+    request_id_a = models.CharField(max_length=64, blank=True, default="")
+    request_id_b = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.model_a} vs {self.model_b}: {self.outcome}"
