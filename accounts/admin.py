@@ -35,7 +35,17 @@ from accounts.budget_rules import (
 from accounts.budgets import budgets_applying
 from accounts.cache_report import CacheFigures, cache_key_figures, cache_team_figures, cache_team_scope
 from accounts.key_handoff import key_handoff_put, key_handoff_take
-from accounts.models import LIMIT_FIELDS, ApiKey, Budget, RequestLog, Team, Tier, UsageDaily, UsageRecord
+from accounts.models import (
+    LIMIT_FIELDS,
+    ApiKey,
+    Budget,
+    RequestLog,
+    StoredResponse,
+    Team,
+    Tier,
+    UsageDaily,
+    UsageRecord,
+)
 from accounts.services import (
     KeyRotationError,
     api_key_issue,
@@ -94,6 +104,13 @@ class TierForm(forms.ModelForm):
         return self.cleaned_data.get("log_bodies") or "off"
 
 
+RESUMABLE_HELP = (
+    "A resumable stream carries an SSE id on each event and outlives a dropped client for "
+    "GATEWAY_RESUME_GRACE_SECONDS, so the client can reconnect (GET /v1/streams/{id}) and get the rest. A request "
+    "may always ask for it with the header x-gateway-resumable: true."
+)
+
+
 @admin.register(Tier)
 class TierAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
     form = TierForm
@@ -131,6 +148,7 @@ class TierAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
             },
         ),
         ("Request log", {"fields": ["log_bodies"], "description": LOG_BODIES_HELP}),
+        ("Streams", {"fields": ["resumable_streams"], "description": RESUMABLE_HELP}),
         ("History", {"fields": ["created_at", "updated_at"], "classes": ["collapse"]}),
     ]
 
@@ -504,6 +522,7 @@ class ApiKeyAdmin(AuditHistoryAdminMixin, admin.ModelAdmin):
                 "description": "Leave blank to use the team's TTL, or the tier's; 0 turns the cache off for this key.",
             },
         ),
+        ("Streams", {"fields": ["resumable_streams"], "description": RESUMABLE_HELP}),
     ]
     change_readonly_fields = [
         "prefix",
@@ -850,6 +869,33 @@ class UsageDailyAdmin(ReadOnlyAdmin):
     search_fields = ["model", "api_key__name", "api_key__prefix"]
     list_select_related = ["api_key"]
     actions = USAGE_DAILY_ACTIONS
+
+
+@admin.register(StoredResponse)
+class StoredResponseAdmin(ReadOnlyAdmin):
+    """Stored Responses API answers: who owns them, their model, status and size. Their bodies (the conversation,
+    which may hold anything a client sent) are not shown; their owners read them through the API."""
+
+    list_display = [
+        "response_id",
+        "created_at",
+        "user",
+        "team",
+        "api_key",
+        "model",
+        "status",
+        "previous_response_id",
+        "stored_bytes",
+    ]
+    fields = list_display
+    list_filter = ["status", "team"]
+    date_hierarchy = "created_at"
+    search_fields = ["response_id", "previous_response_id"]
+    list_select_related = ["api_key", "team", "user"]
+
+    def get_queryset(self, request):
+        # The compressed bodies are never shown: not read either.
+        return super().get_queryset(request).defer("response", "input_items", "conversation")
 
 
 # The request log's admin lives beside this module and registers itself.

@@ -100,6 +100,7 @@ def api_key_rotate(*, api_key: ApiKey, grace: timedelta, expires_at=_INHERIT) ->
         team=old.team,
         cache_ttl_seconds=old.cache_ttl_seconds,
         log_bodies=old.log_bodies,
+        resumable_streams=old.resumable_streams,
         **{field: getattr(old, field) for field in LIMIT_FIELDS},
     )
     if grace <= timedelta(0):

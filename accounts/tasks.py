@@ -1,10 +1,11 @@
 """Celery tasks for accounts: draining the usage queue into the database, budget threshold alerts, retention of
-the request log and health-check history."""
+the request log, health-check history and stored responses."""
 
 from celery import shared_task
 
 from accounts.alerts import budget_alerts_run
 from accounts.retention import retention_run
+from accounts.stored_responses import stored_responses_expire
 from accounts.usage import usage_flush, usage_reconcile
 
 # Beat sends one flush every GATEWAY_USAGE_FLUSH_SECONDS; while no worker runs they pile up in the
@@ -34,3 +35,10 @@ def expire_logs() -> int:
     """Request log records and health-check history past their retention; returns the rows deleted."""
     results = retention_run()
     return sum(expiry.deleted for expiry in results.values() if expiry is not None)
+
+
+@shared_task(ignore_result=True, expires=RETENTION_TASK_EXPIRES_SECONDS)
+def expire_stored_responses() -> int:
+    """Stored responses past GATEWAY_RESPONSES_RETENTION_DAYS; returns the rows deleted."""
+    expiry = stored_responses_expire()
+    return expiry.deleted if expiry is not None else 0

@@ -34,6 +34,7 @@ from django.db.models.functions import Greatest
 from redis.exceptions import RedisError
 
 from accounts.request_log import request_log_record_fields
+from accounts.stored_responses import stored_responses_write
 from aigateway.redis import redis_async, redis_sync
 from providers.dialects.canonical import Usage
 from providers.pricing import COST_QUANTUM, Prices, prices_resolve
@@ -561,6 +562,8 @@ def _parse_event(raw: bytes) -> dict:
     fields["cost_saved"] = _cost(event.get("cost_saved")) or Decimal(0)
     # The request log's record of the call, when its key logs bodies (not a usage record field).
     fields["_log"] = event.get("log")
+    # A Responses call's stored response (accounts.stored_responses), likewise.
+    fields["_stored_response"] = event.get("stored_response")
     for name, limit in _STRING_LIMITS.items():
         value = event.get(name) or ""
         if not isinstance(value, str):
@@ -781,6 +784,7 @@ def _write_events(events: list[dict]) -> int:
     from providers.models import Deployment
 
     logs = {event["request_id"]: event.pop("_log", None) for event in events}
+    responses = {event["request_id"]: event.pop("_stored_response", None) for event in events}
     with transaction.atomic():
         stored, lost = _lost_records(UsageRecord, events)
         new = [event for event in events if event["request_id"] not in stored or event["request_id"] in lost]
@@ -841,6 +845,7 @@ def _write_events(events: list[dict]) -> int:
 
         UsageRecord.objects.bulk_create(records)
         request_logs_write(new, logs)
+        stored_responses_write(new, responses)
         _daily_add(UsageDaily, daily)
         # Keys updated in id order by every flusher, for the same reason as the daily rows' order.
         for key_id, used_at in sorted(last_used.items()):

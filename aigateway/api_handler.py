@@ -20,7 +20,7 @@ from contextlib import aclosing
 import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 from django.urls import Resolver404, get_resolver
 
 from aigateway.errors import GatewayError
@@ -85,6 +85,11 @@ class ApiRequest:
         if self._meta is None:
             self._meta = ApiMeta(self)
         return self._meta
+
+    @property
+    def GET(self) -> QueryDict:  # noqa: N802 - Django's name, read by views written for Django's request
+        """The query string's parameters, as Django's request has them."""
+        return QueryDict(self.META.get("QUERY_STRING", ""))
 
 
 class ApiMeta:

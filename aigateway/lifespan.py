@@ -33,6 +33,7 @@ async def lifespan_app(scope, receive, send) -> None:
     from aigateway.tracing import tracing_flush
     from providers.upstream import upstream_clients_close
     from streaming.relay import background_drain
+    from streaming.resumable import resumable_drain
 
     while True:
         message = await receive()
@@ -44,6 +45,7 @@ async def lifespan_app(scope, receive, send) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             try:
+                await resumable_drain()
                 await background_drain()
                 await _held_usage_wait(HELD_USAGE_WAIT_SECONDS)
                 shutdown_stopped_mark()

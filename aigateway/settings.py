@@ -239,6 +239,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounts.tasks.expire_logs",
         "schedule": env.float("GATEWAY_RETENTION_SECONDS", default=600.0),
     },
+    # Stored responses past GATEWAY_RESPONSES_RETENTION_DAYS, likewise (accounts/stored_responses.py).
+    "expire-stored-responses": {
+        "task": "accounts.tasks.expire_stored_responses",
+        "schedule": env.float("GATEWAY_RETENTION_SECONDS", default=600.0),
+    },
 }
 # The schedule and its lock live in Redis (celery-redbeat), so any number of beats may run, on any hosts: the
 # one holding the lock sends every task, the others wait for the lock and take over once it lapses (a beat
@@ -378,6 +383,9 @@ if GATEWAY_RESPONSES_RETENTION_DAYS < 0:
     raise ImproperlyConfigured("GATEWAY_RESPONSES_RETENTION_DAYS: days, 0 = keep until deleted")
 # The playground keeps this many of each user's past runs (the oldest go when a new one is saved).
 GATEWAY_PLAYGROUND_HISTORY_MAX = env.int("GATEWAY_PLAYGROUND_HISTORY_MAX", default=200)
+# Arena votes (the playground's blind battles, the leaderboards' data) are deleted this many days after they were
+# cast, by the retention task in batches (0 = keep forever).
+GATEWAY_ARENA_RETENTION_DAYS = env.int("GATEWAY_ARENA_RETENTION_DAYS", default=365)
 # An upstream JSON body, or one SSE line, larger than this ends the call with an error.
 GATEWAY_MAX_UPSTREAM_BODY_BYTES = env.int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", default=32 * 1024 * 1024)
 GATEWAY_MAX_SSE_LINE_BYTES = env.int("GATEWAY_MAX_SSE_LINE_BYTES", default=4 * 1024 * 1024)

@@ -94,7 +94,9 @@ PRICE_KEYS = (
     "cache_write_price_per_million",
 )
 DEPLOYMENT_KEYS = ("provider", "upstream_model", "priority", "weight", "enabled", "timeout_total", *PRICE_KEYS)
-TIER_KEYS = ("name", *LIMIT_FIELDS, "max_compare_models", "cache_ttl_seconds", "log_bodies", "models")
+TIER_KEYS = (
+    "name", *LIMIT_FIELDS, "max_compare_models", "cache_ttl_seconds", "log_bodies", "resumable_streams", "models"
+)  # fmt: skip
 ROUTE_KEYS = ("name", "when", "use", "share", "order", "enabled")
 TEAM_KEYS = ("name", "members", "models", "alert_webhook", "cache_ttl_seconds", "log_bodies", "budgets")
 BUDGET_KEYS = ("period", "amount", "soft", "enabled")
@@ -825,6 +827,7 @@ def _tiers_validate(entries, problems: _Problems, file_models: set[str]) -> list
             "max_compare_models": entry.integer("max_compare_models", default=4, minimum=1),
             "cache_ttl_seconds": entry.integer("cache_ttl_seconds", default=0, minimum=0),
             "log_bodies": _log_level(entry, default="off"),
+            "resumable_streams": entry.boolean("resumable_streams", default=False),
         }
         models = entry.names("models")
         _note_duplicate(problems, seen, "tier", name, mapping.line)

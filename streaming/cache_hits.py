@@ -6,7 +6,7 @@ from django.http import HttpResponse
 
 from providers.dialects.namespaces import client_names, client_parts
 from providers.dialects.replay import Answer
-from streaming.relay import STREAM_HEADERS, RelayCall, call_end, stream_response
+from streaming.relay import STREAM_HEADERS, RelayCall, call_end, response_snapshot, stream_response
 
 
 async def cache_hit_answer(call: RelayCall) -> HttpResponse:
@@ -20,7 +20,12 @@ async def cache_hit_answer(call: RelayCall) -> HttpResponse:
         namespaced = call.canonical().namespaced_tools
         if namespaced:
             reply.parts = client_parts(reply.parts, namespaced)
-        body = orjson.dumps(call.dialect.render_response(reply, model=call.response_model))
+        data = call.dialect.render_response(reply, model=call.response_model)
+        if call.response_fields:
+            data.update(call.response_fields)
+        if call.store is not None:
+            call.response_object = data  # a stored response answered from the cache is stored all the same
+        body = orjson.dumps(data)
         call.meter.sent()
         call.finished = True
     finally:
@@ -40,6 +45,8 @@ async def cache_replay(call: RelayCall, answer: Answer):
             include_usage=call.client_wants_usage,
             prompt_estimate=answer.usage.prompt_tokens,
         )
+        if call.response_fields:
+            renderer.response_fields = call.response_fields
         events = answer.stream_events()
         namespaced = call.canonical().namespaced_tools
         if namespaced:
@@ -48,9 +55,13 @@ async def cache_replay(call: RelayCall, answer: Answer):
         for event in events:
             for out in renderer.render(event):
                 call.meter.sent()
+                if call.store is not None:
+                    response_snapshot(call, out)
                 yield out
         for out in renderer.close():
             call.meter.sent()
+            if call.store is not None:
+                response_snapshot(call, out)
             yield out
         call.finished = True
     finally:

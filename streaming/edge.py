@@ -506,17 +506,19 @@ def check_messages_body(body: dict) -> None:
 
 
 def check_responses_body(body: dict) -> None:
-    """A Responses body: a model, the input, and the sizes the gateway reads for limits. The gateway
-    keeps no responses, so a request that points at a stored one is refused: send the full input."""
+    """A Responses body: a model, the input, and the sizes the gateway reads for limits. A stored response is
+    continued by its id (`previous_response_id`, expanded by streaming.responses_store); the Conversations API
+    is not offered, so a request naming a conversation is refused."""
     _check_model(body)
-    for name in ("previous_response_id", "conversation"):
-        if body.get(name) is not None:
-            raise bad_request(
-                f"'{name}' is not supported: this gateway stores no responses or conversations (over the "
-                "websocket, only the last responses of the same socket can be continued); send the full input "
-                "with every request",
-                param=name,
-            )
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise bad_request("'previous_response_id' must be a non-empty string", param="previous_response_id")
+    if body.get("conversation") is not None:
+        raise bad_request(
+            "'conversation' is not supported: this gateway offers no Conversations API; continue a stored "
+            "response with 'previous_response_id', or send the full input with every request",
+            param="conversation",
+        )
     if "input" not in body:
         raise bad_request("'input' is required", param="input")
     items = body["input"]

@@ -1146,8 +1146,8 @@ async def _stream_body(
             for event in pending:
                 for out in bridge.feed(event):
                     call.meter.sent()
-                    if call.store is not None:
-                        response_snapshot(call, out)
+                    if call.store is not None and response_snapshot(call, out):
+                        await _stored_before_final(call)
                     yield out
                 if bridge.complete:
                     break
@@ -1189,8 +1189,8 @@ async def _stream_body(
             raise httpx.RemoteProtocolError("upstream ended the stream before it was complete")
         for out in bridge.close():
             call.meter.sent()
-            if call.store is not None:
-                response_snapshot(call, out)
+            if call.store is not None and response_snapshot(call, out):
+                await _stored_before_final(call)
             yield out
         call.finished = True
     except (httpx.TransportError, _ShuttingDown, _KeyRevoked, _UpstreamTimedOut, _UpstreamBadEvent) as exc:
@@ -1234,20 +1234,33 @@ _RESPONSE_EVENTS = (
 )
 
 
-def response_snapshot(call: RelayCall, out: bytes) -> None:
+def response_snapshot(call: RelayCall, out: bytes) -> bool:
     """Keep the response object of a Responses lifecycle event the client got (a few per stream; the other
-    events are told apart by their first bytes and never parsed)."""
+    events are told apart by their first bytes and never parsed). True when it is the final one."""
     if not out.startswith(_RESPONSE_EVENTS):
-        return
+        return False
     for line in out.split(b"\n"):
         if line.startswith(b"data:"):
             try:
                 response = orjson.loads(line[5:])["response"]
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                return
+                return False
             if isinstance(response, dict):
                 call.response_object = response
-            return
+                return response.get("status") in ("completed", "incomplete", "failed")
+            return False
+    return False
+
+
+async def _stored_before_final(call: RelayCall) -> None:
+    """Keep the stored response readable before the client gets the final event, so a GET sent the moment the
+    stream completes finds it (call_finish keeps it again, with the usage event that writes it)."""
+    try:
+        entry = call.store.entry(call)
+        if entry is not None:
+            await call.store.keep(entry)
+    except Exception as exc:
+        logger.warning("request %s: stored response not kept in Redis: %s", call.request_id, type(exc).__name__)
 
 
 # The shortest interval at which a stream checks that its key is still usable.

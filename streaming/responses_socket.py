@@ -300,10 +300,17 @@ class ResponsesSocketConsumer(AsyncWebsocketConsumer):
     def _continued(self, body: dict) -> None:
         """A body continuing a response of this socket (`previous_response_id`) with that response's whole
         conversation before its own input, as the client would have sent it in full. An id this socket did not
-        answer (or no longer keeps) is left for check_responses_body to refuse: the gateway stores nothing."""
+        answer (or no longer keeps) is refused: responses over the websocket are not stored."""
         previous = body.get("previous_response_id")
-        if not isinstance(previous, str) or previous not in self.recent:
+        if previous is None:
             return
+        if not isinstance(previous, str) or previous not in self.recent:
+            raise bad_request(
+                "'previous_response_id' names no response of this socket: over the websocket the gateway stores no "
+                f"responses, and only the last {RECENT_RESPONSES_MAX} responses of the same socket can be continued; "
+                "send the full input with every request",
+                param="previous_response_id",
+            )
         body["input"] = [*self.recent[previous], *_input_items(body.get("input"))]
         del body["previous_response_id"]
 

@@ -35,6 +35,8 @@ from accounts.context import KeyContext
 from aigateway.errors import GatewayError
 from aigateway.metrics import metrics_resumable
 from aigateway.redis import redis_async
+from aigateway.shutdown import shutdown_deadline
+from streaming.relay import KEEPALIVE
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +138,14 @@ class ResumableStream:
         stream = cls(source, ctx=ctx, kind=kind, stream_id=stream_id or new_stream_id(), background=background)
         stream.on_stop = on_stop
         ttl_ms = int((stream.grace + 60) * 1000)
-        meta = {"key_id": ctx.key_id, "kind": kind, "state": "live", "background": int(background), "last": 0}
+        meta = {
+            "key_id": ctx.key_id,
+            "owner_id": ctx.owner_id,
+            "kind": kind,
+            "state": "live",
+            "background": int(background),
+            "last": 0,
+        }
         async with redis_async().pipeline(transaction=False) as pipe:
             pipe.hset(_meta_key(stream.stream_id), mapping=meta)
             pipe.pexpire(_meta_key(stream.stream_id), ttl_ms)
@@ -300,6 +309,23 @@ class ResumableStream:
         return cls._running.get(stream_id)
 
 
+async def resumable_drain() -> None:
+    """A stopping process: wait for the resumable streams it runs (a client may be gone from them, so no
+    connection holds the server open for them) until the shutdown deadline, by which each ends itself."""
+    loop = asyncio.get_running_loop()
+    tasks = [
+        task
+        for stream in ResumableStream._running.values()
+        for task in (stream.pump, stream.keeper)
+        if task is not None and task.get_loop() is loop and not task.done()
+    ]
+    if not tasks:
+        return
+    deadline = shutdown_deadline()
+    timeout = max(deadline - time.monotonic(), 0.0) + 5.0 if deadline is not None else 5.0
+    await asyncio.wait(tasks, timeout=timeout)
+
+
 async def resumable_cancel(stream_id: str) -> None:
     """Stop a stream, whichever process runs it: at once here, else within a tick there."""
     stream = ResumableStream.running(stream_id)
@@ -325,10 +351,11 @@ def _not_found(stream_id: str) -> GatewayError:
     )
 
 
-async def resumable_check(stream_id: str, *, ctx: KeyContext, after: int) -> dict[str, str]:
-    """The meta of a stream `ctx` may resume after event `after`; 404 for an unknown or another key's
-    stream, 410 for one that can no longer be resumed (over its cap), 400 for an id past its end."""
-    meta = resumable_meta_checked(stream_id, await resumable_meta(stream_id), ctx=ctx)
+async def resumable_check(stream_id: str, *, ctx: KeyContext, after: int, scope: str = "key") -> dict[str, str]:
+    """The meta of a stream `ctx` may resume after event `after`; 404 for an unknown stream or another key's
+    (`scope` "owner": another owner's), 410 for one that can no longer be resumed (over its cap), 400 for an id
+    past its end."""
+    meta = resumable_meta_checked(stream_id, await resumable_meta(stream_id), ctx=ctx, scope=scope)
     if meta["state"] == "over_cap":
         raise GatewayError(
             410,
@@ -347,8 +374,10 @@ async def resumable_check(stream_id: str, *, ctx: KeyContext, after: int) -> dic
     return meta
 
 
-def resumable_meta_checked(stream_id: str, meta: dict[str, str], *, ctx: KeyContext) -> dict[str, str]:
-    if not meta or meta.get("key_id") != str(ctx.key_id):
+def resumable_meta_checked(stream_id: str, meta: dict[str, str], *, ctx: KeyContext, scope: str = "key") -> dict:
+    """`meta` when `ctx` may read the stream (its key, or with `scope` "owner" a key of the same owner)."""
+    field, mine = ("owner_id", ctx.owner_id) if scope == "owner" else ("key_id", ctx.key_id)
+    if not meta or meta.get(field) != str(mine):
         raise _not_found(stream_id)
     return meta
 
@@ -400,3 +429,18 @@ def over_cap_notice(kind: str) -> bytes:
     if kind == "json":
         return orjson.dumps({"type": "resumable", "resumable": False, "reason": "the resume buffer is full"})
     return OVER_CAP_COMMENT
+
+
+async def sse_live(stream: ResumableStream):
+    """The body of a resumable SSE stream for the client that started it."""
+    async with aclosing(stream.live()) as frames:
+        async for item in frames:
+            yield KEEPALIVE if item is None else item[1]
+
+
+async def sse_replay(stream_id: str, after: int):
+    """The body of a resumed SSE stream: the events after `after`, then the live rest."""
+    keepalive = settings.GATEWAY_SSE_KEEPALIVE_SECONDS or None
+    async with aclosing(resumable_replay(stream_id, kind="sse", after=after, keepalive=keepalive)) as frames:
+        async for item in frames:
+            yield KEEPALIVE if item is None else item[1]

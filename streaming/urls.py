@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 from django.views.generic import RedirectView
 
-from streaming import playground, views
+from streaming import playground, responses_api, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="playground", permanent=False)),
@@ -12,6 +12,9 @@ urlpatterns = [
     path("ready", views.ready, name="ready"),
     path("v1/chat/completions", views.chat_completions, name="chat-completions"),
     path("v1/responses", views.create_response, name="responses"),
+    path("v1/responses/<str:response_id>", responses_api.response_detail, name="response-detail"),
+    path("v1/responses/<str:response_id>/input_items", responses_api.response_input_items, name="response-items"),
+    path("v1/responses/<str:response_id>/cancel", views.response_cancel, name="response-cancel"),
     path("v1/messages", views.messages, name="messages"),
     path("v1/messages/count_tokens", views.count_tokens, name="count-tokens"),
     path("v1/compare", views.compare, name="compare"),
@@ -19,6 +22,7 @@ urlpatterns = [
     path("v1/completions", views.completions, name="completions"),
     path("v1/models", views.models, name="models"),
     path("v1/models/<path:model>", views.model_detail, name="model-detail"),
+    path("v1/streams/<str:stream_id>", views.stream_resume, name="stream-resume"),
     path("playground/", playground.playground, name="playground"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

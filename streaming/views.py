@@ -17,8 +17,9 @@ from django.http.request import split_domain_port, validate_host
 from accounts.auth import key_context_resolve, key_from_headers
 from accounts.context import KeyContext
 from accounts.limits import limits_admit_requests
+from accounts.stored_responses import stored_response_find
 from aigateway.db import db_read
-from aigateway.errors import GatewayError
+from aigateway.errors import GatewayError, bad_request
 from aigateway.redis import redis_async
 from aigateway.security_headers import request_is_secure
 from aigateway.shutdown import shutdown_phase
@@ -29,6 +30,7 @@ from providers.dialects.sse import sse_encode
 from providers.health import provider_down_keys, providers_enabled_ids, providers_health_overview
 from providers.route_rules import RouteDecision
 from providers.routing import route_table_load, router
+from streaming.background import background_answer, background_body, background_cancel
 from streaming.cache import cache_directive, cache_plan
 from streaming.cache_hits import cache_hit_answer
 from streaming.compare import CompareRun, compare_prepare
@@ -56,7 +58,8 @@ from streaming.relay import (
     relay_open,
     stream_response,
 )
-from streaming.resumable import ResumableStream, resumable_check, resumable_replay
+from streaming.responses_store import store_plan, stored_request_expand
+from streaming.resumable import ResumableStream, resumable_check, sse_live, sse_replay
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +133,15 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
     request_id, ctx, body = await _post_json(request)
     check_body(body)
     resumable = resumable_wanted(request, ctx)
+    body_size = len(request.body)
+    plan = background = None
+    if endpoint == "responses":
+        continued = body.get("previous_response_id") is not None
+        body, plan, background = await _responses_prepare(ctx, body)
+        if continued:
+            body_size = len(orjson.dumps(body))  # the conversation it continues counts for the limits
     decision = await route_choose(
-        ctx, body, dialect=dialect.name, meta=request.META, body_size=len(request.body), kind=operation
+        ctx, body, dialect=dialect.name, meta=request.META, body_size=body_size, kind=operation
     )
     call = relay_call_build(
         request_id=request_id,
@@ -145,18 +155,42 @@ async def _chat(request, *, dialect, endpoint: str, check_body, operation: str =
         upstream_headers=_forwarded_headers(request, dialect),
         upstream_query=_forwarded_query(request, dialect),
     )
+    if plan is not None:
+        call.store = plan
+        call.response_fields = plan.response_fields
+        if background is not None:
+            call.response_fields = {**call.response_fields, "background": True}
     try:
-        if operation == "chat":
+        if operation == "chat" and background is None:
             cache_plan(call, cache_directive(request.headers))
-        await call_admit(call, len(request.body))
+        await call_admit(call, body_size)
         if call.cache_hit:
             return await cache_hit_answer(call)
+        if background is not None:
+            return await background_answer(call, client_stream=background)
         if resumable and call.stream:
             return await relay_resumable(call)
         return await relay_chat(call)
     except GatewayError as error:
         error.headers = {**call.headers(), **error.headers}
         raise
+
+
+async def _responses_prepare(ctx: KeyContext, body: dict):
+    """A Responses body continued from the stored response it names (previous_response_id), the plan for
+    storing its answer (None with `store: false`), and for `background: true` whether the client streams it
+    (None: not a background request). The body returned is what the call sends."""
+    body, previous = await stored_request_expand(ctx, body)
+    plan = store_plan(ctx, body, previous)
+    background = body.get("background")
+    if background is None or background is False:
+        return body, plan, None
+    if background is not True:
+        raise bad_request("'background' must be a boolean", param="background")
+    if plan is None:
+        raise bad_request("background mode needs a stored response: it cannot be used with store: false",
+                          param="background")  # fmt: skip
+    return background_body(body), plan, bool(body.get("stream"))
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -194,19 +228,12 @@ async def relay_resumable(call: RelayCall, *, stream_id: str = "") -> HttpRespon
         )
         return stream_response(body, {**STREAM_HEADERS, **call.headers()})
     headers = {**STREAM_HEADERS, **call.headers(), "x-gateway-stream-id": stream.stream_id}
-    return stream_response(resumable_sse(stream), headers)
+    return stream_response(sse_live(stream), headers)
 
 
 def resumable_stopped(call: RelayCall, reason: str) -> None:
     if reason == "cancelled":
         call.stop_error_type = "cancelled"
-
-
-async def resumable_sse(stream: ResumableStream):
-    """The live client's body of a resumable SSE stream."""
-    async with aclosing(stream.live()) as frames:
-        async for item in frames:
-            yield KEEPALIVE if item is None else item[1]
 
 
 @speaks(anthropic_if_versioned)
@@ -223,7 +250,7 @@ async def stream_resume(request, stream_id: str):
             400, "invalid_request", f"stream '{stream_id}' is a playground run's: resume it over the playground socket"
         )
     headers = {**STREAM_HEADERS, "x-request-id": request.gateway_request_id, "x-gateway-stream-id": stream_id}
-    return stream_response(replay_sse(stream_id, after), headers)
+    return stream_response(sse_replay(stream_id, after), headers)
 
 
 def last_event_id(request) -> int:
@@ -239,11 +266,18 @@ def last_event_id(request) -> int:
     return int(raw)
 
 
-async def replay_sse(stream_id: str, after: int):
-    keepalive = settings.GATEWAY_SSE_KEEPALIVE_SECONDS or None
-    async with aclosing(resumable_replay(stream_id, kind="sse", after=after, keepalive=keepalive)) as frames:
-        async for item in frames:
-            yield KEEPALIVE if item is None else item[1]
+@speaks(openai)
+async def response_cancel(request, response_id: str):
+    """POST /v1/responses/{id}/cancel: stop a background response (see streaming.background) and return it."""
+    only("POST")(request)
+    ctx = await authenticate(request)
+
+    async def stored(response_id: str) -> dict | None:
+        found = await stored_response_find(owner_id=ctx.owner_id, response_id=response_id)
+        return found.response() if found is not None else None
+
+    answer = await background_cancel(ctx, response_id, stored=stored)
+    return HttpResponse(orjson.dumps(answer), content_type="application/json")
 
 
 @speaks(openai, endpoint="chat.completions")
@@ -325,7 +359,7 @@ async def compare(request):
     if resumable:
         stream = await ResumableStream.open(_compare_sse(run), ctx=ctx, on_stop=lambda _reason: run.cancel())
         headers["x-gateway-stream-id"] = stream.stream_id
-        return stream_response(resumable_sse(stream), headers)
+        return stream_response(sse_live(stream), headers)
     return stream_response(_compare_sse(run), headers)
 
 

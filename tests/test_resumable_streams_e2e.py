@@ -11,6 +11,7 @@ import time
 import httpx
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.models import Tier
 from tests.support.data import key_create, model_create, provider_create
@@ -180,7 +181,7 @@ def test_compare_resumes_through_the_other_process(two_gateways, routes, fresh_s
 def test_nobody_back_within_the_grace_closes_the_upstream_and_books_499_with_the_tokens_produced(
     gateway_factory, fresh_simulator
 ):
-    short = gateway_factory(GATEWAY_RESUME_GRACE_SECONDS="1")
+    short = gateway_factory(GATEWAY_RESUME_GRACE_SECONDS="1", GATEWAY_METRICS_TOKEN=METRICS_TOKEN)
     sim = provider_create("rs-grace", fresh_simulator.openai_base)
     model_create("rs-long", [(sim, "sim-echo?tokens=400&interval_ms=25", 0)])
     key = key_create("resumable-grace")
@@ -195,6 +196,9 @@ def test_nobody_back_within_the_grace_closes_the_upstream_and_books_499_with_the
     # Tokens went on being produced during the grace (about 40 a second), far from all 400.
     assert 10 < event["completion_tokens"] < 400, event
     assert 1.0 <= took < 6, took
+    eventually(
+        lambda: _metric(short, "gateway_resumable_streams_total", event="expired") == 1, timeout=3, what="expired"
+    )
     # The buffer stays readable for the grace after the stream ended, then a resume is refused.
     eventually(lambda: _resume(short.url, stream_id, key, 3).status_code == 404, timeout=5, what="buffer expired")
     answer = _resume(short.url, stream_id, key, 3)
@@ -231,3 +235,58 @@ def test_a_stream_is_resumable_only_by_its_own_key_and_bad_ids_are_refused_in_th
             headers={"Authorization": f"Bearer {key}"},
         )  # fmt: skip
         assert "x-gateway-stream-id" not in plain.headers and b"\nid: " not in plain.content
+
+
+METRICS_TOKEN = "metrics-token-for-resumable"
+
+
+def _metric(gateway, name: str, **labels) -> float:
+    response = httpx.get(f"{gateway.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stream_over_its_buffer_cap_goes_on_live_says_so_and_can_no_longer_be_resumed(
+    gateway_factory, fresh_simulator
+):
+    small = gateway_factory(GATEWAY_RESUME_MAX_BYTES="3000", GATEWAY_METRICS_TOKEN=METRICS_TOKEN)
+    sim = provider_create("rs-cap", fresh_simulator.openai_base)
+    model_create("rs-cap", [(sim, "sim-echo?tokens=60&interval_ms=5", 0)])
+    key = key_create("resumable-cap")
+    body = {"model": "rs-cap", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {"Authorization": f"Bearer {key}", "x-gateway-resumable": "true"}
+    with httpx.Client(timeout=30) as client:
+        whole = client.post(small.url + "/v1/chat/completions", json=body, headers=headers)
+    raw = whole.content
+    assert raw.rstrip().endswith(b"data: [DONE]")
+    assert b": this stream's resume buffer is full" in raw
+    # Every event still came, the ones past the cap too (each with its id).
+    events = [event for event in _events(raw) if not event.startswith(b":")]
+    assert _ids(events) == list(range(1, len(events) + 1)) and len(events) > 40
+    refused = _resume(small.url, whole.headers["x-gateway-stream-id"], key, 1)
+    assert refused.status_code == 410 and refused.json()["error"]["code"] == "stream_not_resumable"
+    (event,) = wait_usage(lambda events: len(events) == 1)
+    assert event["status_code"] == 200
+
+    # The metrics: one opened, then a client that drops and comes back (resumed), and one that never does.
+    opened_before = _metric(small, "gateway_resumable_streams_total", event="opened")
+    model_create("rs-metric", [(sim, "sim-echo?tokens=60&interval_ms=20", 0)])
+    body["model"] = "rs-metric"
+    stream_id, _first, _ = _drop_after(small.url, "/v1/chat/completions", key, body, 2, **{"x-gateway-resumable": "1"})
+    eventually(lambda: _metric(small, "gateway_resumable_streams_open") == 1, timeout=3, what="one open")
+    assert _resume(small.url, stream_id, key, 2).status_code == 200
+    eventually(
+        lambda: (
+            _metric(small, "gateway_resumable_streams_total", event="resumed") == 1
+            and _metric(small, "gateway_resumable_streams_total", event="opened") == opened_before + 1
+            and _metric(small, "gateway_resumable_streams_open") == 0
+        ),
+        timeout=5,
+        what="resumed counted, none open",
+    )

@@ -1,7 +1,7 @@
-"""OpenAI Responses wire format (`POST /v1/responses`), without server-side state.
+"""OpenAI Responses wire format (`POST /v1/responses`).
 
-The gateway keeps no conversations: a client sends the whole input every time, so
-`previous_response_id` and `conversation` are refused at the edge. Built-in tools (web search,
+Pure translation: stored responses and `previous_response_id` are the door's (streaming.responses_store), which
+hands this dialect the whole conversation as input; `conversation` is refused at the edge. Built-in tools (web search,
 file search, computer use, ...) run at OpenAI and have no counterpart elsewhere; they pass through
 to a Responses provider and are refused with a 400 when the request must be translated.
 """
@@ -102,6 +102,16 @@ def _usage_body(usage: Usage | None) -> dict | None:
     if usage.reasoning_tokens is not None:
         body["output_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return body
+
+
+def response_skeleton(*, response_id: str, model: str, status: str, **fields) -> dict:
+    """A response object with no output yet (a background response queued or in progress)."""
+    return (
+        _response_object(
+            response_id=response_id, created_at=int(time.time()), model=model, status=status, output=[], usage=None
+        )
+        | fields
+    )
 
 
 def _status(finish_reason: str | None) -> tuple[str, dict | None]:

@@ -189,7 +189,7 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, key, model):
         ({"model": "resp", "input": ["hi"]}, "input[0]", "must be an object"),
         ({"model": "resp", "input": "hi", "max_output_tokens": 0}, "max_output_tokens", "positive integer"),
         ({"model": "resp", "input": "hi", "stream": "yes"}, "stream", "boolean"),
-        ({"model": "resp", "input": "hi", "previous_response_id": "resp_1"}, "previous_response_id", "not supported"),
+        ({"model": "resp", "input": "hi", "previous_response_id": 7}, "previous_response_id", "non-empty string"),
         ({"model": "chat", "input": "hi", "conversation": "conv_1"}, "conversation", "send the full input"),
         ({"model": "chat", "input": [{"type": "item_reference", "id": "x"}]}, "input[0]", "item_reference"),
     ],
@@ -203,9 +203,11 @@ def test_bad_requests_name_the_field(gateway, key, fresh_simulator, body, param,
     assert fresh_simulator.requests() == []
 
 
-def test_sdk_raises_bad_request_for_previous_response_id(gateway, key):
-    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+def test_sdk_raises_not_found_for_an_unknown_previous_response_id(gateway, key, fresh_simulator):
+    with pytest.raises(openai.NotFoundError, match="resp_123") as raised:
         client(gateway, key).responses.create(model="resp", input=PROMPT, previous_response_id="resp_123")
+    assert raised.value.body["param"] == "previous_response_id"
+    assert fresh_simulator.requests() == []
 
 
 def test_chat_and_messages_clients_reach_a_responses_provider(gateway, key, fresh_simulator):
