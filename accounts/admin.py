@@ -898,5 +898,5 @@ class StoredResponseAdmin(ReadOnlyAdmin):
         return super().get_queryset(request).defer("response", "input_items", "conversation")
 
 
-# The request log's admin lives beside this module and registers itself.
-from accounts import admin_request_log  # noqa: E402,F401
+# The request log's and the arena votes' admins live beside this module and register themselves.
+from accounts import admin_arena, admin_request_log  # noqa: E402,F401

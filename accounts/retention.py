@@ -1,6 +1,7 @@
 """Retention of what grows with traffic and is not history: request log records are deleted
-GATEWAY_LOG_RETENTION_DAYS after their call, health-check rows GATEWAY_HEALTH_RETENTION_DAYS after their check
-(0 keeps them forever). Usage records and daily totals are history and are never deleted here.
+GATEWAY_LOG_RETENTION_DAYS after their call, health-check rows GATEWAY_HEALTH_RETENTION_DAYS after their check,
+arena votes GATEWAY_ARENA_RETENTION_DAYS after they were cast (0 keeps them forever). Usage records and daily
+totals are history and are never deleted here.
 
 A Celery beat task (accounts.tasks.expire_logs, every GATEWAY_RETENTION_SECONDS) runs `retention_run`: oldest
 rows first, in short batches chosen through the tables' timestamp index (aigateway.retention), for at most
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
 from django.utils import timezone
 
+from accounts.arena import arena_votes_expire
 from accounts.models import RequestLog
 from aigateway.retention import Expiry, rows_expire
 from providers.health import health_history_expire
@@ -38,14 +40,15 @@ def request_logs_expire(*, older_than: datetime, batch_size: int, deadline: floa
 def retention_run(
     *, batch_size: int = RETENTION_BATCH_SIZE, max_seconds: float = RETENTION_RUN_SECONDS
 ) -> dict[str, Expiry | None]:
-    """One retention pass over health-check history (small, first) and the request log, sharing `max_seconds`;
-    a table whose retention is 0 days is left alone (None). Logs one line. A database failure ends the pass with
-    a warning: the batches already done stay done, the next run goes on."""
+    """One retention pass over health-check history (small, first), arena votes and the request log, sharing
+    `max_seconds`; a table whose retention is 0 days is left alone (None). Logs one line. A database failure ends
+    the pass with a warning: the batches already done stay done, the next run goes on."""
     started = time.monotonic()
     deadline = started + max_seconds
     now = timezone.now()
     plan = {
         "health checks": (settings.GATEWAY_HEALTH_RETENTION_DAYS, health_history_expire),
+        "arena votes": (settings.GATEWAY_ARENA_RETENTION_DAYS, arena_votes_expire),
         "request log records": (settings.GATEWAY_LOG_RETENTION_DAYS, request_logs_expire),
     }
     results: dict[str, Expiry | None] = {}

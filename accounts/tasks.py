@@ -32,7 +32,7 @@ RETENTION_TASK_EXPIRES_SECONDS = 300
 
 @shared_task(ignore_result=True, expires=RETENTION_TASK_EXPIRES_SECONDS)
 def expire_logs() -> int:
-    """Request log records and health-check history past their retention; returns the rows deleted."""
+    """Request log records, health-check history and arena votes past their retention; returns the rows deleted."""
     results = retention_run()
     return sum(expiry.deleted for expiry in results.values() if expiry is not None)
 

@@ -4,7 +4,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 from django.views.generic import RedirectView
 
-from streaming import playground, responses_api, views
+from streaming import arena_views, playground, responses_api, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="playground", permanent=False)),
@@ -24,6 +24,8 @@ urlpatterns = [
     path("v1/models/<path:model>", views.model_detail, name="model-detail"),
     path("v1/streams/<str:stream_id>", views.stream_resume, name="stream-resume"),
     path("playground/", playground.playground, name="playground"),
+    path("playground/arena/vote", arena_views.arena_vote, name="playground-arena-vote"),
+    path("playground/leaderboard/", arena_views.arena_leaderboard_page, name="playground-leaderboard"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     # A base URL without /v1, or with it twice: a JSON 404 that says which base URL to set.

@@ -140,7 +140,8 @@ def test_retention_run_uses_the_settings_and_logs_one_line(settings, provider, c
     lines = [r.getMessage() for r in caplog.records if r.name == "accounts.retention"]
     assert len(lines) == 1
     assert re.fullmatch(
-        r"retention: 3 health checks deleted \(older than 14 days\), 5 request log records deleted "
+        r"retention: 3 health checks deleted \(older than 14 days\), 0 arena votes deleted \(older than 365 days\), "
+        r"5 request log records deleted "
         r"\(older than 30 days\) in \d+\.\d\ds, 5 batches, longest \d+\.\d{3}s",
         lines[0],
     ), lines[0]
@@ -166,15 +167,18 @@ def test_a_run_shares_its_budget_and_says_when_rows_are_left(settings, provider,
 def test_zero_days_keeps_everything(settings, provider, caplog):
     settings.GATEWAY_LOG_RETENTION_DAYS = 0
     settings.GATEWAY_HEALTH_RETENTION_DAYS = 0
+    settings.GATEWAY_ARENA_RETENTION_DAYS = 0
     logs_create([timedelta(days=4000)] * 3)
     checks_create(provider, [timedelta(days=4000)] * 3)
 
     with caplog.at_level(logging.INFO, logger="accounts.retention"):
         results = retention_run()
 
-    assert results == {"health checks": None, "request log records": None}
+    assert results == {"health checks": None, "arena votes": None, "request log records": None}
     assert (RequestLog.objects.count(), HealthCheck.objects.count()) == (3, 3)
-    assert "health checks kept forever, request log records kept forever" in caplog.records[-1].getMessage()
+    assert "health checks kept forever, arena votes kept forever, request log records kept forever" in (
+        caplog.records[-1].getMessage()
+    )
 
 
 def test_negative_retention_stops_the_start():
