@@ -748,6 +748,9 @@ def _model_routing_validate(entry: _Entry, name, problems: _Problems, referenced
             if item not in MODEL_KINDS:
                 problems.add(line, f"{entry.label}: unknown kind {item!r}; known: {', '.join(MODEL_KINDS)}")
                 kinds = INVALID
+            elif item == "vision" and "chat" not in {kind for kind, _line in entry.names("kinds")}:
+                problems.add(line, f'{entry.label}: "vision" is image input for chat: list "chat" too')
+                kinds = INVALID
     if not _all_valid(name, *lists.values()):
         return INVALID
     found = model_routing_problems(name=name, **{key: [item for item, _line in items] for key, items in lists.items()})

@@ -128,7 +128,9 @@ class Provider(models.Model):
         self.client_key_encrypted = secret_encrypt(value or "")
 
 
-MODEL_KINDS = ("chat", "embeddings", "completions")
+# What a model serves: "chat" requests, "vision" (a chat model that reads images: the playground offers image input
+# for it), "embeddings", legacy "completions".
+MODEL_KINDS = ("chat", "vision", "embeddings", "completions")
 # What a translated request does with built-in tools (web_search, file_search, ...) its provider does not offer.
 UNSUPPORTED_TOOLS = (("drop", "drop them (named in x-gateway-dropped-tools)"), ("refuse", "refuse the request (400)"))
 
@@ -168,7 +170,8 @@ class Model(models.Model):
         default=model_kinds_default,
         db_default=model_kinds_default(),
         blank=True,
-        help_text='What the model is for, shown in /v1/models: any of "chat", "embeddings", "completions".',
+        help_text='What the model is for, shown in /v1/models: any of "chat", "vision" (chat with image input), '
+        '"embeddings", "completions".',
     )
     aliases = models.JSONField(
         default=list,
@@ -218,6 +221,8 @@ class Model(models.Model):
         )
         if not isinstance(self.kinds, list) or any(kind not in MODEL_KINDS for kind in self.kinds):
             problems["kinds"] = [f"kinds must be a list of: {', '.join(MODEL_KINDS)}"]
+        elif "vision" in self.kinds and "chat" not in self.kinds:
+            problems["kinds"] = ['"vision" is image input for chat: a vision model must be a chat model too']
         if problems:
             raise ValidationError(problems)
 

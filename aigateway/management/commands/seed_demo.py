@@ -97,7 +97,7 @@ def demo_config(simulator_url: str) -> dict:
             {
                 "name": "sim-fast",
                 "description": "Simulator, fast deterministic echo.",
-                "kinds": ["chat", "completions"],
+                "kinds": ["chat", "vision", "completions"],
                 "deployments": [{"provider": "sim", "upstream_model": "sim-echo"}],
             },
             {
