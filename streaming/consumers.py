@@ -4,9 +4,15 @@ A socket is authenticated either by an API key (programs: `Authorization: Bearer
 key alone counts, any session is ignored) or by the browser's Django session (then it runs as one of the
 user's own keys, chosen per run). A session socket ends (close 4401) when its session ends: at logout at
 once, and a chat on a session that has expired or been deleted is refused. Frames in:
-`{"type": "chat", "models": [...], "messages": [...] | "messages_by_model": {...}, ...params}` and
-`{"type": "cancel"}`, each at most GATEWAY_MAX_BODY_BYTES. Frames out: the events of /v1/compare, and
-run-level `error` frames (no `model`) for frames the socket cannot act on; the socket stays open after them.
+`{"type": "chat", "models": [...], "messages": [...] | "messages_by_model": {...}, "run_id"?, ...params}`,
+`{"type": "resume", "run_id": ..., "after": <seq>}` and `{"type": "cancel"}`, each at most
+GATEWAY_MAX_BODY_BYTES. Frames out: the events of /v1/compare, each with its `seq`; `saved` and `resumed`;
+and run-level `error` frames (no `model`) for frames the socket cannot act on; the socket stays open after them.
+
+Every chat is a turn of a saved conversation (streaming.playground_runs, the socket's user or its key's owner)
+and runs as a resumable stream (streaming.resumable): a socket that goes away leaves its run going for
+GATEWAY_RESUME_GRACE_SECONDS, and a `resume` frame on any socket of the same user, on any gateway process, picks it
+up after the last event it saw. The turn's answers are saved by the run itself as it ends, watched or not.
 """
 
 import asyncio
@@ -25,12 +31,42 @@ from accounts.services import playground_key_get_or_create
 from aigateway.errors import GatewayError, bad_request
 from streaming.compare import CompareRun, compare_prepare, error_event
 from streaming.edge import json_depth_check
+from streaming.playground_runs import (
+    TurnRecorder,
+    playground_run_get,
+    playground_run_stream_lost,
+    playground_run_turn_save,
+    playground_run_turn_start,
+    playground_turn_prompt,
+    run_not_found,
+)
 from streaming.refusals import refusal_note
+from streaming.resumable import ResumableStream, new_stream_id, resumable_cancel, resumable_meta, resumable_replay
 from streaming.session_sockets import session_group, session_user
 
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+FRAME_TYPES = "'chat', 'resume' or 'cancel'"
+# How long a socket whose session ended waits for its cancelled run's last frames before it closes.
+SESSION_END_WAIT_SECONDS = 3.0
+# The compare frame that ends a run: the first field of its JSON is its type.
+_COMPLETE_PREFIX = b'{"type":"complete"'
+# Chat fields the page keeps with a saved run, to restore its settings.
+_OPTION_FIELDS = ("temperature", "max_tokens")
+
+_run_get = database_sync_to_async(playground_run_get)
+_turn_start = database_sync_to_async(playground_run_turn_start)
+_turn_save = database_sync_to_async(playground_run_turn_save)
+_stream_lost = database_sync_to_async(playground_run_stream_lost)
+
+# Events a run may be ahead of the socket that started it while that socket reads (the resume stream holds them for
+# it meanwhile): a client that stops reading holds the providers back, as on /v1/compare.
+LIVE_WINDOW = 64
+
+# The compare runs streaming in this process, by stream id: a cancel stops one through the run itself, so each
+# model reports itself cancelled and the run still ends with its `complete` event.
+_compare_runs: dict[str, CompareRun] = {}
 
 
 def scope_headers(scope) -> dict[str, str]:
@@ -64,17 +100,107 @@ def frame_size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def _run_finished(task: asyncio.Task) -> None:
-    # The client gone while its frames were being sent (ClientDisconnected is an OSError) ends a run too.
+class ReaderPace:
+    """Holds a run back while the socket that started it reads it but falls behind: at most LIVE_WINDOW events
+    ahead of what the socket has sent. Once that socket leaves, the run goes at its own pace (into the resume
+    buffer, which GATEWAY_RESUME_MAX_BYTES bounds)."""
+
+    def __init__(self) -> None:
+        self._room = asyncio.Semaphore(LIVE_WINDOW)
+        self.reading = True
+        # Set once the socket reads the stream live: events produced before that would reach only the buffer.
+        self.attached = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.attached.wait()
+        if self.reading:
+            await self._room.acquire()
+
+    def sent(self) -> None:
+        self._room.release()
+
+    def leave(self) -> None:
+        self.attached.set()
+        if self.reading:
+            self.reading = False
+            for _ in range(LIVE_WINDOW):
+                self._room.release()  # a run waiting for room goes on
+
+
+async def _saved_events(
+    compare: CompareRun, *, run_id: int, turn_index: int, stream_id: str, pace: ReaderPace, stopped: list[str]
+):
+    """The run's events, its turn saved as it ends: before its `complete` event goes out (so a page that reloads
+    on it finds the turn saved), or, stopped early (`stopped` holds why), with what it had. This is the resumable
+    stream's source, so it runs in the stream's own task whether or not a socket still reads it."""
+    recorder = TurnRecorder(compare.request.models)
+    saved = False
+    try:
+        async with aclosing(compare.events()) as events:
+            async for event in events:
+                await pace.wait()
+                recorder.observe(event)
+                if event.get("type") == "complete":
+                    await _turn_save(
+                        run_id=run_id, turn_index=turn_index, stream_id=stream_id, answers=recorder.result()
+                    )
+                    saved = True
+                yield event
+    finally:
+        _compare_runs.pop(stream_id, None)
+        if not saved:
+            # Stopped (nobody came back within the grace, a cancel from another process): a second cancellation
+            # while the row is written must not lose it.
+            ended = "cancelled" if "cancelled" in stopped else "interrupted"
+            save = _turn_save(
+                run_id=run_id,
+                turn_index=turn_index,
+                stream_id=stream_id,
+                answers=recorder.result(unfinished=ended),
+                status=ended,
+            )
+            try:
+                await asyncio.shield(asyncio.ensure_future(save))
+            except Exception as exc:
+                logger.warning("playground run %s: the interrupted turn was not saved: %s", run_id, type(exc).__name__)
+
+
+def _outcome(run, turn_index: int) -> dict:
+    """A `complete` frame for a turn whose stream ended without one (stopped early): each model's saved outcome."""
+    turn = run.turns[turn_index] if run is not None and turn_index < len(run.turns) else {}
+    results = {}
+    for name, answer in turn.get("answers", {}).items():
+        status = answer.get("status")
+        if status == "done":
+            results[name] = {"status": "done", **(answer.get("done") or {})}
+        elif status == "error":
+            results[name] = {"status": "error", "error": answer.get("error") or {}}
+        else:
+            results[name] = {"status": "cancelled"}
+    return {"type": "complete", "run_id": None, "results": results, "interrupted": True}
+
+
+def _reader_finished(task: asyncio.Task) -> None:
+    # The client gone while its frames were being sent (ClientDisconnected is an OSError) ends a reader too.
     if not task.cancelled() and (exc := task.exception()) is not None and not isinstance(exc, OSError):
-        logger.error("playground run failed", exc_info=exc)
+        logger.error("playground stream reader failed", exc_info=exc)
+
+
+def _int_field(value, name: str, *, required: bool) -> int | None:
+    """A frame's id or sequence number: a non-negative integer (or left out, when it may be)."""
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise bad_request(f"'{name}' must be a non-negative integer", param=name)
+    return value
 
 
 class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.run: CompareRun | None = None
-        self.run_task: asyncio.Task | None = None
+        # The stream this socket reads (the run it started, or one it resumed) and the task that forwards it.
+        self.stream_id: str | None = None
+        self.reader: asyncio.Task | None = None
         self.auth: str | None = None
         self.session_key: str | None = None
         self.session_watch: asyncio.Task | None = None
@@ -84,9 +210,9 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         try:
             return await super().__call__(scope, receive, send)
         finally:
-            # However the socket ends: a send to a client already gone ends the consumer with an exception
-            # instead of a disconnect message, and its run must not stream on for nobody.
-            await self._run_stop()
+            # However the socket ends (a send to a client already gone ends the consumer with an exception
+            # instead of a disconnect message), its reader stops; the run goes on for a resume.
+            await self._reader_stop()
 
     async def connect(self) -> None:
         headers = scope_headers(self.scope)
@@ -120,7 +246,8 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code) -> None:
         if self.session_watch is not None:
             self.session_watch.cancel()
-        await self._run_stop()
+        # Only the reader: the run goes on for GATEWAY_RESUME_GRACE_SECONDS, for a resume from a reloaded page.
+        await self._reader_stop()
 
     async def _watch_session(self) -> None:
         """A session that ends without a logout (it expires, or is deleted) ends its sockets too, within
@@ -179,12 +306,14 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         kind = content.get("type")
         if kind == "chat":
             await self._chat(content, size)
+        elif kind == "resume":
+            await self._resume(content)
         elif kind == "cancel":
             await self._cancel()
         elif kind is None:
-            await self._refuse(bad_request("frame has no 'type'; expected 'chat' or 'cancel'", param="type"))
+            await self._refuse(bad_request(f"frame has no 'type'; expected {FRAME_TYPES}", param="type"))
         else:
-            await self._refuse(bad_request(f"unknown frame type {kind!r}; expected 'chat' or 'cancel'", param="type"))
+            await self._refuse(bad_request(f"unknown frame type {kind!r}; expected {FRAME_TYPES}", param="type"))
 
     async def _refuse(self, error: GatewayError, ctx: KeyContext | None = None, body: dict | None = None) -> None:
         """A run-level error frame. A refusal is counted, and recorded when the key is known (the socket's
@@ -197,8 +326,11 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             event["request_id"] = request_id
         await self.send_json(event)
 
+    def _reading(self) -> bool:
+        return self.reader is not None and not self.reader.done()
+
     async def _chat(self, content: dict, size: int) -> None:
-        if self.run_task is not None and not self.run_task.done():
+        if self._reading():
             await self._refuse(
                 GatewayError(409, "run_in_progress", 'a run is already in progress; send {"type": "cancel"} first')
             )
@@ -206,36 +338,167 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         if self.auth == "session" and not await self._session_current():
             await self._session_end("it expired or was ended")
             return
+        # Which saved conversation this turn continues is the socket's business, not a field of the chat request.
+        run_id = content.pop("run_id", None)
         ctx = None
         try:
+            run_id = _int_field(run_id, "run_id", required=False)
             ctx = await self._key_context(content.get("key_id"))
+            owner_id = self._owner_id(ctx)
+            if run_id is not None and await _run_get(user_id=owner_id, run_id=run_id) is None:
+                raise run_not_found(run_id)
             prepared = await compare_prepare(ctx=ctx, body=content, body_size=size, meta=self.meta)
         except GatewayError as error:
             await self._refuse(error, ctx, content)
             return
-        self.run = CompareRun(prepared)
-        self.run_task = asyncio.create_task(self._stream(self.run))
-        self.run_task.add_done_callback(_run_finished)
+        prompt, system = playground_turn_prompt(content)
+        options = {"key_id": ctx.key_id, "system": system}
+        options.update({name: content[name] for name in _OPTION_FIELDS if content.get(name) is not None})
+        stream_id = new_stream_id()
+        try:
+            run, turn_index = await _turn_start(
+                user_id=owner_id,
+                team_id=ctx.team_id,
+                run_id=run_id,
+                models=prepared.models,
+                prompt=prompt,
+                system=system,
+                options=options,
+                stream_id=stream_id,
+            )
+        except GatewayError as error:  # deleted meanwhile
+            await self._refuse(error, ctx, content)
+            return
+        compare = CompareRun(prepared)
+        _compare_runs[stream_id] = compare
+        pace, stopped = ReaderPace(), []
+        source = _saved_events(
+            compare, run_id=run.pk, turn_index=turn_index, stream_id=stream_id, pace=pace, stopped=stopped
+        )
 
-    async def _stream(self, run: CompareRun) -> None:
-        async with aclosing(run.events()) as events:
-            async for event in events:
-                await self.send_json(event)
+        def stop(reason: str) -> None:
+            # Stopped early (nobody back within the grace, a cancel from another process): through the run, so
+            # each model is stopped and booked as a cancelled call.
+            stopped.append(reason)
+            compare.cancel()
 
-    async def _run_stop(self) -> None:
-        """Cancel the run, if one is going, and wait until its models have stopped and been recorded."""
-        task = self.run_task
+        try:
+            stream = await ResumableStream.open(source, ctx=ctx, kind="json", stream_id=stream_id, on_stop=stop)
+        except Exception as exc:
+            _compare_runs.pop(stream_id, None)
+            await _stream_lost(user_id=owner_id, run_id=run.pk, stream_id=stream_id)
+            logger.warning("playground run %s: its stream did not open: %s", run.pk, type(exc).__name__)
+            await self._refuse(GatewayError(503, "stream_unavailable", "the run could not be started; try again"))
+            return
+        self.stream_id = stream_id
+        saved = {"type": "saved", "run_id": run.pk, "turn": turn_index}
+        live = stream.live()
+        self._read(self._forward(live, saved, run_id=run.pk, turn_index=turn_index, user_id=owner_id, pace=pace))
+
+    async def _resume(self, content: dict) -> None:
+        """Read a saved run's current turn again, from the event after `after` to its end, live; on any process."""
+        if self._reading():
+            await self._refuse(
+                GatewayError(409, "run_in_progress", 'a run is already in progress; send {"type": "cancel"} first')
+            )
+            return
+        if self.auth == "session" and not await self._session_current():
+            await self._session_end("it expired or was ended")
+            return
+        try:
+            run_id = _int_field(content.get("run_id"), "run_id", required=True)
+            after = _int_field(content.get("after", 0), "after", required=True)
+            # Whoever owns the run may follow it, whichever of their keys ran it: the run names the stream.
+            owner_id = self._owner_id(await self._socket_key_context())
+            run = await _run_get(user_id=owner_id, run_id=run_id)
+            if run is None:
+                raise run_not_found(run_id)
+            turn_index = len(run.turns) - 1
+            stream_id = run.active_stream_id or (run.turns[-1].get("stream_id", "") if run.turns else "")
+            meta = await resumable_meta(stream_id) if stream_id else {}
+            if not meta:
+                if run.active_stream_id:
+                    # Its process ended (or its buffer expired) before the turn was saved: it never will be.
+                    await _stream_lost(user_id=owner_id, run_id=run.pk, stream_id=run.active_stream_id)
+                raise GatewayError(
+                    410, "stream_ended", f"run {run_id} has no turn to resume: its last turn ended", param="run_id"
+                )
+            if meta.get("state") == "over_cap":
+                raise GatewayError(
+                    410,
+                    "stream_not_resumable",
+                    f"run {run_id}'s turn passed its resume buffer cap (GATEWAY_RESUME_MAX_BYTES); it goes on and is "
+                    "saved when it ends",
+                    param="run_id",
+                )
+            if meta.get("state") == "ended" and after > int(meta.get("last") or 0):
+                raise bad_request(f"event {after} is past the end of run {run_id}'s turn", param="after")
+        except GatewayError as error:
+            await self._refuse(error)
+            return
+        self.stream_id = stream_id
+        resumed = {"type": "resumed", "run_id": run.pk, "turn": turn_index, "after": after}
+        replay = resumable_replay(stream_id, kind="json", after=after)
+        self._read(self._forward(replay, resumed, run_id=run.pk, turn_index=turn_index, user_id=owner_id))
+
+    def _read(self, forward) -> None:
+        self.reader = asyncio.create_task(forward)
+        self.reader.add_done_callback(_reader_finished)
+
+    async def _forward(
+        self, frames, opening: dict, *, run_id: int, turn_index: int, user_id: int, pace: ReaderPace | None = None
+    ) -> None:
+        """Send `opening` (`saved` or `resumed`), then the stream's frames as they come; a stream that ended without
+        its `complete` frame (stopped early, or its process gone) ends here with one built from the saved turn.
+        `pace`: this socket started the run."""
+        stream_id = self.stream_id
+        complete = False
+        try:
+            await self.send_json(opening)
+            if pace is not None:
+                # Runs once the first read below has attached the socket to the stream and waits for frames.
+                asyncio.get_running_loop().call_soon(pace.attached.set)
+            async with aclosing(frames) as items:
+                async for item in items:
+                    if item is None:
+                        continue  # a keepalive: websockets have their own pings
+                    seq, frame = item
+                    complete = complete or frame.startswith(_COMPLETE_PREFIX)
+                    await self.send(text_data=frame.decode())
+                    if pace is not None and seq is not None:
+                        pace.sent()
+        finally:
+            if pace is not None:
+                pace.leave()
+        if not complete:
+            run = await _run_get(user_id=user_id, run_id=run_id)
+            if run is not None and run.active_stream_id == stream_id:
+                await _stream_lost(user_id=user_id, run_id=run_id, stream_id=stream_id)
+                run = await _run_get(user_id=user_id, run_id=run_id)
+            await self.send_json(_outcome(run, turn_index))
+
+    async def _reader_stop(self) -> None:
+        """Stop reading the stream (the run itself goes on) and wait until the reader has let go."""
+        task = self.reader
         if task is None:
             return
         if not task.done():
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
+    async def _run_cancel(self) -> None:
+        """Stop the run this socket reads, in this process through the run itself, else wherever it runs."""
+        compare = _compare_runs.get(self.stream_id)
+        if compare is not None:
+            compare.cancel()
+        else:
+            await resumable_cancel(self.stream_id)
+
     async def _cancel(self) -> None:
-        if self.run_task is None or self.run_task.done():
+        if not self._reading():
             await self._refuse(GatewayError(409, "no_run", "there is no run in progress to cancel"))
             return
-        self.run.cancel()
+        await self._run_cancel()
 
     async def _session_current(self) -> bool:
         """Whether the socket's session still logs in its user (not logged out, expired, deleted, or
@@ -250,17 +513,31 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         if self.ending:
             return
         self.ending = True
-        await self._run_stop()
+        if self._reading():
+            # A session that ended stops its run too (booked as cancelled), not only its reader, which passes on
+            # the models' cancellations first.
+            await self._run_cancel()
+            await asyncio.wait([self.reader], timeout=SESSION_END_WAIT_SECONDS)
+        await self._reader_stop()
         await self._refuse(GatewayError(401, "session_ended", f"your session has ended ({why}); log in again"))
         await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    def _owner_id(self, ctx: KeyContext | None) -> int:
+        """Whose saved runs the socket works on: the session's user, or the owner of the socket's key."""
+        return self.scope["user"].pk if self.auth == "session" else ctx.owner_id
+
+    async def _socket_key_context(self) -> KeyContext | None:
+        if self.auth != "key":
+            return None
+        ctx = await key_context_resolve(self.plaintext_key)
+        if ctx is None:
+            raise GatewayError(401, "invalid_api_key", "invalid, disabled or expired API key")
+        return ctx
 
     async def _key_context(self, key_id) -> KeyContext:
         """The key this run pays with: the socket's API key, or one of the logged-in user's own keys."""
         if self.auth == "key":
-            ctx = await key_context_resolve(self.plaintext_key)
-            if ctx is None:
-                raise GatewayError(401, "invalid_api_key", "invalid, disabled or expired API key")
-            return ctx
+            return await self._socket_key_context()
         if key_id is not None and (isinstance(key_id, bool) or not isinstance(key_id, int)):
             raise bad_request("'key_id' must be the id of one of your keys", param="key_id")
         ctx = await self._session_key_context(key_id)

@@ -1,12 +1,19 @@
 """The browser playground page: server-rendered, it streams one or more models side by side over the
-/ws/playground/ websocket (streaming.consumers), paying with one of the logged-in user's own keys."""
+/ws/playground/ websocket (streaming.consumers), paying with one of the logged-in user's own keys. Its saved
+conversations (streaming.playground_runs) are read back as JSON under /playground/runs/."""
+
+from functools import wraps
 
 from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
 
 from accounts.selectors import playground_keys
 from accounts.services import playground_key_get_or_create
 from providers.models import Model
+from streaming.playground_runs import playground_run_get, playground_run_payload, playground_runs_list
 
 # Model output is untrusted: no inline script, nothing loaded from another origin, no plugins, no framing.
 CONTENT_SECURITY_POLICY = (
@@ -38,6 +45,7 @@ def playground_config(*, user, host: str, secure: bool) -> dict:
     return {
         "user": user.get_username(),
         "ws_path": "/ws/playground/",
+        "runs_url": reverse("playground-runs"),
         "api_base": f"{scheme}://{host}/v1",
         "keys": [
             {
@@ -71,3 +79,38 @@ def playground(request):
     response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(websocket=websocket)
     response["Referrer-Policy"] = "same-origin"
     return response
+
+
+def _json_error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _page_json(view):
+    """A JSON endpoint of the page: the session's user only (a JSON 401, not the login redirect, since a script
+    asks), GET only, never cached (the answer is one user's own)."""
+
+    @wraps(view)
+    @never_cache
+    def wrapped(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return _json_error(401, "unauthenticated", "log in to see your playground runs")
+        if request.method != "GET":
+            return _json_error(405, "method_not_allowed", "GET only")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+@_page_json
+def playground_runs(request):
+    """The user's saved runs, most recently used first: id, title, models, whether a turn is running, times."""
+    return JsonResponse({"runs": playground_runs_list(user_id=request.user.pk)})
+
+
+@_page_json
+def playground_run(request, run_id: int):
+    """One of the user's saved runs with every turn, for the page to reopen, continue or resume."""
+    run = playground_run_get(user_id=request.user.pk, run_id=run_id)
+    if run is None:
+        return _json_error(404, "run_not_found", f"you have no saved playground run {run_id}")
+    return JsonResponse(playground_run_payload(run=run))

@@ -51,6 +51,8 @@ MAX_EVENTS = 100_000
 TICK_SECONDS = 0.5
 # A reader's mark lives this long unless renewed: a reader that died stops holding the grace soon after.
 READER_MARK_SECONDS = 3 * TICK_SECONDS
+# Frames the pump may run ahead of the client reading it live.
+LIVE_WINDOW = 64
 # A stream with no event for this long has its buffer's expiry pushed back (it is grace + 60 s from the last).
 REFRESH_SECONDS = 30.0
 # How long a resumed reader waits in one blocking read of the buffer.
@@ -105,7 +107,10 @@ class ResumableStream:
         # Frames the live client has not read yet (seq, bytes; None: a keepalive), and whether one reads.
         self._live: deque = deque()
         self._live_wakeup = asyncio.Event()
+        self._live_room = asyncio.Event()
         self.attached = False
+        # Until its first client starts reading (or gives up), what the pump makes is kept for it too.
+        self.expecting = True
         self._live_taken = False
         # Frames waiting for the keeper to append them to the buffer.
         self._pending: list[tuple[int, bytes]] = []
@@ -184,9 +189,14 @@ class ResumableStream:
                         if seq is not None and self.buffering:
                             self._pending.append((seq, frame))
                             self._pending_wakeup.set()
-                        if self.attached:
+                        if self.attached or self.expecting:
                             self._live.append((seq, frame))
                             self._live_wakeup.set()
+                    # A client reading live holds the source back as a plain stream would: at most LIVE_WINDOW
+                    # frames ahead of it (the relay then stops reading the provider). Without one it runs freely.
+                    while self.attached and len(self._live) >= LIVE_WINDOW:
+                        self._live_room.clear()
+                        await self._live_room.wait()
         except asyncio.CancelledError:
             if not self.stopped:
                 raise
@@ -196,6 +206,7 @@ class ResumableStream:
             self.ended = True
             self._live_wakeup.set()
             self._pending_wakeup.set()
+            self.expecting = False
 
     def stop(self, reason: str) -> None:
         """Stop the stream early (nobody came back within the grace, or a cancel): its source is closed, so
@@ -289,10 +300,13 @@ class ResumableStream:
         if self._live_taken:
             raise RuntimeError("a resumable stream has one live reader")
         self._live_taken = self.attached = True
+        self.expecting = False
         try:
             while True:
                 while self._live:
-                    yield self._live.popleft()
+                    item = self._live.popleft()
+                    self._live_room.set()
+                    yield item
                 if self.ended:
                     return
                 self._live_wakeup.clear()
@@ -300,6 +314,7 @@ class ResumableStream:
         finally:
             self.attached = False
             self._live.clear()
+            self._live_room.set()
             self.detached_at = time.monotonic()
             if not self.buffering and not self.background:
                 self.stop("expired")  # nothing buffered to resume from: nobody can come back

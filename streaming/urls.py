@@ -24,6 +24,8 @@ urlpatterns = [
     path("v1/models/<path:model>", views.model_detail, name="model-detail"),
     path("v1/streams/<str:stream_id>", views.stream_resume, name="stream-resume"),
     path("playground/", playground.playground, name="playground"),
+    path("playground/runs/", playground.playground_runs, name="playground-runs"),
+    path("playground/runs/<int:run_id>/", playground.playground_run, name="playground-run"),
     path("playground/arena/vote", arena_views.arena_vote, name="playground-arena-vote"),
     path("playground/leaderboard/", arena_views.arena_leaderboard_page, name="playground-leaderboard"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),

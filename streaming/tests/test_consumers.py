@@ -238,13 +238,18 @@ async def test_cancel_stops_the_run_then_the_socket_runs_again(setup, fresh_simu
         await ws.disconnect()
 
 
-async def test_closing_the_socket_cancels_the_run(setup, fresh_simulator):
+async def test_closing_the_socket_stops_the_run_once_nobody_resumes_it(setup, fresh_simulator, settings):
+    """A socket that closes leaves its run going for the resume grace (a reloading page picks it up); with nobody
+    back, the run stops then: every upstream closed, each model booked as 499."""
+    settings.GATEWAY_RESUME_GRACE_SECONDS = 1.0
     ws = await session_socket(setup["alice"])
     await ws.send_json_to({"type": "chat", "models": ["ws-slow", "ws-slow-2"], "messages": MESSAGES})
     chunks = 0
     while chunks < 4:
         chunks += (await ws.receive_json_from(timeout=5))["type"] == "chunk"
     await ws.disconnect()
+    await asyncio.sleep(0.5)
+    assert not [r for r in fresh_simulator.requests() if r["disconnected"]]  # still going, for a resume
     await fresh_simulator.await_requests(lambda recs: len([r for r in recs if r["disconnected"]]) == 2, timeout=3)
     events = await await_usage(lambda evs: len([e for e in evs if e["status_code"] == 499]) == 2)
     assert {e["model"] for e in events if e["status_code"] == 499} == {"ws-slow", "ws-slow-2"}

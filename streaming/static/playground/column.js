@@ -239,6 +239,32 @@ export class ModelColumn {
     this.finish({});
   }
 
+  /**
+   * A turn of a saved run, as the server kept it: the prompt, this model's answer (and reasoning), and its
+   * stats or its error. Answers that finished rejoin the column's history, so the run can be continued.
+   * @param {string} prompt
+   * @param {{status: string, text?: string, reasoning?: string, done?: object, error?: object}} saved
+   */
+  restoreTurn(prompt, saved) {
+    this.beginTurn(prompt, performance.now());
+    const turn = this.current;
+    turn.answer = typeof saved.text === "string" ? saved.text : "";
+    if (typeof saved.reasoning === "string" && saved.reasoning) {
+      turn.reasoning = saved.reasoning;
+      turn.reasoningNode.hidden = false;
+      this.reasoningDirty = true;
+    }
+    if (saved.status === "done") {
+      this.finish(saved.done || {});
+    } else if (saved.status === "error") {
+      this.fail(saved.error || {});
+    } else if (saved.status === "interrupted") {
+      this.fail({ code: "interrupted", message: "This answer was cut short: nobody followed the run to its end in time, or the gateway restarted." });
+    } else {
+      this.fail({ code: "cancelled", status: 499 });
+    }
+  }
+
   /** Undo a turn the server refused as a whole, before any model started on it. */
   rollbackTurn() {
     const turn = this.current;

@@ -1,15 +1,23 @@
 // The playground page: settings, the model columns, the prompt, and one websocket to the gateway.
 // A "run" is one prompt sent to every selected model; frames from the server are routed to the
 // column of the model they name, and frames without a model concern the run as a whole.
+// The server saves every conversation (the History list reopens them) and keeps a turn streaming when the
+// page goes away: the page remembers its conversation in the URL (?run=<id>), and after a reload, or a
+// dropped connection, it asks for the turn's frames again from where it was (each frame has a `seq`).
 
 import { GatewaySocket } from "./connection.js";
 import { ModelColumn } from "./column.js";
 import { formatModelPrice, formatMs } from "./format.js";
+import { fetchRun, fetchRuns, renderHistory } from "./history.js";
 import { fetchLogged, loggedTurns } from "./logged.js";
 import { curlSnippet, pythonSnippet } from "./snippets.js";
 
 const config = JSON.parse(document.getElementById("playground-config").textContent);
 const STORAGE_KEY = "aigateway.playground.settings";
+// The open conversation of this tab, besides ?run= in the URL.
+const RUN_STORAGE_KEY = "aigateway.playground.run";
+// Pauses before each try to reconnect to a turn still streaming; the server keeps it going for a minute.
+const RECONNECT_DELAYS_MS = [300, 1000, 2000, 4000, 8000, 8000, 8000, 8000, 8000];
 // The consumer closes a socket it cannot authenticate with this code.
 const CLOSE_UNAUTHENTICATED = 4401;
 const EXAMPLE_PROMPT = "Hello! What can you do?";
@@ -47,6 +55,9 @@ const ui = {
   snippetNote: byId("snippet-note"),
   snippetCopy: byId("snippet-copy"),
   snippetClose: byId("snippet-close"),
+  history: byId("history"),
+  historyList: byId("history-list"),
+  historyNote: byId("history-note"),
 };
 
 const state = {
@@ -56,6 +67,9 @@ const state = {
   columns: new Map(),
   run: null,
   lastRequest: null,
+  // The saved conversation the columns show (its server id), and the History list.
+  runId: null,
+  runs: [],
 };
 
 
@@ -303,6 +317,7 @@ function updateControls() {
   ui.newChat.disabled = running;
   ui.keyPicker.disabled = running;
   ui.composer.classList.toggle("is-running", running);
+  for (const button of ui.historyList.querySelectorAll("button")) button.disabled = running;
 }
 
 function autosizePrompt() {
@@ -336,6 +351,8 @@ function chatFrame(request) {
   };
   if (request.temperature != null) frame.temperature = request.temperature;
   if (request.maxTokens != null) frame.max_tokens = request.maxTokens;
+  // The next turn of the open conversation; without it the server starts a new one.
+  if (state.runId != null) frame.run_id = state.runId;
   return frame;
 }
 
@@ -355,7 +372,7 @@ async function send() {
   const request = buildRequest(prompt);
   const sentAt = performance.now();
   const columns = request.models.map((name) => state.columns.get(name));
-  state.run = { models: new Set(request.models), columns, sentAt, prompt, started: false, stopping: false };
+  state.run = newRun({ models: request.models, columns, sentAt, prompt, started: false });
   state.lastRequest = request;
   for (const column of columns) column.beginTurn(prompt, sentAt);
   ui.prompt.value = "";
@@ -390,7 +407,26 @@ function rollbackRun(message, code) {
   setStatus(socket.state === "open" ? "Ready" : "Not connected. Connects again when you send.", socket.state === "open" ? "ok" : "error");
 }
 
+/** A run in flight: which columns it feeds, and the last frame seen (`seq`), to resume after. */
+function newRun({ models, columns, sentAt, prompt, started, saved = false }) {
+  return {
+    models: new Set(models),
+    columns,
+    sentAt,
+    prompt,
+    started,
+    // The server has saved the turn (its `saved` frame): from then on it can be resumed.
+    saved,
+    stopping: false,
+    lastSeq: 0,
+    resuming: false,
+    reconnects: 0,
+    reconnectTimer: null,
+  };
+}
+
 function endRun() {
+  if (state.run && state.run.reconnectTimer != null) clearTimeout(state.run.reconnectTimer);
   state.run = null;
   syncColumns();
   updateModelCap();
@@ -422,6 +458,7 @@ function newChat() {
   if (state.run) return;
   for (const column of state.columns.values()) column.clear();
   state.lastRequest = null;
+  setRunId(null);
   hideBanner();
   setStatus(socket.state === "open" ? "New chat" : "New chat. Connects when you send.", socket.state === "open" ? "ok" : "idle");
   ui.prompt.focus();
@@ -433,10 +470,30 @@ function onFrame(frame) {
   const column = run && typeof frame.model === "string" && run.models.has(frame.model)
     ? state.columns.get(frame.model)
     : null;
+  if (run && typeof frame.seq === "number") {
+    // A frame of the run's stream: after a resume the server may send again what the page already has.
+    if (frame.seq <= run.lastSeq) return;
+    run.lastSeq = frame.seq;
+    run.resuming = false;
+  }
 
   switch (frame.type) {
     case "ready":
       if (!run) setStatus("Connected", "ok");
+      return;
+    case "saved":
+      if (Number.isInteger(frame.run_id)) {
+        if (run) run.saved = true;
+        setRunId(frame.run_id);
+        refreshHistory();
+      }
+      return;
+    case "resumed":
+      if (run) {
+        run.resuming = false;
+        run.reconnects = 0;
+        setRunProgress();
+      }
       return;
     case "start":
       if (!column) return;
@@ -469,7 +526,11 @@ function onFrame(frame) {
           column.fail(frame);
           setRunProgress();
         }
+      } else if (run && run.resuming) {
+        resumeFailed(frame);
       } else if (run && !run.started) {
+        // The conversation is gone (deleted in another tab, or past the history cap): the next send starts anew.
+        if (frame.code === "run_not_found") setRunId(null);
         rollbackRun(frame.message, frame.code);
       } else if (frame.code !== "no_run") {
         // A Stop that crossed the end of the run gets "no_run" back: nothing worth showing.
@@ -486,7 +547,7 @@ function onFrame(frame) {
 
 function setRunProgress() {
   const run = state.run;
-  if (!run || run.stopping) return;
+  if (!run || run.stopping || run.reconnectTimer != null) return;
   const finished = run.columns.filter((column) => !column.running).length;
   const total = run.columns.length;
   setStatus(finished ? `Streaming: ${finished} of ${total} finished` : `Streaming from ${total} model${total === 1 ? "" : "s"}…`, "busy");
@@ -508,6 +569,7 @@ function completeRun(frame) {
   const elapsed = formatMs(performance.now() - run.sentAt);
   const states = run.columns.map((column) => column.state);
   endRun();
+  refreshHistory();
   if (states.every((s) => s === "done")) setStatus(`Done in ${elapsed}`, "ok");
   else if (states.some((s) => s === "cancelled")) setStatus(`Stopped after ${elapsed}`, "idle");
   else if (states.every((s) => s === "error")) setStatus("The run failed", "error");
@@ -526,6 +588,9 @@ function onSocketState(socketState, detail) {
       abortRun("The session ended before the answer finished.");
       setStatus("Signed out", "error");
       showBanner("Your session has ended.", null, { href: ui.workspace.dataset.loginUrl, text: "Sign in again" });
+    } else if (state.run && state.run.saved && state.runId != null && !state.run.stopping) {
+      // The turn goes on on the server: connect again and pick it up after the last frame seen.
+      scheduleReconnect();
     } else if (!wasOpen) {
       // A run waiting for this socket was never sent; send() rolls it back.
       if (!state.run) setStatus("Not connected. Connects when you send.", "error");
@@ -537,6 +602,165 @@ function onSocketState(socketState, detail) {
 }
 
 const socket = new GatewaySocket(config.ws_path, { onFrame, onState: onSocketState });
+
+
+/** Ask for the running turn's frames after the last one seen (all of them after a reload). */
+async function sendResume() {
+  const run = state.run;
+  if (!run || state.runId == null) return;
+  run.resuming = true;
+  try {
+    await socket.send({ type: "resume", run_id: state.runId, after: run.lastSeq });
+  } catch {
+    // The close handler has scheduled the next try.
+  }
+}
+
+function scheduleReconnect() {
+  const run = state.run;
+  if (!run || run.reconnectTimer != null) return;
+  const delay = RECONNECT_DELAYS_MS[run.reconnects];
+  if (delay == null) {
+    abortRun("The connection could not be restored before the answer finished. Reopen the run from History.");
+    setStatus("Disconnected. Connects again when you send.", "error");
+    refreshHistory();
+    return;
+  }
+  run.reconnects += 1;
+  setStatus("Connection lost. Reconnecting…", "busy");
+  run.reconnectTimer = setTimeout(() => {
+    run.reconnectTimer = null;
+    if (state.run === run) sendResume();
+  }, delay);
+}
+
+/** The turn cannot be followed from here (it ended meanwhile, or its stream is gone): show it as saved. */
+function resumeFailed(frame) {
+  const id = state.runId;
+  endRun();
+  openRun(id, { resume: false }).then(() => {
+    if (frame.code !== "stream_ended") showBanner(frame.message, frame.code);
+  });
+}
+
+
+function setRunId(id) {
+  state.runId = id;
+  try {
+    if (id == null) sessionStorage.removeItem(RUN_STORAGE_KEY);
+    else sessionStorage.setItem(RUN_STORAGE_KEY, String(id));
+  } catch {
+    // Storage disabled: the URL still holds it.
+  }
+  const url = new URL(window.location.href);
+  if (id == null) url.searchParams.delete("run");
+  else url.searchParams.set("run", String(id));
+  url.searchParams.delete("log");
+  window.history.replaceState(null, "", url);
+  renderHistoryList();
+}
+
+async function refreshHistory() {
+  try {
+    state.runs = await fetchRuns(config.runs_url);
+  } catch (error) {
+    ui.historyNote.textContent = "Not loaded";
+    ui.historyNote.title = error.message;
+    return;
+  }
+  ui.historyNote.textContent = state.runs.length ? String(state.runs.length) : "";
+  ui.historyNote.title = `${state.runs.length} saved run${state.runs.length === 1 ? "" : "s"}`;
+  renderHistoryList();
+}
+
+function renderHistoryList() {
+  renderHistory(ui.historyList, state.runs, {
+    currentId: state.runId,
+    disabled: Boolean(state.run),
+    onOpen: (id) => openRun(id),
+  });
+}
+
+/** A saved run from the server: its key, settings, columns and conversation; a turn still running resumes. */
+async function openRun(id, { resume = true } = {}) {
+  if (state.run) return;
+  setStatus("Opening the saved run…", "busy");
+  let saved;
+  try {
+    saved = await fetchRun(config.runs_url, id);
+  } catch (error) {
+    if (error.status === 404) setRunId(null);
+    showBanner(error.message);
+    setStatus("The saved run was not opened", "error");
+    return;
+  }
+  if (state.run) return;
+  hideBanner();
+  restoreRun(saved, { resume });
+}
+
+function restoreRun(saved, { resume }) {
+  const options = saved.options || {};
+  const key = config.keys.find((item) => item.id === options.key_id) || state.key;
+  const turns = Array.isArray(saved.turns) ? saved.turns : [];
+  const last = turns[turns.length - 1];
+  selectKey(key, last && Array.isArray(last.models) ? last.models : saved.models);
+  ui.system.value = typeof options.system === "string" ? options.system : "";
+  ui.temperature.value = options.temperature != null ? String(options.temperature) : "";
+  ui.maxTokens.value = options.max_tokens != null ? String(options.max_tokens) : "";
+  syncTemperatureRange();
+  updateSummary();
+  save();
+
+  for (const column of state.columns.values()) column.clear();
+  const running = resume && Boolean(saved.active_stream_id) && last && last.status === "running";
+  const missing = new Set();
+  turns.forEach((turn, index) => {
+    if (running && index === turns.length - 1) return; // begun by resumeTurn
+    for (const name of turn.models || []) {
+      const model = key.models.find((item) => item.name === name);
+      if (!model) {
+        missing.add(name);
+        continue;
+      }
+      const answer = (turn.answers || {})[name] || { status: "interrupted" };
+      if (answer.status === "running") {
+        columnFor(model).restoreTurn(turn.prompt, {
+          status: "error",
+          error: { message: "This turn is still running and cannot be followed here. Reopen the run once it has finished." },
+        });
+      } else {
+        columnFor(model).restoreTurn(turn.prompt, answer);
+      }
+    }
+  });
+  state.lastRequest = null;
+  setRunId(saved.id);
+  syncColumns();
+  if (missing.size) {
+    showBanner(`${[...missing].join(", ")} ${missing.size === 1 ? "is" : "are"} not available to this key: those answers are not shown.`);
+  }
+  if (running) {
+    resumeTurn(last);
+  } else {
+    setStatus(`Opened “${saved.title || "untitled run"}”`, "ok");
+  }
+}
+
+/** The saved run's last turn is still streaming on the server: rebuild it from its first frame. */
+function resumeTurn(turn) {
+  const models = (turn.models || []).filter((name) => state.selected.includes(name));
+  const columns = models.map((name) => state.columns.get(name));
+  let elapsed = Date.now() - Date.parse(turn.started_at);
+  if (!Number.isFinite(elapsed) || elapsed < 0) elapsed = 0;
+  const sentAt = performance.now() - elapsed;
+  state.run = newRun({ models, columns, sentAt, prompt: turn.prompt, started: true, saved: true });
+  for (const column of columns) column.beginTurn(turn.prompt, sentAt);
+  syncColumns();
+  updateModelCap();
+  setStatus("Resuming the running turn…", "busy");
+  sendResume();
+}
 
 
 function snippetRequest() {
@@ -592,6 +816,7 @@ async function openLogged(requestId) {
   syncTemperatureRange();
   updateSummary();
   const { turns, pending } = loggedTurns(logged.messages);
+  setRunId(null);
   for (const column of selectedColumns()) {
     column.clear();
     for (const turn of turns) column.replayTurn(turn.prompt, turn.answer);
@@ -705,8 +930,21 @@ function init() {
   });
 
   updateControls();
-  const logged = new URLSearchParams(window.location.search).get("log");
+  // Phones fold the History away, like the settings, so the columns come first.
+  if (window.matchMedia("(max-width: 760px)").matches) ui.history.open = false;
+  renderHistoryList();
+  const params = new URLSearchParams(window.location.search);
+  const logged = params.get("log");
+  let stored = null;
+  try {
+    stored = sessionStorage.getItem(RUN_STORAGE_KEY);
+  } catch {
+    stored = null;
+  }
+  const current = params.get("run") || stored;
   if (logged) openLogged(logged);
+  else if (current && /^[0-9]+$/.test(current)) openRun(Number(current));
+  refreshHistory();
   socket.connect().catch(() => {
     // The state handler has already said so in the status line.
   });
