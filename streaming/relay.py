@@ -367,7 +367,11 @@ async def call_finish(call: RelayCall) -> None:
     stored = None
     if call.store is not None:
         try:
-            stored = call.store.entry(call)
+            # Compressing a long conversation takes milliseconds: in a thread, as the request log's record.
+            if call.body_size > LOG_INLINE_MAX_BYTES:
+                stored = await asyncio.to_thread(call.store.entry, call)
+            else:
+                stored = call.store.entry(call)
         except Exception:
             logger.exception("request %s: its stored response could not be made", call.request_id)
         if stored is not None:
