@@ -147,5 +147,5 @@ def test_the_playground_offers_chat_models_only(models):
 
 def test_the_demo_models_say_what_they_serve():
     kinds = {model["name"]: model.get("kinds", ["chat"]) for model in demo_config("http://127.0.0.1:9100")["models"]}
-    assert kinds["sim-fast"] == ["chat", "completions"] and kinds["sim-embed"] == ["embeddings"]
+    assert kinds["sim-fast"] == ["chat", "vision", "completions"] and kinds["sim-embed"] == ["embeddings"]
     assert all(kinds[name] == ["chat"] for name in kinds if name not in ("sim-fast", "sim-embed"))

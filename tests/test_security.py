@@ -251,12 +251,13 @@ def test_api_responses_carry_nosniff_streamed_or_not_and_streams_are_not_buffere
 
 @pytest.mark.django_db(transaction=True)
 def test_expired_keys_get_401_at_the_edge_even_when_cached(gateway_factory):
+    # The gateway first: its start may take longer than the 3 s the key has (a loaded machine).
+    gateway = gateway_factory(GATEWAY_KEY_CACHE_SECONDS="60")
     tier = Tier.objects.create(name="expiry")
     owner = service_user_get_or_create()
     past = api_key_issue(owner=owner, tier=tier, name="past", expires_at=timezone.now() - timedelta(seconds=1))
     soon = api_key_issue(owner=owner, tier=tier, name="soon", expires_at=timezone.now() + timedelta(seconds=3))
     later = api_key_issue(owner=owner, tier=tier, name="later")
-    gateway = gateway_factory(GATEWAY_KEY_CACHE_SECONDS="60")
 
     def status(key: str) -> int:
         return httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {key}"}).status_code
