@@ -111,9 +111,17 @@ def arena_unavailable() -> GatewayError:
 
 
 def _battle_new(
-    *, user_id: int, team_id: int | None, models: list[str], run_id: int | None, turn: int, prompt: str
+    *,
+    user_id: int,
+    team_id: int | None,
+    models: list[str],
+    run_id: int | None,
+    turn: int,
+    prompt: str,
+    shuffle: bool = True,
 ) -> Battle:
-    """The battle to store: two distinct models of `models` (all of them when there are two), A and B at random."""
+    """The battle to store: two distinct models of `models` (all of them when there are two), A and B at random;
+    without `shuffle`, exactly two models, the first as A."""
     if not isinstance(models, list | tuple) or not all(isinstance(name, str) and name for name in models):
         raise GatewayError(400, "invalid_models", "models must be a list of model names", param="models")
     distinct = list(dict.fromkeys(models))
@@ -127,8 +135,15 @@ def _battle_new(
         raise GatewayError(400, "invalid_prompt", "prompt must be a string", param="prompt")
     if isinstance(turn, bool) or not isinstance(turn, int) or turn < 0:
         raise GatewayError(400, "invalid_turn", "turn must be a whole number from 0", param="turn")
-    # secrets' generator: which side a model gets must not be predictable from earlier battles.
-    model_a, model_b = secrets.SystemRandom().sample(distinct, 2)
+    if shuffle:
+        # secrets' generator: which side a model gets must not be predictable from earlier battles.
+        model_a, model_b = secrets.SystemRandom().sample(distinct, 2)
+    elif len(distinct) == 2:
+        model_a, model_b = distinct
+    else:
+        raise GatewayError(
+            400, "arena_needs_two_models", "a battle in a fixed order takes exactly two models", param="models"
+        )
     return Battle(
         battle_id="bat_" + secrets.token_hex(16),
         user_id=int(user_id),
@@ -156,13 +171,23 @@ def _battle_fields(battle: Battle) -> dict[str, str]:
 
 
 def arena_battle_start(
-    *, user_id: int, team_id: int | None, models: list[str], run_id: int | None = None, turn: int = 0, prompt: str
+    *,
+    user_id: int,
+    team_id: int | None,
+    models: list[str],
+    run_id: int | None = None,
+    turn: int = 0,
+    prompt: str,
+    shuffle: bool = True,
 ) -> Battle:
     """Start a blind battle for `user_id` (running under `team_id`, the key's team): two distinct models of
     `models` (the two given, or two picked at random from more) in random order as A and B, kept in Redis for a
     day with the SHA-256 of `prompt`. `run_id` and `turn` tie it to a saved playground run. 400 for fewer than
-    two distinct models, 503 when Redis cannot be reached."""
-    battle = _battle_new(user_id=user_id, team_id=team_id, models=models, run_id=run_id, turn=turn, prompt=prompt)
+    two distinct models, 503 when Redis cannot be reached. `shuffle=False` keeps the order given (the first of
+    exactly two models as A): the next turn of a multi-turn battle keeps its two models under the same labels."""
+    battle = _battle_new(
+        user_id=user_id, team_id=team_id, models=models, run_id=run_id, turn=turn, prompt=prompt, shuffle=shuffle
+    )
     try:
         with redis_sync().pipeline(transaction=True) as pipe:
             pipe.hset(_battle_key(battle.battle_id), mapping=_battle_fields(battle))
@@ -174,10 +199,19 @@ def arena_battle_start(
 
 
 async def arena_battle_start_async(
-    *, user_id: int, team_id: int | None, models: list[str], run_id: int | None = None, turn: int = 0, prompt: str
+    *,
+    user_id: int,
+    team_id: int | None,
+    models: list[str],
+    run_id: int | None = None,
+    turn: int = 0,
+    prompt: str,
+    shuffle: bool = True,
 ) -> Battle:
     """`arena_battle_start` for async callers (the playground's websocket consumer)."""
-    battle = _battle_new(user_id=user_id, team_id=team_id, models=models, run_id=run_id, turn=turn, prompt=prompt)
+    battle = _battle_new(
+        user_id=user_id, team_id=team_id, models=models, run_id=run_id, turn=turn, prompt=prompt, shuffle=shuffle
+    )
     try:
         async with redis_async().pipeline(transaction=True) as pipe:
             pipe.hset(_battle_key(battle.battle_id), mapping=_battle_fields(battle))

@@ -10,8 +10,9 @@ from django.utils.decorators import decorator_from_middleware
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
-from accounts.arena import arena_leaderboard, arena_team_resolve, arena_teams_visible, arena_vote_cast
+from accounts.arena import arena_leaderboard, arena_team_resolve, arena_teams_visible
 from aigateway.errors import GatewayError
+from streaming.playground_runs import playground_arena_vote
 
 # The leaderboard page is plain server-rendered HTML with one script of its own: nothing from another origin.
 LEADERBOARD_CSP = (
@@ -36,15 +37,17 @@ class _JsonCsrfCheck(CsrfViewMiddleware):
         return _json_error(403, "csrf_failed", f"CSRF check failed: {reason}")
 
 
-_json_csrf_protect = decorator_from_middleware(_JsonCsrfCheck)
+# The page's JSON writes (this vote, sharing a run) check CSRF with it.
+json_csrf_protect = decorator_from_middleware(_JsonCsrfCheck)
 
 
 @csrf_exempt  # the global middleware steps aside for the same check with a JSON refusal
 @never_cache
-@_json_csrf_protect
+@json_csrf_protect
 def arena_vote(request):
     """POST `{"battle_id", "outcome"}` from the logged-in page (its CSRF token in `X-CSRFToken`): the user's vote
-    on their own battle, answered with the reveal (each side's model, provider and cost)."""
+    on their own battle, answered with the reveal (each side's model, provider and cost), which the battle's saved
+    playground turn keeps from then on."""
     if not request.user.is_authenticated:
         return _json_error(401, "unauthenticated", "log in to vote in the arena")
     if request.method != "POST":
@@ -59,7 +62,7 @@ def arena_vote(request):
     if not isinstance(battle_id, str) or not battle_id:
         return _json_error(400, "invalid_battle_id", "battle_id must be a battle's id", "battle_id")
     try:
-        reveal = arena_vote_cast(user_id=request.user.pk, battle_id=battle_id, outcome=outcome)
+        reveal = playground_arena_vote(user_id=request.user.pk, battle_id=battle_id, outcome=outcome)
     except GatewayError as error:
         return _json_error(error.status, error.code, error.message, error.param)
     return JsonResponse(reveal)

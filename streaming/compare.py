@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from accounts.context import KeyContext
 from aigateway.errors import GatewayError, bad_request
 from providers.dialects.base import Dialect, StreamRenderer
-from providers.dialects.canonical import ChatRequest, StreamError, StreamEvent, TextDelta, ThinkingDelta
+from providers.dialects.canonical import (
+    ChatRequest,
+    StreamError,
+    StreamEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    Usage,
+)
 from providers.dialects.openai import openai
 from providers.route_rules import RouteDecision
 from streaming.cache import cache_plan
@@ -32,21 +40,56 @@ from streaming.relay import RelayCall, call_cost, call_end, call_usage, new_requ
 logger = logging.getLogger(__name__)
 
 # Body fields that belong to the compare request itself, not to each model's chat request.
-_RUN_FIELDS = ("type", "key_id", "models", "model", "messages", "messages_by_model", "stream", "stream_options")
+_RUN_FIELDS = (
+    "type",
+    "key_id",
+    "models",
+    "model",
+    "messages",
+    "messages_by_model",
+    "params_by_model",
+    "stream",
+    "stream_options",
+)
+
+# A speed means something only over several tokens and some time: an answer that came in one piece (a cache hit,
+# a provider that sends it whole) or in a blink has none. The playground waits for as much before it shows one.
+SPEED_MIN_TOKENS = 5
+SPEED_MIN_SECONDS = 0.15
 
 
 class CompareRenderer(StreamRenderer):
-    """Canonical stream events of one model -> compare event dicts."""
+    """Canonical stream events of one model -> compare event dicts. The model's first frame of output (answer,
+    reasoning or a tool call) carries `ttft_ms`, taken by the meter as it is relayed: its done event reports the
+    same figure, so a page shows one time to first token from the first frame on."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, meter: StreamMeter | None = None) -> None:
         self.model = model
+        self.meter = meter
+
+    def _output(self, frame: dict) -> list[dict]:
+        if self.meter is not None:
+            first = self.meter.first_token is None
+            ttft = self.meter.token()
+            if first:
+                frame["ttft_ms"] = ttft
+        return [frame]
 
     def render(self, event: StreamEvent) -> list[dict]:
         match event:
             case TextDelta(text=text) if text:
-                return [{"type": "chunk", "model": self.model, "content": text}]
+                return self._output({"type": "chunk", "model": self.model, "content": text})
             case ThinkingDelta(text=text) if text:
-                return [{"type": "reasoning", "model": self.model, "content": text}]
+                return self._output({"type": "reasoning", "model": self.model, "content": text})
+            case ToolCallDelta(index=index, id=call_id, name=name, arguments=arguments) if call_id or name or arguments:
+                # As OpenAI streams them: the call's id and name on its first delta, its JSON arguments in pieces.
+                frame = {"type": "tool_call", "model": self.model, "index": index}
+                if call_id:
+                    frame["id"] = call_id
+                if name:
+                    frame["name"] = name
+                frame["arguments"] = arguments
+                return self._output(frame)
             case StreamError(message=message):
                 return [error_event(GatewayError(502, "upstream_stream_error", message), self.model)]
         return []
@@ -62,6 +105,8 @@ class CompareFormat(Dialect):
     translates through the canonical model."""
 
     model: str = ""
+    # The call's meter: the renderer takes the time to the first token with it.
+    meter: StreamMeter | None = None
 
     def parse_request(self, body: dict):
         return openai.parse_request(body)
@@ -69,7 +114,7 @@ class CompareFormat(Dialect):
     def stream_renderer(
         self, *, model: str, include_usage: bool, prompt_estimate: int | None = None
     ) -> CompareRenderer:
-        return CompareRenderer(self.model)
+        return CompareRenderer(self.model, self.meter)
 
     def stream_error_event(self, error: GatewayError) -> dict:
         return error_event(error, self.model)
@@ -160,6 +205,35 @@ def _conversations(body: dict, models: list[str]) -> dict[str, object]:
     return {name: by_model[name] for name in models}
 
 
+def _overrides(body: dict, models: list[str]) -> dict[str, dict]:
+    """Each model's own parameters (`params_by_model: {"model": {"temperature": 0.2, ...}}`), over the shared
+    ones; a model left out gets the shared ones only. The run's own fields cannot be set per model."""
+    by_model = body.get("params_by_model")
+    if by_model is None:
+        return {}
+    if not isinstance(by_model, dict):
+        raise bad_request(
+            "'params_by_model' must be an object of model name -> chat parameters", param="params_by_model"
+        )
+    extra = sorted(set(by_model) - set(models))
+    if extra:
+        raise bad_request(
+            f"'params_by_model' has parameters for {_quoted(extra)}, which is not in 'models'", param="params_by_model"
+        )
+    for name, params in by_model.items():
+        if not isinstance(params, dict):
+            raise bad_request(
+                f"'params_by_model.{name}' must be an object of chat parameters", param=f"params_by_model.{name}"
+            )
+        fixed = sorted(field for field in params if field in _RUN_FIELDS)
+        if fixed:
+            raise bad_request(
+                f"'params_by_model.{name}' cannot set {_quoted(fixed)}: it is the same for every model of the run",
+                param=f"params_by_model.{name}",
+            )
+    return by_model
+
+
 def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]]:
     """Each model of a compare request, in the request's order: its OpenAI chat body and that body in
     the canonical model, parsed once here and reused by the relay; a 400 GatewayError naming the
@@ -167,12 +241,23 @@ def compare_calls(body: dict, *, cap: int) -> dict[str, tuple[dict, ChatRequest]
     _check_stream(body)
     models = _models(body, cap)
     conversations = _conversations(body, models)
+    overrides = _overrides(body, models)
     shared = {name: value for name, value in body.items() if name not in _RUN_FIELDS}
     calls = {}
     for name in models:
-        chat = {**shared, "model": name, "messages": conversations[name], "stream": True}
-        check_chat_body(chat)
-        calls[name] = (chat, openai.parse_request(chat))
+        own = overrides.get(name) or {}
+        chat = {**shared, **own, "model": name, "messages": conversations[name], "stream": True}
+        try:
+            check_chat_body(chat)
+            request = openai.parse_request(chat)
+        except GatewayError as error:
+            if error.param not in own:
+                raise
+            # The model's own value is at fault: say which model's, so the page can point at that column.
+            raise bad_request(
+                f"'params_by_model.{name}': {error.message}", param=f"params_by_model.{name}.{error.param}"
+            ) from None
+        calls[name] = (chat, request)
     return calls
 
 
@@ -196,13 +281,42 @@ def new_run_id() -> str:
     return "cmp_" + uuid.uuid4().hex
 
 
-def _done_event(call: RelayCall) -> dict:
+def _usage_fields(usage: Usage) -> dict:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def _billed(call: RelayCall) -> dict:
+    """What the call's usage record bills (the same tokens and cost, computed the same way), and its time to the
+    first token: for a done event, and for the error event of a model that failed, was cut off or cancelled."""
     usage, estimated = call_usage(call)
-    summary = call.meter.summary()
-    ttft, duration = summary["ttfb_ms"], summary["duration_ms"]
-    generating = (duration - ttft) / 1000.0 if ttft is not None and duration > ttft else None
+    return {
+        "usage": _usage_fields(usage),
+        "tokens_estimated": estimated,
+        "cost": float(call_cost(call, usage)),
+        "ttft_ms": call.meter.first_token_ms(),
+    }
+
+
+def tokens_per_second(meter: StreamMeter, completion_tokens: int, duration_ms: float) -> float | None:
+    """Output tokens per second from the first token to the end; None when it would mean nothing (see
+    SPEED_MIN_TOKENS): too few tokens, too short a time, or the whole answer in one piece."""
+    ttft = meter.first_token_ms()
+    if ttft is None or meter.token_deltas < 2 or completion_tokens < SPEED_MIN_TOKENS:
+        return None
+    generating = (duration_ms - ttft) / 1000.0
+    if generating < SPEED_MIN_SECONDS:
+        return None
+    return round(completion_tokens / generating, 2)
+
+
+def _done_event(call: RelayCall) -> dict:
+    billed = _billed(call)
+    duration = call.meter.summary()["duration_ms"]
     route = call.route
-    cost = call_cost(call, usage)
     return {
         "type": "done",
         "model": call.requested_model or call.model,
@@ -211,19 +325,22 @@ def _done_event(call: RelayCall) -> dict:
         "request_id": call.request_id,
         "provider": route.provider.name if route else None,
         "finish_reason": call.finish_reason,
-        "usage": {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        },
-        "tokens_estimated": estimated,
-        "ttft_ms": ttft,
+        **billed,
         "duration_ms": duration,
-        "tokens_per_s": round(usage.completion_tokens / generating, 2) if generating else None,
-        "cost": float(cost),
+        "tokens_per_s": tokens_per_second(call.meter, billed["usage"]["completion_tokens"], duration),
         # Answered from the response cache: no provider was called, and `cost` is 0.
         "cached": call.cache_hit,
     }
+
+
+def _tool_calls_collect(calls: dict[int, dict], frame: dict) -> None:
+    """Assemble a model's tool calls from its `tool_call` frames, in OpenAI's shape."""
+    call = calls.setdefault(frame["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+    if frame.get("id"):
+        call["id"] = frame["id"]
+    if frame.get("name"):
+        call["function"]["name"] = frame["name"]
+    call["function"]["arguments"] += frame.get("arguments") or ""
 
 
 # Events a model may have waiting for the reader. Only a model's streamed events count (its start, done
@@ -308,8 +425,10 @@ class CompareRun:
     def _reader_done(self, _task: asyncio.Task) -> None:
         self.cancel()
 
-    def _failed(self, name: str, error: GatewayError, call: RelayCall) -> None:
-        self._queue.put_nowait((None, error_event(error, name)))
+    def _failed(self, name: str, error: GatewayError, call: RelayCall, event: dict | None = None) -> None:
+        """A model that failed: its error event (`event`, as the stream made it, or one made of `error`) with
+        what its usage record bills."""
+        self._queue.put_nowait((None, {**(event or error_event(error, name)), **_billed(call)}))
         self.results[name] = {
             "status": "error",
             "request_id": call.request_id,
@@ -319,6 +438,7 @@ class CompareRun:
     async def _run_model(self, name: str) -> None:
         request = self.request
         decision = request.decisions.get(name)
+        meter = StreamMeter(self.started)
         call = RelayCall(
             request_id=new_request_id(),
             ctx=request.ctx,
@@ -330,8 +450,8 @@ class CompareRun:
             body=request.bodies[name],
             stream=True,
             client_wants_usage=True,
-            meter=StreamMeter(self.started),
-            dialect=CompareFormat(name="compare", model=name),
+            meter=meter,
+            dialect=CompareFormat(name="compare", model=name, meter=meter),
             run_id=self.run_id,
             request=request.parsed.get(name),
         )
@@ -357,23 +477,30 @@ class CompareRun:
             # The relay's iterator closes the upstream and records usage however it ends.
             room = asyncio.Semaphore(BUFFERED_EVENTS_PER_MODEL)
             self._rooms.append(room)
+            failure, tool_calls = None, {}
             async with aclosing(events):
                 async for event in events:
+                    if event.get("type") == "error":
+                        # Sent once the relay has booked the call, with what its record bills.
+                        failure = event
+                        continue
+                    if event.get("type") == "tool_call":
+                        _tool_calls_collect(tool_calls, event)
                     # A reader that stops reading stops this model a few events later: the relay stops
                     # reading the upstream, whose socket then fills and holds the provider back.
                     await room.acquire()
                     if self._stopping:
                         raise asyncio.CancelledError
                     self._queue.put_nowait((room, event))
-            if call.status >= 400:  # the error event went out in the stream
-                error = GatewayError(call.status, call.error_type, "the upstream failed mid-stream")
-                self.results[name] = {
-                    "status": "error",
-                    "request_id": call.request_id,
-                    "error": {"status": error.status, "code": error.code},
-                }
+            if call.status >= 400 or failure is not None:
+                message = (failure or {}).get("message") or "the upstream failed mid-stream"
+                status = call.status if call.status >= 400 else 502
+                error = GatewayError(status, call.error_type or "upstream_stream_error", message)
+                self._failed(name, error, call, failure)
                 return
             done = _done_event(call)
+            if tool_calls:
+                done["tool_calls"] = [tool_calls[index] for index in sorted(tool_calls)]
             self._queue.put_nowait((None, done))
             self.results[name] = {
                 "status": "done",
@@ -383,7 +510,7 @@ class CompareRun:
             }
         except asyncio.CancelledError:
             cancelled = GatewayError(499, "cancelled", "the run was cancelled before this model finished")
-            self._queue.put_nowait((None, error_event(cancelled, name)))
+            self._queue.put_nowait((None, {**error_event(cancelled, name), **_billed(call)}))
             self.results[name] = {"status": "cancelled", "request_id": call.request_id}
             raise
         except Exception:

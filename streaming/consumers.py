@@ -13,6 +13,10 @@ Every chat is a turn of a saved conversation (streaming.playground_runs, the soc
 and runs as a resumable stream (streaming.resumable): a socket that goes away leaves its run going for
 GATEWAY_RESUME_GRACE_SECONDS, and a `resume` frame on any socket of the same user, on any gateway process, picks it
 up after the last event it saw. The turn's answers are saved by the run itself as it ends, watched or not.
+
+A chat with `"arena": true` (or any chat continuing an arena run) is a turn of a blind battle (accounts.arena): two
+models, the user's picks or drawn from the key's tier, answer as sides "a" and "b", and every frame of it, live or
+resumed, names the side only (streaming.playground_arena) until the vote (streaming.arena_views) reveals them.
 """
 
 import asyncio
@@ -24,6 +28,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from accounts.arena import Battle, arena_answer_record_async
 from accounts.auth import key_context_for_owner, key_context_resolve
 from accounts.context import KeyContext
 from accounts.selectors import playground_keys
@@ -31,15 +36,29 @@ from accounts.services import playground_key_get_or_create
 from aigateway.errors import GatewayError, bad_request
 from streaming.compare import CompareRun, compare_prepare, error_event
 from streaming.edge import json_depth_check
+from streaming.playground_arena import (
+    SIDES,
+    arena_error_blind,
+    arena_event,
+    arena_pair_choose,
+    arena_picks,
+    arena_results,
+)
+from streaming.playground_redo import playground_run_turn_redo
 from streaming.playground_runs import (
     TurnRecorder,
+    arena_run_mismatch,
+    playground_arena_turn_start,
     playground_run_get,
+    playground_run_is_arena,
+    playground_run_sides,
     playground_run_stream_lost,
     playground_run_turn_save,
     playground_run_turn_start,
     playground_turn_prompt,
     run_not_found,
 )
+from streaming.playground_tools import playground_turn_results
 from streaming.refusals import refusal_note
 from streaming.resumable import ResumableStream, new_stream_id, resumable_cancel, resumable_meta, resumable_replay
 from streaming.session_sockets import session_group, session_user
@@ -57,7 +76,9 @@ _OPTION_FIELDS = ("temperature", "max_tokens")
 
 _run_get = database_sync_to_async(playground_run_get)
 _turn_start = database_sync_to_async(playground_run_turn_start)
+_arena_turn_start = database_sync_to_async(playground_arena_turn_start)
 _turn_save = database_sync_to_async(playground_run_turn_save)
+_turn_redo = database_sync_to_async(playground_run_turn_redo)
 _stream_lost = database_sync_to_async(playground_run_stream_lost)
 
 # Events a run may be ahead of the socket that started it while that socket reads (the resume stream holds them for
@@ -127,25 +148,74 @@ class ReaderPace:
                 self._room.release()  # a run waiting for room goes on
 
 
+class BattleAnswers:
+    """Notes each side's answer of an arena turn with its battle as the events go by: a side is `ok` (may be voted
+    on) only once it finished without an error or a stop; a side still unanswered when the turn ends is not."""
+
+    def __init__(self, battle: Battle, recorder: TurnRecorder) -> None:
+        self.battle = battle
+        self.recorder = recorder
+        self.side_of = {battle.model_a: "a", battle.model_b: "b"}
+        self.noted: set[str] = set()
+
+    async def observe(self, event: dict) -> None:
+        kind, model = event.get("type"), event.get("model")
+        if kind in ("done", "error") and model in self.side_of:
+            request_id = event.get("request_id") or self.recorder.answers[model].get("request_id") or ""
+            await self._note(self.side_of[model], request_id, ok=kind == "done", provider=event.get("provider"))
+        elif kind == "complete":
+            await self.close()
+
+    async def close(self) -> None:
+        for model, side in self.side_of.items():
+            if side not in self.noted:
+                await self._note(side, self.recorder.answers[model].get("request_id") or "", ok=False, provider=None)
+
+    async def _note(self, side: str, request_id: str, *, ok: bool, provider: str | None) -> None:
+        self.noted.add(side)
+        try:
+            await arena_answer_record_async(
+                battle_id=self.battle.battle_id, side=side, request_id=request_id, ok=ok, provider=provider or ""
+            )
+        except GatewayError as error:
+            # Redis unreachable, or the battle expired: that side simply cannot be voted on.
+            logger.warning("arena battle %s: side %s not noted: %s", self.battle.battle_id, side, error.code)
+
+
 async def _saved_events(
-    compare: CompareRun, *, run_id: int, turn_index: int, stream_id: str, pace: ReaderPace, stopped: list[str]
+    compare: CompareRun,
+    *,
+    run_id: int,
+    turn_index: int,
+    stream_id: str,
+    pace: ReaderPace,
+    stopped: list[str],
+    battle: Battle | None = None,
 ):
     """The run's events, its turn saved as it ends: before its `complete` event goes out (so a page that reloads
     on it finds the turn saved), or, stopped early (`stopped` holds why), with what it had. This is the resumable
-    stream's source, so it runs in the stream's own task whether or not a socket still reads it."""
+    stream's source, so it runs in the stream's own task whether or not a socket still reads it. A battle's events
+    come out blind (sides, no names) and note each side's answer with the battle before `complete` goes out."""
     recorder = TurnRecorder(compare.request.models)
+    answers = BattleAnswers(battle, recorder) if battle is not None else None
     saved = False
     try:
         async with aclosing(compare.events()) as events:
             async for event in events:
-                await pace.wait()
                 recorder.observe(event)
+                frame = event
+                if answers is not None:
+                    await answers.observe(event)
+                    frame = arena_event(event, answers.side_of)
                 if event.get("type") == "complete":
                     await _turn_save(
                         run_id=run_id, turn_index=turn_index, stream_id=stream_id, answers=recorder.result()
                     )
                     saved = True
-                yield event
+                if frame is None:
+                    continue
+                await pace.wait()
+                yield frame
     finally:
         _compare_runs.pop(stream_id, None)
         if not saved:
@@ -163,10 +233,16 @@ async def _saved_events(
                 await asyncio.shield(asyncio.ensure_future(save))
             except Exception as exc:
                 logger.warning("playground run %s: the interrupted turn was not saved: %s", run_id, type(exc).__name__)
+            if answers is not None:
+                try:
+                    await asyncio.shield(asyncio.ensure_future(answers.close()))
+                except Exception as exc:
+                    logger.warning("arena battle %s: answers not noted: %s", battle.battle_id, type(exc).__name__)
 
 
 def _outcome(run, turn_index: int) -> dict:
-    """A `complete` frame for a turn whose stream ended without one (stopped early): each model's saved outcome."""
+    """A `complete` frame for a turn whose stream ended without one (stopped early): each model's saved outcome
+    (by side, for a battle)."""
     turn = run.turns[turn_index] if run is not None and turn_index < len(run.turns) else {}
     results = {}
     for name, answer in turn.get("answers", {}).items():
@@ -177,6 +253,9 @@ def _outcome(run, turn_index: int) -> dict:
             results[name] = {"status": "error", "error": answer.get("error") or {}}
         else:
             results[name] = {"status": "cancelled"}
+    sides = (turn.get("arena") or {}).get("sides")
+    if sides:
+        results = arena_results(results, {model: side for side, model in sides.items()})
     return {"type": "complete", "run_id": None, "results": results, "interrupted": True}
 
 
@@ -315,14 +394,17 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         else:
             await self._refuse(bad_request(f"unknown frame type {kind!r}; expected {FRAME_TYPES}", param="type"))
 
-    async def _refuse(self, error: GatewayError, ctx: KeyContext | None = None, body: dict | None = None) -> None:
+    async def _refuse(
+        self, error: GatewayError, ctx: KeyContext | None = None, body: dict | None = None, *, blind: bool = False
+    ) -> None:
         """A run-level error frame. A refusal is counted, and recorded when the key is known (the socket's
-        API key, or the key a chat frame ran as): the frame then carries the record's request id."""
+        API key, or the key a chat frame ran as): the frame then carries the record's request id, unless it is a
+        battle's (`blind`)."""
         if ctx is None and self.auth == "key" and self.plaintext_key:
             ctx = await key_context_resolve(self.plaintext_key)
         event = error_event(error)
         request_id = refusal_note(error, ctx, endpoint="compare", body=body)
-        if request_id is not None:
+        if request_id is not None and not blind:
             event["request_id"] = request_id
         await self.send_json(event)
 
@@ -338,42 +420,75 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
         if self.auth == "session" and not await self._session_current():
             await self._session_end("it expired or was ended")
             return
-        # Which saved conversation this turn continues is the socket's business, not a field of the chat request.
+        # Which saved conversation this turn continues, and whether it is a blind battle, are the socket's business,
+        # not fields of the chat request.
         run_id = content.pop("run_id", None)
+        arena = content.pop("arena", None)
+        # Run the last turn again for one model, its new answer in the old one's place (streaming.playground_redo).
+        regenerate = content.pop("regenerate", None)
         ctx = None
+        hidden: list[str] = []
+        fixed = False
         try:
             run_id = _int_field(run_id, "run_id", required=False)
+            if arena is not None and not isinstance(arena, bool):
+                raise bad_request("'arena' must be a boolean", param="arena")
+            if regenerate is not None and not isinstance(regenerate, bool):
+                raise bad_request("'regenerate' must be a boolean", param="regenerate")
             ctx = await self._key_context(content.get("key_id"))
             owner_id = self._owner_id(ctx)
-            if run_id is not None and await _run_get(user_id=owner_id, run_id=run_id) is None:
-                raise run_not_found(run_id)
+            run = None
+            if run_id is not None:
+                run = await _run_get(user_id=owner_id, run_id=run_id)
+                if run is None:
+                    raise run_not_found(run_id)
+            if arena or (run is not None and playground_run_is_arena(run)):
+                arena = True
+                hidden, fixed = await self._arena_body(content, ctx=ctx, run=run)
             prepared = await compare_prepare(ctx=ctx, body=content, body_size=size, meta=self.meta)
         except GatewayError as error:
-            await self._refuse(error, ctx, content)
+            if hidden:
+                # The refusal's request id would lead to its log entry, which names the model.
+                await self._refuse(arena_error_blind(error, hidden), ctx, content, blind=True)
+            else:
+                await self._refuse(error, ctx, content)
             return
         prompt, system = playground_turn_prompt(content)
         options = {"key_id": ctx.key_id, "system": system}
         options.update({name: content[name] for name in _OPTION_FIELDS if content.get(name) is not None})
         stream_id = new_stream_id()
+        turn = {
+            "user_id": owner_id,
+            "team_id": ctx.team_id,
+            "run_id": run_id,
+            "models": prepared.models,
+            "prompt": prompt,
+            "system": system,
+            "options": options,
+            "stream_id": stream_id,
+        }
+        battle = None
         try:
-            run, turn_index = await _turn_start(
-                user_id=owner_id,
-                team_id=ctx.team_id,
-                run_id=run_id,
-                models=prepared.models,
-                prompt=prompt,
-                system=system,
-                options=options,
-                stream_id=stream_id,
-            )
-        except GatewayError as error:  # deleted meanwhile
+            if arena:
+                run, turn_index, battle = await _arena_turn_start(**turn, shuffle=not fixed)
+            elif regenerate:
+                run, turn_index = await _turn_redo(**turn)
+            else:
+                run, turn_index = await _turn_start(**turn, results=playground_turn_results(content))
+        except GatewayError as error:  # deleted meanwhile; no battle without Redis
             await self._refuse(error, ctx, content)
             return
         compare = CompareRun(prepared)
         _compare_runs[stream_id] = compare
         pace, stopped = ReaderPace(), []
         source = _saved_events(
-            compare, run_id=run.pk, turn_index=turn_index, stream_id=stream_id, pace=pace, stopped=stopped
+            compare,
+            run_id=run.pk,
+            turn_index=turn_index,
+            stream_id=stream_id,
+            pace=pace,
+            stopped=stopped,
+            battle=battle,
         )
 
         def stop(reason: str) -> None:
@@ -392,6 +507,8 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             return
         self.stream_id = stream_id
         saved = {"type": "saved", "run_id": run.pk, "turn": turn_index}
+        if battle is not None:
+            saved["arena"] = {"battle_id": battle.battle_id}
         live = stream.live()
         self._read(self._forward(live, saved, run_id=run.pk, turn_index=turn_index, user_id=owner_id, pace=pace))
 
@@ -438,8 +555,53 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
             return
         self.stream_id = stream_id
         resumed = {"type": "resumed", "run_id": run.pk, "turn": turn_index, "after": after}
+        battle_id = (run.turns[turn_index].get("arena") or {}).get("battle_id") if run.turns else None
+        if battle_id:
+            resumed["arena"] = {"battle_id": battle_id}
         replay = resumable_replay(stream_id, kind="json", after=after)
         self._read(self._forward(replay, resumed, run_id=run.pk, turn_index=turn_index, user_id=owner_id))
+
+    async def _arena_body(self, content: dict, *, ctx: KeyContext, run) -> tuple[list[str], bool]:
+        """Turn a battle's chat frame into the compare body of its two models. A new battle takes the user's picks
+        (`models`: none, one or two) and draws the rest from the key's tier; a later turn of an arena run keeps the
+        run's two models under their sides, each side's history in `messages_by_side` (or one shared `messages`).
+        Returns the models the user did not name (kept out of refusals) and whether the sides are fixed."""
+        by_side = content.pop("messages_by_side", None)
+        if "messages_by_model" in content:
+            raise bad_request(
+                "a battle's messages are 'messages' (the same for both sides) or 'messages_by_side'",
+                param="messages_by_model",
+            )
+        if "params_by_model" in content:
+            raise bad_request("a battle's two sides share their parameters", param="params_by_model")
+        if run is not None:
+            if not playground_run_is_arena(run):
+                raise arena_run_mismatch(run.pk, arena=True)
+            if content.get("models") is not None:
+                raise arena_run_mismatch(run.pk, arena=False)
+            sides = playground_run_sides(run)
+            pair, hidden, fixed = [sides["a"], sides["b"]], [sides["a"], sides["b"]], True
+        else:
+            picks = arena_picks(content.get("models"))
+            pair = await arena_pair_choose(ctx=ctx, picks=picks)
+            hidden, fixed = [name for name in pair if name not in picks], False
+        content["models"] = pair
+        if by_side is None:
+            return hidden, fixed
+        if "messages" in content:
+            raise bad_request("send either 'messages' or 'messages_by_side', not both", param="messages_by_side")
+        if not isinstance(by_side, dict) or sorted(by_side) != list(SIDES):
+            raise bad_request(
+                "'messages_by_side' must be an object with the sides 'a' and 'b'", param="messages_by_side"
+            )
+        if fixed:
+            content["messages_by_model"] = {pair[0]: by_side["a"], pair[1]: by_side["b"]}
+        elif by_side["a"] == by_side["b"]:
+            content["messages"] = by_side["a"]
+        else:
+            # A new battle has no sides yet, so no side can have a history of its own.
+            raise bad_request("a new battle's sides have no history yet: send 'messages'", param="messages_by_side")
+        return hidden, fixed
 
     def _read(self, forward) -> None:
         self.reader = asyncio.create_task(forward)

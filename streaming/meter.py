@@ -1,4 +1,5 @@
-"""StreamMeter: per-request timing of a relay (first byte upstream and to the client, chunk spacing)."""
+"""StreamMeter: per-request timing of a relay (first byte upstream and to the client, first and last output token,
+chunk spacing)."""
 
 import time
 
@@ -6,7 +7,17 @@ import time
 class StreamMeter:
     """Timestamps in perf_counter seconds; results in milliseconds."""
 
-    __slots__ = ("started", "upstream_first", "client_first", "last_sent", "chunks", "intervals")
+    __slots__ = (
+        "started",
+        "upstream_first",
+        "client_first",
+        "last_sent",
+        "chunks",
+        "intervals",
+        "first_token",
+        "last_token",
+        "token_deltas",
+    )
 
     ZERO_INTERVAL_MS = 1.0
 
@@ -17,10 +28,26 @@ class StreamMeter:
         self.last_sent: float | None = None
         self.chunks = 0
         self.intervals: list[float] = []
+        # Output (answer, reasoning or tool call) as it is relayed: a first byte may be a role or an empty delta.
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.token_deltas = 0
 
     def upstream_byte(self) -> None:
         if self.upstream_first is None:
             self.upstream_first = time.perf_counter()
+
+    def token(self) -> float:
+        """A delta of output is being relayed now; the milliseconds from the start to the first one."""
+        now = time.perf_counter()
+        if self.first_token is None:
+            self.first_token = now
+        self.last_token = now
+        self.token_deltas += 1
+        return self._ms(self.first_token)
+
+    def first_token_ms(self) -> float | None:
+        return self._ms(self.first_token)
 
     def sent(self) -> None:
         now = time.perf_counter()

@@ -1,19 +1,32 @@
 """The browser playground page: server-rendered, it streams one or more models side by side over the
 /ws/playground/ websocket (streaming.consumers), paying with one of the logged-in user's own keys. Its saved
-conversations (streaming.playground_runs) are read back as JSON under /playground/runs/."""
+conversations (streaming.playground_runs) are read back as JSON under /playground/runs/; one can be shared as a
+read-only page at /playground/shared/<token>/ for the members of its team."""
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 
 from accounts.selectors import playground_keys
 from accounts.services import playground_key_get_or_create
+from providers.availability import model_names_down
 from providers.models import Model
-from streaming.playground_runs import playground_run_get, playground_run_payload, playground_runs_list
+from streaming.arena_views import json_csrf_protect
+from streaming.playground_runs import (
+    playground_run_get,
+    playground_run_payload,
+    playground_run_share,
+    playground_run_shared_get,
+    playground_run_shared_payload,
+    playground_run_unshare,
+    playground_runs_list,
+)
 
 # Model output is untrusted: no inline script, nothing loaded from another origin, no plugins, no framing.
 CONTENT_SECURITY_POLICY = (
@@ -41,11 +54,14 @@ def playground_config(*, user, host: str, secure: bool) -> dict:
         .values("name", "input_price_per_million", "output_price_per_million", "kinds")
         if "chat" in (model["kinds"] or ["chat"])
     ]
+    down = model_names_down()
     scheme = "https" if secure else "http"
     return {
         "user": user.get_username(),
+        "max_frame_bytes": settings.GATEWAY_MAX_BODY_BYTES,
         "ws_path": "/ws/playground/",
         "runs_url": reverse("playground-runs"),
+        "arena_vote_url": reverse("playground-arena-vote"),
         "api_base": f"{scheme}://{host}/v1",
         "keys": [
             {
@@ -60,6 +76,9 @@ def playground_config(*, user, host: str, secure: bool) -> dict:
                         "name": model["name"],
                         "input_price_per_million": _price(model["input_price_per_million"]),
                         "output_price_per_million": _price(model["output_price_per_million"]),
+                        # "vision" offers image input; `down`: every provider serving it is marked down.
+                        "kinds": model["kinds"] or ["chat"],
+                        "down": model["name"] in down,
                     }
                     for model in models
                     if not allowed or model["name"] in allowed
@@ -113,4 +132,55 @@ def playground_run(request, run_id: int):
     run = playground_run_get(user_id=request.user.pk, run_id=run_id)
     if run is None:
         return _json_error(404, "run_not_found", f"you have no saved playground run {run_id}")
-    return JsonResponse(playground_run_payload(run=run))
+    payload = playground_run_payload(run=run)
+    payload["share_url"] = _share_url(request, run.share_token)
+    return JsonResponse(payload)
+
+
+def _share_url(request, token: str | None) -> str | None:
+    return request.build_absolute_uri(reverse("playground-shared", args=[token])) if token else None
+
+
+@csrf_exempt  # the global middleware steps aside for the same check with a JSON refusal
+@never_cache
+@json_csrf_protect
+def playground_run_sharing(request, run_id: int):
+    """POST: share one of the user's runs as a read-only link (the same link each time), answered with its URL;
+    DELETE: stop sharing it (the link answers 404 from then on)."""
+    if not request.user.is_authenticated:
+        return _json_error(401, "unauthenticated", "log in to share your playground runs")
+    if request.method == "POST":
+        run = playground_run_share(user_id=request.user.pk, run_id=run_id)
+    elif request.method == "DELETE":
+        run = playground_run_unshare(user_id=request.user.pk, run_id=run_id)
+    else:
+        return _json_error(405, "method_not_allowed", "POST to share, DELETE to stop sharing")
+    if run is None:
+        return _json_error(404, "run_not_found", f"you have no saved playground run {run_id}")
+    return JsonResponse(
+        {
+            "run_id": run.pk,
+            "shared": bool(run.share_token),
+            "url": _share_url(request, run.share_token),
+            # Who may open the link besides its owner: the members of the run's team (nobody else without one).
+            "team": run.team.name if run.team_id else None,
+        }
+    )
+
+
+@login_required
+@never_cache
+def playground_shared(request, token: str):
+    """A shared run, read-only, for its owner and the members of its team; for anyone else the same 404 page as
+    for a link that never existed, so a link says nothing about runs one may not see."""
+    run = playground_run_shared_get(token=token, user_id=request.user.pk)
+    if run is None:
+        response = render(request, "playground/shared.html", {"missing": True}, status=404)
+    else:
+        payload = playground_run_shared_payload(run=run)
+        context = {"run": payload, "owner": run.user_id == request.user.pk, "updated_at": run.updated_at}
+        response = render(request, "playground/shared.html", context)
+    response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(websocket="")
+    # The token is in the URL: links out of the page must not carry it to another site.
+    response["Referrer-Policy"] = "same-origin"
+    return response

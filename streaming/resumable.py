@@ -151,10 +151,16 @@ class ResumableStream:
             "background": int(background),
             "last": 0,
         }
-        async with redis_async().pipeline(transaction=False) as pipe:
-            pipe.hset(_meta_key(stream.stream_id), mapping=meta)
-            pipe.pexpire(_meta_key(stream.stream_id), ttl_ms)
-            await pipe.execute()
+        try:
+            async with redis_async().pipeline(transaction=False) as pipe:
+                pipe.hset(_meta_key(stream.stream_id), mapping=meta)
+                pipe.pexpire(_meta_key(stream.stream_id), ttl_ms)
+                await pipe.execute()
+        except Exception as exc:
+            # Redis unreachable (a failover under way): the stream runs live all the same, only not resumable.
+            logger.warning("resumable stream %s: not buffered, Redis unreachable: %s", stream.stream_id,
+                           type(exc).__name__)  # fmt: skip
+            stream.buffering = False
         stream.pump = asyncio.ensure_future(stream._pump())
         stream.keeper = asyncio.ensure_future(stream._keep())
         cls._running[stream.stream_id] = stream
@@ -249,8 +255,8 @@ class ResumableStream:
             # Redis gone: the stream goes on live, but cannot be resumed.
             logger.warning("resumable stream %s: buffering stopped: %s", self.stream_id, type(exc).__name__)
             self.buffering = False
-            if not self.attached and not self.background:
-                self.stop("expired")
+            if not self.attached and not self.expecting and not self.background:
+                self.stop("expired")  # nobody reads it live, and nobody can resume it
             if self.pump is not None:
                 await asyncio.gather(self.pump, return_exceptions=True)
         finally:

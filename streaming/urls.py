@@ -26,6 +26,8 @@ urlpatterns = [
     path("playground/", playground.playground, name="playground"),
     path("playground/runs/", playground.playground_runs, name="playground-runs"),
     path("playground/runs/<int:run_id>/", playground.playground_run, name="playground-run"),
+    path("playground/runs/<int:run_id>/share", playground.playground_run_sharing, name="playground-run-share"),
+    path("playground/shared/<str:token>/", playground.playground_shared, name="playground-shared"),
     path("playground/arena/vote", arena_views.arena_vote, name="playground-arena-vote"),
     path("playground/leaderboard/", arena_views.arena_leaderboard_page, name="playground-leaderboard"),
     path("login/", auth_views.LoginView.as_view(template_name="playground/login.html"), name="login"),

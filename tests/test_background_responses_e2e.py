@@ -8,6 +8,7 @@ import time
 
 import openai
 import pytest
+from django.contrib.auth import get_user_model
 
 from tests.support.data import key_create, model_create, provider_create
 from tests.support.usage import usage_events, wait_usage
@@ -91,9 +92,7 @@ def test_cancel_from_the_other_process_stops_the_upstream_and_books_the_tokens_s
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_streamed_background_response_resumes_after_sequence_number_n_on_the_other_process(
-    two_gateways, models
-):
+def test_a_streamed_background_response_resumes_after_sequence_number_n_on_the_other_process(two_gateways, models):
     first, second = two_gateways
     key = key_create("background-stream")
     seen = []
@@ -120,9 +119,6 @@ def test_a_streamed_background_response_resumes_after_sequence_number_n_on_the_o
 
 @pytest.mark.django_db(transaction=True)
 def test_background_refusals_and_another_owners_id(gateway, models):
-    from accounts.models import Tier  # noqa: F401 - the tier rows are made by key_create
-    from django.contrib.auth import get_user_model
-
     key = key_create("background-owner")
     stranger = key_create("background-stranger", user=get_user_model().objects.create(username="stranger"))
     client = _client(gateway, key)

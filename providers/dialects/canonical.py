@@ -100,6 +100,8 @@ class ChatRequest:
     temperature: float | None = None
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
+    # Asks an OpenAI-style provider for repeatable sampling; providers without one ignore it.
+    seed: int | None = None
     stream: bool = False
     tools: list[Tool] = field(default_factory=list)
     tool_choice: ToolChoice | None = None

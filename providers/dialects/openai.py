@@ -550,7 +550,7 @@ class OpenAIDialect(Dialect):
     # Facing a client ----------------------------------------------------------------------------
 
     def parse_request(self, body: dict) -> ChatRequest:
-        """A checked /v1/chat/completions body -> canonical; OpenAI-only fields (n, seed, logprobs,
+        """A checked /v1/chat/completions body -> canonical; OpenAI-only fields (logprobs,
         penalties, response_format, ...) have no counterpart and are left out."""
         request = ChatRequest(messages=[])
         for index, message in enumerate(object_items(body, "messages")):
@@ -591,6 +591,10 @@ class OpenAIDialect(Dialect):
             if isinstance(value, int | float) and not isinstance(value, bool):
                 setattr(request, name, value)
         request.stop = _stop(body.get("stop"))
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise bad_request("'seed' must be an integer", param="seed")
+        request.seed = seed
         request.stream = bool(body.get("stream"))
         tools = array_field(body, "tools")
         if tools:
@@ -670,6 +674,8 @@ class OpenAIDialect(Dialect):
             out["top_p"] = request.top_p
         if request.stop:
             out["stop"] = list(request.stop)
+        if request.seed is not None:
+            out["seed"] = request.seed
         if request.tools:
             out["tools"] = [
                 {

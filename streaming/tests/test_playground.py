@@ -52,7 +52,15 @@ def test_page_offers_the_users_keys_and_their_tiers_models(client, models):
     assert [k["name"] for k in config["keys"]] == ["dana-key", "dana-all"]
     first = config["keys"][0]
     assert first["max_compare_models"] == 2 and first["tier"] == "limited"
-    assert first["models"] == [{"name": "m-one", "input_price_per_million": 1.0, "output_price_per_million": 3.0}]
+    assert first["models"] == [
+        {
+            "name": "m-one",
+            "input_price_per_million": 1.0,
+            "output_price_per_million": 3.0,
+            "kinds": ["chat"],
+            "down": False,
+        }
+    ]
     assert [m["name"] for m in config["keys"][1]["models"]] == ["m-one", "m-two"]
     # The page never holds a key's plaintext.
     assert issued.plaintext not in response.content.decode()

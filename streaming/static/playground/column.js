@@ -1,9 +1,17 @@
-// One model's column: its conversation (one article per turn), the answer streaming in, and live
-// stats. A column keeps its own history because models answer differently, so each one's next
-// turn must build on its own previous answers.
+// One model's column: its conversation (one article per turn), the answer streaming in, the tool calls it makes and
+// the results typed for them, its own parameters, and live stats. A column keeps its own history because models
+// answer differently, so each one's next turn must build on its own previous answers.
+//
+// The stats are the gateway's wherever it has them: the time to first token comes with the model's first frame of
+// output (the figure its done frame reports again), tokens and cost come with the done frame (or, for a model that
+// failed or was stopped, with its error frame: what its usage record bills). While a model streams, the token count
+// is the frames of output that arrived (each carries at least one token), so it never runs ahead of the final one,
+// and a speed shows only once there is enough to measure.
 
 import { renderMarkdown } from "./markdown.js";
 import { formatCost, formatModelPrice, formatMs, formatRate, formatTokens } from "./format.js";
+import { userContent } from "./images.js";
+import { ModelParams } from "./params.js";
 
 const BADGES = {
   idle: "",
@@ -17,6 +25,13 @@ const BADGES = {
 // A render that takes this long makes the next few frames skip, so a long answer cannot starve
 // the other columns or the input.
 const SLOW_RENDER_MS = 12;
+// A speed is shown once this many tokens came over this long (streaming.compare's SPEED_MIN_TOKENS and
+// SPEED_MIN_SECONDS: the gateway reports none below them either).
+const SPEED_MIN_TOKENS = 5;
+const SPEED_MIN_MS = 150;
+// A prompt longer than this is folded to a few lines, with "Show more".
+const PROMPT_FOLD_CHARS = 600;
+const PROMPT_FOLD_LINES = 8;
 
 function element(tag, className, text) {
   const node = document.createElement(tag);
@@ -25,26 +40,113 @@ function element(tag, className, text) {
   return node;
 }
 
-function estimateTokens(text, chunks) {
-  return Math.max(chunks, Math.round(text.length / 4));
+function prettyArguments(text) {
+  try {
+    return JSON.stringify(JSON.parse(text), null, 2);
+  } catch {
+    return text;
+  }
 }
 
-/** One exchange in a column: the user's prompt and this model's answer. */
+/** One tool call of a model's answer: its name and arguments, and the result the user types for it. */
+class ToolCallView {
+  constructor(index) {
+    this.index = index;
+    this.id = "";
+    this.name = "";
+    this.arguments = "";
+    this.node = element("div", "tool-call");
+    this.node.dataset.testid = "tool-call";
+    const head = element("div", "tool-call-head");
+    head.append(element("span", "tool-call-label", "Tool call"));
+    this.nameNode = element("code", "tool-call-name");
+    this.nameNode.dataset.testid = "tool-call-name";
+    this.idNode = element("span", "tool-call-id");
+    head.append(this.nameNode, this.idNode);
+    this.argsNode = element("pre", "tool-call-args");
+    this.argsNode.dataset.testid = "tool-call-args";
+    this.resultNode = element("label", "tool-result");
+    this.resultNode.hidden = true;
+    this.resultLabel = element("span", "tool-result-label", "Result to send back");
+    this.resultInput = element("textarea", "tool-result-input");
+    this.resultInput.rows = 2;
+    this.resultInput.spellcheck = false;
+    this.resultInput.placeholder = 'What the tool returned, e.g. {"temperature": 21}';
+    this.resultNode.append(this.resultLabel, this.resultInput);
+    this.node.append(head, this.argsNode, this.resultNode);
+  }
+
+  update({ id, name, arguments: args }, append) {
+    if (id) this.id = id;
+    if (name) this.name = name;
+    if (typeof args === "string") this.arguments = append ? this.arguments + args : args;
+    this.nameNode.textContent = this.name || "…";
+    this.idNode.textContent = this.id;
+    this.argsNode.textContent = this.arguments;
+  }
+
+  finish() {
+    this.argsNode.textContent = prettyArguments(this.arguments);
+  }
+
+  /** Asks for the result (the call is waiting for one), or shows it read-only once it was sent. */
+  askResult(asking, onInput) {
+    this.resultNode.hidden = !asking;
+    this.resultInput.readOnly = !asking;
+    if (asking) {
+      this.resultInput.dataset.testid = "tool-result";
+      this.resultInput.setAttribute("aria-label", `Result of ${this.name}`);
+      if (onInput && !this.listening) {
+        this.resultInput.addEventListener("input", onInput);
+        this.listening = true;
+      }
+    } else {
+      delete this.resultInput.dataset.testid;
+    }
+  }
+
+  get result() {
+    return this.resultInput.value;
+  }
+
+  toMessage() {
+    return { id: this.id, type: "function", function: { name: this.name, arguments: this.arguments || "{}" } };
+  }
+}
+
+/** One exchange in a column: what the user sent (prompt, images, tool results) and this model's answer. */
 class Turn {
   constructor() {
     this.prompt = "";
+    this.images = [];
+    // Tool messages sent at the start of this turn: [{role: "tool", tool_call_id, content, name}].
+    this.results = [];
     this.answer = "";
     this.cached = false;
     this.reasoning = "";
+    this.toolCalls = new Map();
     this.state = "idle";
+    this.server = null;
+    // Where this turn's messages start in the column's history, once it finished.
+    this.historyStart = null;
     this.reasoningTouched = false;
     this.reasoningStartedAt = null;
     this.answerStartedAt = null;
 
     this.node = element("article", "turn");
     this.userNode = element("div", "turn-user");
+    this.userBox = element("div", "turn-user-box");
+    this.imagesNode = element("div", "turn-images");
+    this.imagesNode.hidden = true;
+    this.resultsNode = element("div", "turn-results");
+    this.resultsNode.hidden = true;
     this.bubble = element("p", "bubble");
-    this.userNode.append(this.bubble);
+    this.foldButton = element("button", "link-button fold-button", "Show more");
+    this.foldButton.type = "button";
+    this.foldButton.hidden = true;
+    this.foldButton.addEventListener("click", () => this.setFolded(!this.bubble.classList.contains("is-folded")));
+    this.userBox.append(this.resultsNode, this.imagesNode, this.bubble, this.foldButton);
+    this.userNode.append(this.userBox);
 
     this.reasoningNode = element("details", "reasoning");
     this.reasoningNode.hidden = true;
@@ -58,13 +160,25 @@ class Turn {
     });
 
     this.answerNode = element("div", "answer markdown");
+    this.toolsNode = element("div", "tool-calls");
+    this.toolsNode.hidden = true;
     this.errorNode = element("div", "column-error");
     this.errorNode.hidden = true;
     this.errorNode.setAttribute("role", "alert");
     this.noteNode = element("p", "turn-note");
     this.noteNode.hidden = true;
+    this.actionsNode = element("div", "turn-actions");
+    this.actionsNode.hidden = true;
 
-    this.node.append(this.userNode, this.reasoningNode, this.answerNode, this.errorNode, this.noteNode);
+    this.node.append(
+      this.userNode,
+      this.reasoningNode,
+      this.answerNode,
+      this.toolsNode,
+      this.errorNode,
+      this.noteNode,
+      this.actionsNode,
+    );
   }
 
   /** The newest turn carries the data-testids, so there is exactly one of each per column. */
@@ -73,11 +187,15 @@ class Turn {
       [this.reasoningNode, "column-reasoning"],
       [this.answerNode, "column-output"],
       [this.errorNode, "column-error"],
+      [this.toolsNode, "tool-calls"],
+      [this.bubble, "column-prompt"],
+      [this.foldButton, "show-more"],
     ];
     for (const [node, testid] of marks) {
       if (current) node.dataset.testid = testid;
       else delete node.dataset.testid;
     }
+    if (!current) this.actionsNode.hidden = true;
   }
 
   setReasoningOpen(open) {
@@ -85,29 +203,87 @@ class Turn {
     this.reasoningExpected = open;
     this.reasoningNode.open = open;
   }
+
+  /** What the user sent: the prompt (folded when long), its images, the tool results. */
+  showSent() {
+    this.bubble.textContent = this.prompt;
+    this.bubble.hidden = !this.prompt;
+    const long = this.prompt.length > PROMPT_FOLD_CHARS || this.prompt.split("\n").length > PROMPT_FOLD_LINES;
+    this.bubble.classList.toggle("is-foldable", long);
+    this.foldButton.hidden = !long;
+    this.setFolded(long);
+    this.imagesNode.replaceChildren();
+    for (const image of this.images) {
+      const img = element("img", "turn-image");
+      img.src = image.url;
+      img.alt = image.name ? `Image sent: ${image.name}` : "Image sent";
+      img.dataset.testid = "turn-image";
+      this.imagesNode.append(img);
+    }
+    this.imagesNode.hidden = !this.images.length;
+    this.resultsNode.replaceChildren();
+    for (const result of this.results) {
+      const card = element("div", "tool-result-sent");
+      card.dataset.testid = "tool-result-sent";
+      card.append(element("span", "tool-result-sent-label", `Result of ${result.name || "a tool call"}`));
+      card.append(element("pre", "tool-result-sent-text", result.content));
+      this.resultsNode.append(card);
+    }
+    this.resultsNode.hidden = !this.results.length;
+  }
+
+  setFolded(folded) {
+    this.bubble.classList.toggle("is-folded", folded);
+    this.foldButton.textContent = folded ? "Show more" : "Show less";
+    this.foldButton.setAttribute("aria-expanded", folded ? "false" : "true");
+  }
+
+  /** The messages this turn sent, in the order the model read them. */
+  inputMessages() {
+    const messages = this.results.map(({ role, tool_call_id: id, content }) => ({ role, tool_call_id: id, content }));
+    if (this.prompt || this.images.length) messages.push({ role: "user", content: userContent(this.prompt, this.images) });
+    return messages;
+  }
+
+  answerMessage() {
+    const calls = [...this.toolCalls.values()].map((call) => call.toMessage());
+    const message = { role: "assistant", content: calls.length && !this.answer ? null : this.answer };
+    if (calls.length) message.tool_calls = calls;
+    return message;
+  }
+
 }
 
 export class ModelColumn {
   /**
-   * @param {{name: string, input_price_per_million: ?number, output_price_per_million: ?number}} model
-   * @param {{onRemove: (name: string) => void}} handlers
+   * @param {{name: string, kinds?: string[], input_price_per_million: ?number, output_price_per_million: ?number}} model
+   * @param {{onRemove: (name: string) => void, onRegenerate?: (name: string) => void,
+   *          onCopy?: (name: string, kind: string) => void, onChange?: () => void}} handlers
    */
-  constructor(model, { onRemove }) {
+  constructor(model, { onRemove, onRegenerate, onCopy, onChange }) {
     this.model = model.name;
+    this.info = model;
     this.history = [];
     this.turns = [];
     this.frame = null;
     this.skipUntil = 0;
     this.answerDirty = false;
     this.reasoningDirty = false;
-    this.build(model, onRemove);
+    // The tool calls of the last answer, waiting for results: {turn, calls}.
+    this.pending = null;
+    // A column without these handlers (the arena's blind ones) offers neither regenerate nor its own settings.
+    this.onRegenerate = onRegenerate || null;
+    this.onChange = onChange || (() => {});
+    this.params = new ModelParams(model.name, { onChange: () => this.renderParamsSummary() });
+    this.onCopy = onCopy || null;
+    this.build(model, onRemove, this.onCopy);
     this.current = this.addTurn();
     this.current.node.hidden = true;
     this.setState("idle");
     this.resetStats();
   }
 
-  build(model, onRemove) {
+  build(model, onRemove, onCopy) {
     const root = element("section", "column");
     root.dataset.testid = "column";
     root.dataset.model = model.name;
@@ -120,6 +296,13 @@ export class ModelColumn {
     const price = element("span", "column-price", formatModelPrice(model));
     price.title = formatModelPrice(model);
     titles.append(title, price);
+    this.titleNode = title;
+    this.priceNode = price;
+    if ((model.kinds || []).includes("vision")) {
+      const vision = element("span", "column-kind", "vision");
+      vision.title = "Reads images";
+      titles.append(vision);
+    }
     this.badge = element("span", "column-badge");
     this.badge.hidden = true;
     // The current turn was answered from the gateway's response cache: no provider was called.
@@ -133,6 +316,33 @@ export class ModelColumn {
     this.removeButton.title = "Remove from the comparison";
     this.removeButton.addEventListener("click", () => onRemove(this.model));
     head.append(titles, this.cachedBadge, this.badge, this.removeButton);
+
+    // Per-model actions: its own parameters, and its request as code.
+    const toolbar = element("div", "column-toolbar");
+    this.paramsToggle = element("button", "link-button column-params-toggle", "Parameters");
+    this.paramsToggle.type = "button";
+    this.paramsToggle.dataset.testid = "column-params-toggle";
+    this.paramsToggle.setAttribute("aria-expanded", "false");
+    this.paramsToggle.addEventListener("click", () => {
+      const open = this.params.element.hidden;
+      this.params.element.hidden = !open;
+      this.paramsToggle.setAttribute("aria-expanded", open ? "true" : "false");
+    });
+    this.paramsSummary = element("span", "column-params-summary");
+    this.paramsSummary.dataset.testid = "column-params-summary";
+    const copyCurl = element("button", "link-button", "curl");
+    copyCurl.type = "button";
+    copyCurl.dataset.testid = "column-copy-curl";
+    copyCurl.title = `Copy this model's request as curl`;
+    copyCurl.addEventListener("click", () => onCopy(this.model, "curl"));
+    const copyPython = element("button", "link-button", "Python");
+    copyPython.type = "button";
+    copyPython.dataset.testid = "column-copy-python";
+    copyPython.title = `Copy this model's request as Python`;
+    copyPython.addEventListener("click", () => onCopy(this.model, "python"));
+    const copyLabel = element("span", "column-toolbar-label", "Copy as");
+    toolbar.append(this.paramsToggle, this.paramsSummary, copyLabel, copyCurl, copyPython);
+    toolbar.hidden = !onCopy;
 
     this.body = element("div", "column-body");
     this.body.tabIndex = 0;
@@ -155,15 +365,16 @@ export class ModelColumn {
     const grid = element("dl", "stats-grid");
     this.stat = {};
     for (const [key, label, hint] of [
-      ["ttft", "First token", "Time from sending to the first token"],
-      ["speed", "Speed", "Output tokens per second after the first token"],
-      ["tokens", "Tokens", "Prompt tokens in, completion tokens out"],
-      ["cost", "Cost", "Cost of this turn"],
+      ["ttft", "First token", "Time from sending to the first token of the answer or its reasoning, as the gateway measured it"],
+      ["speed", "Speed", "Output tokens per second after the first token; shown once there are enough to measure"],
+      ["tokens", "Tokens", "Prompt tokens in, completion tokens out; while streaming, the output that has arrived"],
+      ["cost", "Cost", "Cost of this turn, as its usage record bills it"],
     ]) {
       const cell = element("div", "stat");
       cell.title = hint;
       const dt = element("dt", "stat-label", label);
       const dd = element("dd", "stat-value", "—");
+      dd.dataset.testid = `stat-${key}`;
       cell.append(dt, dd);
       grid.append(cell);
       this.stat[key] = dd;
@@ -171,7 +382,7 @@ export class ModelColumn {
     this.meta = element("p", "stats-meta");
     stats.append(grid, this.meta);
 
-    root.append(head, this.body, stats);
+    root.append(head, toolbar, this.params.element, this.body, stats);
     this.element = root;
   }
 
@@ -199,37 +410,157 @@ export class ModelColumn {
     this.removeButton.disabled = !removable;
   }
 
-  /** The messages for this model's next turn: system prompt, its own history, the new prompt. */
-  messagesFor(prompt, system) {
+  /** A new title for the column (the arena names a side's model once it is revealed) and the line under it. */
+  setLabel(title, detail) {
+    this.titleNode.textContent = title;
+    this.titleNode.title = title;
+    this.priceNode.textContent = detail || "";
+    this.priceNode.title = detail || "";
+  }
+
+  renderParamsSummary() {
+    const summary = this.params.summary();
+    this.paramsSummary.textContent = summary;
+    this.paramsSummary.title = summary;
+    this.paramsSummary.hidden = !summary;
+    this.element.classList.toggle("has-own-params", Boolean(summary));
+  }
+
+  /** This model's own parameters for the request, or the problem with them. */
+  ownParams() {
+    if (!this.onCopy) return { values: {}, problem: null };
+    return this.params.read();
+  }
+
+  // Tool calls waiting for results ---------------------------------------------------------------------------------
+
+  /** Whether the last answer made tool calls that are waiting for results. */
+  hasPendingCalls() {
+    return Boolean(this.pending && this.pending.calls.length);
+  }
+
+  /** Every waiting call has a result typed. */
+  toolResultsReady() {
+    return this.hasPendingCalls() && this.pending.calls.every((call) => call.result.trim() !== "");
+  }
+
+  /** The first waiting call with no result yet (to point the user at it), or null. */
+  missingResult() {
+    if (!this.hasPendingCalls()) return null;
+    return this.pending.calls.find((call) => call.result.trim() === "") || null;
+  }
+
+  pendingResultMessages() {
+    if (!this.hasPendingCalls()) return [];
+    return this.pending.calls.map((call) => ({ role: "tool", tool_call_id: call.id, content: call.result, name: call.name }));
+  }
+
+  /** The messages for this model's next turn: system prompt, its own history, the tool results typed for its last
+   * answer's calls, the new prompt (with its images). */
+  messagesFor(prompt, system, { images = [] } = {}) {
     const messages = [];
     if (system) messages.push({ role: "system", content: system });
     messages.push(...this.history);
-    if (prompt != null) messages.push({ role: "user", content: prompt });
+    for (const { role, tool_call_id: id, content } of this.pendingResultMessages()) {
+      messages.push({ role, tool_call_id: id, content });
+    }
+    if (prompt || images.length) messages.push({ role: "user", content: userContent(prompt || "", images) });
     return messages;
   }
 
-  beginTurn(prompt, sentAt) {
+  /** Whether the last turn can be run again for this model alone. */
+  canRegenerate() {
+    const turn = this.current;
+    return !this.running && !turn.node.hidden && ["done", "error", "cancelled"].includes(turn.state) &&
+      (Boolean(turn.prompt) || turn.images.length > 0 || turn.results.length > 0);
+  }
+
+  /** The messages that ran the last turn: to run it again for a new answer. */
+  regenerateMessages(system) {
+    const turn = this.current;
+    const messages = [];
+    if (system) messages.push({ role: "system", content: system });
+    const before = turn.historyStart != null ? this.history.slice(0, turn.historyStart) : this.history;
+    messages.push(...before, ...turn.inputMessages());
+    return messages;
+  }
+
+  // A turn's life ---------------------------------------------------------------------------------------------------
+
+  beginTurn(prompt, sentAt, { images = [] } = {}) {
     const placeholder = this.current.node.hidden && this.current.state === "idle";
     const turn = placeholder ? this.current : this.addTurn();
     turn.node.hidden = false;
-    turn.prompt = prompt;
-    turn.bubble.textContent = prompt;
+    turn.prompt = prompt || "";
+    turn.images = images;
+    turn.results = this.pendingResultMessages();
+    if (this.pending) {
+      for (const call of this.pending.calls) call.askResult(false);
+      this.pending.turn.noteNode.hidden = true;
+      this.sentPending = this.pending;
+      this.pending = null;
+    } else {
+      this.sentPending = null;
+    }
+    turn.showSent();
     turn.state = "waiting";
     this.previous = placeholder ? null : this.current;
+    this.regenerating = null;
     this.current = turn;
-    this.sentAt = sentAt;
-    this.firstTokenAt = null;
-    this.chunks = 0;
-    this.server = null;
-    turn.server = null;
-    this.requestId = null;
+    this.startStats(sentAt);
     this.setCached(turn, false);
     this.emptyNote.hidden = true;
     this.setState("waiting");
-    this.resetStats();
-    this.stat.ttft.textContent = "…";
+    this.renderStats();
     this.following = true;
     this.followEnd();
+  }
+
+  /** Run the last turn again: a new turn with the same input takes its place; the old one is kept aside until
+   * the new one ends (or comes back, when the gateway refuses the run). */
+  beginRegenerate(sentAt) {
+    const old = this.current;
+    this.regenerating = { turn: old, history: [...this.history], pending: this.pending };
+    if (old.historyStart != null) this.history = this.history.slice(0, old.historyStart);
+    this.pending = null;
+    this.sentPending = null;
+    const turn = this.addTurn();
+    turn.prompt = old.prompt;
+    turn.images = old.images;
+    turn.results = old.results;
+    turn.showSent();
+    old.node.hidden = true;
+    turn.state = "waiting";
+    this.previous = null;
+    this.current = turn;
+    this.startStats(sentAt);
+    this.setCached(turn, false);
+    this.setState("waiting");
+    this.renderStats();
+    this.following = true;
+    this.followEnd();
+  }
+
+  /** The regenerated turn ended: the answer it replaced goes. */
+  dropReplaced() {
+    if (!this.regenerating) return;
+    const old = this.regenerating.turn;
+    this.regenerating = null;
+    old.node.remove();
+    this.turns = this.turns.filter((turn) => turn !== old);
+  }
+
+  startStats(sentAt) {
+    this.sentAt = sentAt;
+    this.firstTokenAt = null;
+    this.ttftMs = null;
+    this.liveTokens = 0;
+    this.outputFrames = 0;
+    this.server = null;
+    this.current.server = null;
+    this.requestId = null;
+    this.current.actionsNode.hidden = true;
+    this.resetStats();
   }
 
   /** A turn that ran elsewhere (a request from the request log): shown and kept in the history, no stats. */
@@ -240,12 +571,20 @@ export class ModelColumn {
   }
 
   /**
-   * A turn of a saved run, as the server kept it: the prompt, this model's answer (and reasoning), and its
-   * stats or its error. Answers that finished rejoin the column's history, so the run can be continued.
+   * A turn of a saved run, as the server kept it: the prompt, this model's answer (and reasoning, and tool calls),
+   * and its stats or its error. Answers that finished rejoin the column's history, so the run can be continued.
    * @param {string} prompt
    * @param {{status: string, text?: string, reasoning?: string, done?: object, error?: object}} saved
+   * @param {{results?: {tool_call_id: string, content: string}[]}} sent  tool results this turn sent back
    */
-  restoreTurn(prompt, saved) {
+  restoreTurn(prompt, saved, { results = null } = {}) {
+    if (this.hasPendingCalls() && Array.isArray(results)) {
+      // The results this turn sent for the last answer's tool calls, as the server kept them.
+      for (const call of this.pending.calls) {
+        const sent = results.find((result) => result.tool_call_id === call.id);
+        if (sent) call.resultInput.value = sent.content;
+      }
+    }
     this.beginTurn(prompt, performance.now());
     const turn = this.current;
     turn.answer = typeof saved.text === "string" ? saved.text : "";
@@ -269,6 +608,31 @@ export class ModelColumn {
   rollbackTurn() {
     const turn = this.current;
     this.resetStats();
+    if (this.sentPending) {
+      this.pending = this.sentPending;
+      for (const call of this.pending.calls) call.askResult(true);
+      this.pending.turn.noteNode.hidden = false;
+      this.sentPending = null;
+    }
+    if (this.regenerating) {
+      const kept = this.regenerating;
+      this.regenerating = null;
+      turn.node.remove();
+      this.turns.pop();
+      this.current = kept.turn;
+      this.current.node.hidden = false;
+      this.current.setCurrent(true);
+      this.history = kept.history;
+      this.pending = kept.pending;
+      this.server = this.current.server || null;
+      this.setCached(this.current, this.current.cached);
+      this.setState(this.current.state);
+      this.renderStats();
+      this.renderMeta();
+      this.showActions();
+      this.previous = null;
+      return;
+    }
     if (this.previous) {
       turn.node.remove();
       this.turns.pop();
@@ -279,10 +643,13 @@ export class ModelColumn {
       this.setState(this.current.state);
       this.renderStats();
       this.renderMeta();
+      this.showActions();
     } else {
       turn.prompt = "";
+      turn.images = [];
+      turn.results = [];
       turn.state = "idle";
-      turn.bubble.textContent = "";
+      turn.showSent();
       turn.node.hidden = true;
       this.emptyNote.hidden = this.turns.length > 1;
       this.server = null;
@@ -304,32 +671,35 @@ export class ModelColumn {
     if (turn === this.current) this.cachedBadge.hidden = !turn.cached;
   }
 
-  markFirstToken() {
+  /** A frame of output arrived: the first one carries the gateway's time to it. `counted`: it carried text. */
+  markOutput(frame, counted) {
+    if (frame && typeof frame.ttft_ms === "number" && this.ttftMs == null) this.ttftMs = frame.ttft_ms;
     if (this.firstTokenAt == null) {
       this.firstTokenAt = performance.now();
       this.setState("streaming");
       this.current.state = "streaming";
     }
+    this.outputFrames += 1;
+    if (counted) this.liveTokens += 1;
   }
 
-  appendChunk(text) {
+  appendChunk(text, frame) {
     if (typeof text !== "string" || !text) return;
     const turn = this.current;
-    this.markFirstToken();
+    this.markOutput(frame, true);
     if (turn.answerStartedAt == null) {
       turn.answerStartedAt = performance.now();
       if (turn.reasoning) turn.setReasoningOpen(false);
     }
     turn.answer += text;
-    this.chunks += 1;
     this.answerDirty = true;
     this.scheduleRender();
   }
 
-  appendReasoning(text) {
+  appendReasoning(text, frame) {
     if (typeof text !== "string" || !text) return;
     const turn = this.current;
-    this.markFirstToken();
+    this.markOutput(frame, true);
     if (turn.reasoningStartedAt == null) {
       turn.reasoningStartedAt = performance.now();
       turn.reasoningNode.hidden = false;
@@ -340,29 +710,81 @@ export class ModelColumn {
     this.scheduleRender();
   }
 
+  toolCallView(turn, index) {
+    let call = turn.toolCalls.get(index);
+    if (!call) {
+      call = new ToolCallView(index);
+      turn.toolCalls.set(index, call);
+      turn.toolsNode.append(call.node);
+      turn.toolsNode.hidden = false;
+    }
+    return call;
+  }
+
+  /** A piece of a tool call: its id and name first, then its arguments as they stream. */
+  appendToolCall(frame) {
+    if (!frame || typeof frame.index !== "number") return;
+    const turn = this.current;
+    this.markOutput(frame, typeof frame.arguments === "string" && frame.arguments !== "");
+    if (turn.reasoning) turn.setReasoningOpen(false);
+    this.toolCallView(turn, frame.index).update(frame, true);
+    this.scheduleRender();
+  }
+
   finish(frame) {
     const turn = this.current;
     this.server = frame;
     turn.server = frame;
     if (frame.cached === true) this.setCached(turn, true);
+    if (Array.isArray(frame.tool_calls)) {
+      // The done frame has the calls whole: they replace what the pieces made.
+      frame.tool_calls.forEach((call, index) => {
+        const fn = call.function || {};
+        this.toolCallView(turn, index).update({ id: call.id, name: fn.name, arguments: fn.arguments || "" }, false);
+      });
+    }
     this.flush();
+    this.dropReplaced();
     turn.state = "done";
-    this.history.push({ role: "user", content: turn.prompt }, { role: "assistant", content: turn.answer });
+    turn.historyStart = this.history.length;
+    this.history.push(...turn.inputMessages(), turn.answerMessage());
+    this.sentPending = null;
+    const calls = [...turn.toolCalls.values()];
+    for (const call of calls) call.finish();
+    if (calls.length) {
+      this.pending = { turn, calls };
+      for (const call of calls) call.askResult(true, () => this.onChange());
+      this.note(turn, `Type what each call returned, then send: it goes back to ${this.model} as the tool's answer.`);
+    }
     if (frame.finish_reason === "length") this.note(turn, "Cut off at the max tokens limit.");
-    if (!turn.answer) this.note(turn, "The model returned no text.");
+    if (!turn.answer && !calls.length) this.note(turn, "The model returned no text.");
     this.setState("done");
     this.renderStats();
     this.renderMeta();
+    this.showActions();
     this.followEnd();
   }
 
-  /** A turn that did not finish stays on screen, marked, but out of the history. */
+  /** A turn that did not finish stays on screen, marked, but out of the history; what it bills is shown. */
   fail(frame) {
     const turn = this.current;
     const cancelled = frame.code === "cancelled" || frame.status === 499;
+    if (frame.usage || frame.cost != null || frame.ttft_ms != null) {
+      this.server = { ...frame, type: "error" };
+      turn.server = this.server;
+    }
     this.flush();
+    this.dropReplaced();
     turn.state = cancelled ? "cancelled" : "error";
     turn.node.classList.add("is-excluded");
+    if (this.sentPending) {
+      // The results it carried were not taken: they wait to be sent again.
+      this.pending = this.sentPending;
+      this.sentPending = null;
+      for (const call of this.pending.calls) call.askResult(true, () => this.onChange());
+      this.pending.turn.noteNode.hidden = false;
+    }
+    for (const call of turn.toolCalls.values()) call.finish();
     if (cancelled) {
       this.note(turn, "Stopped. This turn is left out of the conversation.");
     } else {
@@ -376,7 +798,30 @@ export class ModelColumn {
     this.setState(turn.state);
     this.renderStats();
     this.renderMeta();
+    this.showActions();
     this.followEnd();
+  }
+
+  /** Under the last answer: run it again. */
+  showActions() {
+    const turn = this.current;
+    turn.actionsNode.replaceChildren();
+    if (!this.onRegenerate || !this.canRegenerate()) {
+      turn.actionsNode.hidden = true;
+      return;
+    }
+    const regenerate = element("button", "link-button turn-regenerate", "Regenerate");
+    regenerate.type = "button";
+    regenerate.dataset.testid = "column-regenerate";
+    regenerate.title = `Ask ${this.model} again for a new answer to this turn; the other columns stay as they are`;
+    regenerate.addEventListener("click", () => this.onRegenerate(this.model));
+    turn.actionsNode.append(regenerate);
+    turn.actionsNode.hidden = false;
+  }
+
+  /** Regenerate is offered only while the page runs nothing. */
+  setIdle(idle) {
+    for (const button of this.element.querySelectorAll(".turn-regenerate")) button.disabled = !idle;
   }
 
   note(turn, text) {
@@ -390,6 +835,9 @@ export class ModelColumn {
     this.history = [];
     this.turns = [];
     this.previous = null;
+    this.pending = null;
+    this.sentPending = null;
+    this.regenerating = null;
     this.transcript.replaceChildren();
     this.current = this.addTurn();
     this.current.node.hidden = true;
@@ -397,12 +845,14 @@ export class ModelColumn {
     this.emptyNote.hidden = false;
     this.setState("idle");
     this.resetStats();
+    this.onChange();
   }
 
   resetStats() {
     for (const dd of Object.values(this.stat)) {
       dd.textContent = "—";
       dd.classList.remove("is-estimate");
+      dd.removeAttribute("title");
     }
     this.meta.replaceChildren();
     this.meta.hidden = true;
@@ -453,38 +903,64 @@ export class ModelColumn {
     this.followEnd();
   }
 
+  /** Output tokens per second while streaming, once there is enough to measure; else null. */
+  liveSpeed(now) {
+    if (this.firstTokenAt == null || this.outputFrames < 2 || this.liveTokens < SPEED_MIN_TOKENS) return null;
+    const elapsed = now - this.firstTokenAt;
+    if (elapsed < SPEED_MIN_MS) return null;
+    return this.liveTokens / (elapsed / 1000);
+  }
+
   renderStats() {
     const server = this.server;
-    const now = performance.now();
-    const turn = this.current;
-    const setValue = (key, text, estimate) => {
-      this.stat[key].textContent = text;
-      this.stat[key].classList.toggle("is-estimate", Boolean(estimate));
+    const running = this.running;
+    const setValue = (key, text, { estimate = false, title = null } = {}) => {
+      const dd = this.stat[key];
+      dd.textContent = text;
+      dd.classList.toggle("is-estimate", estimate);
+      if (title) dd.title = title;
+      else dd.removeAttribute("title");
     };
 
-    if (server && server.ttft_ms != null) setValue("ttft", formatMs(server.ttft_ms));
-    else if (this.firstTokenAt != null) setValue("ttft", formatMs(this.firstTokenAt - this.sentAt), true);
-    else setValue("ttft", this.running ? "…" : "—");
+    const ttft = server && server.ttft_ms != null ? server.ttft_ms : this.ttftMs;
+    if (ttft != null) setValue("ttft", formatMs(ttft));
+    else setValue("ttft", running ? "…" : "—");
 
-    if (server && server.tokens_per_s != null) {
+    if (server && server.type !== "error" && server.tokens_per_s != null) {
       setValue("speed", formatRate(server.tokens_per_s));
-    } else if (this.firstTokenAt != null && now - this.firstTokenAt > 150 && this.running) {
-      const tokens = estimateTokens(turn.answer + turn.reasoning, this.chunks);
-      setValue("speed", `~${formatRate(tokens / ((now - this.firstTokenAt) / 1000))}`, true);
-    } else if (!this.running) {
+    } else if (running) {
+      const rate = this.liveSpeed(performance.now());
+      if (rate != null) setValue("speed", `~${formatRate(rate)}`, { estimate: true, title: "Measured as the answer arrives" });
+      else setValue("speed", "…", { title: "Shown once enough tokens have arrived to measure" });
+    } else if (server && server.usage) {
+      setValue("speed", "—", { title: "Too few tokens, or too little time, to measure a speed" });
+    } else {
       setValue("speed", "—");
     }
 
     const usage = server && server.usage;
     if (usage && (usage.prompt_tokens != null || usage.completion_tokens != null)) {
       const approx = server.tokens_estimated ? "~" : "";
-      setValue("tokens", `${approx}${formatTokens(usage.prompt_tokens)} in / ${formatTokens(usage.completion_tokens)} out`);
-      this.stat.tokens.parentElement.title = `${formatTokens(usage.total_tokens)} tokens in total`;
-    } else if (this.running && this.firstTokenAt != null) {
-      setValue("tokens", `~${formatTokens(estimateTokens(turn.answer + turn.reasoning, this.chunks))} out`, true);
+      setValue("tokens", `${approx}${formatTokens(usage.prompt_tokens)} in / ${approx}${formatTokens(usage.completion_tokens)} out`, {
+        estimate: Boolean(server.tokens_estimated),
+        title: `${formatTokens(usage.total_tokens)} tokens in total${server.tokens_estimated ? ", counted by the gateway (the provider reported none)" : ""}`,
+      });
+    } else if (running && this.liveTokens > 0) {
+      setValue("tokens", `~${formatTokens(this.liveTokens)} out`, {
+        estimate: true,
+        title: "Output so far; the exact count comes when the model finishes",
+      });
+    } else {
+      setValue("tokens", running ? "…" : "—");
     }
 
-    if (server) setValue("cost", formatCost(server.cost));
+    if (server && server.cost != null) {
+      setValue("cost", formatCost(server.cost), {
+        title: server.type === "error" ? "What the usage record of this unfinished turn bills" : null,
+      });
+    } else {
+      setValue("cost", "—");
+    }
   }
 
   renderMeta() {

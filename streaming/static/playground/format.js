@@ -42,3 +42,11 @@ export function formatModelPrice(model) {
   if (!Number(input) && !Number(output)) return "Free";
   return `${formatPrice(input ?? 0)} in · ${formatPrice(output ?? 0)} out per 1M tokens`;
 }
+
+/** A size in bytes as people read it: "812 KB", "3.4 MB". */
+export function formatBytes(bytes) {
+  if (bytes == null || !Number.isFinite(bytes)) return "—";
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${integer.format(bytes / 1024)} KB`;
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+}

@@ -5,12 +5,17 @@
 // page goes away: the page remembers its conversation in the URL (?run=<id>), and after a reload, or a
 // dropped connection, it asks for the turn's frames again from where it was (each frame has a `seq`).
 
+import { Arena } from "./arena.js";
 import { GatewaySocket } from "./connection.js";
 import { ModelColumn } from "./column.js";
+import { Composer } from "./composer.js";
 import { formatModelPrice, formatMs } from "./format.js";
 import { fetchRun, fetchRuns, renderHistory } from "./history.js";
 import { fetchLogged, loggedTurns } from "./logged.js";
+import { ShareControl } from "./share.js";
+import { ScrollSync } from "./scrollsync.js";
 import { curlSnippet, pythonSnippet } from "./snippets.js";
+import { ColumnPager } from "./swipe.js";
 
 const config = JSON.parse(document.getElementById("playground-config").textContent);
 const STORAGE_KEY = "aigateway.playground.settings";
@@ -72,6 +77,35 @@ const state = {
   runs: [],
 };
 
+// The blind arena (its toggle, its two columns and the vote) and the Share action of the open run.
+const arena = new Arena({
+  voteUrl: config.arena_vote_url,
+  workspace: ui.workspace,
+  columnsHost: ui.columns,
+  onToggle: () => {
+    newChat();
+    syncColumns();
+  },
+  onVoted: () => refreshHistory(),
+});
+const share = new ShareControl({ button: byId("share-run"), runsUrl: config.runs_url });
+// Tools, more parameters and an image for the prompt; synced scrolling; the phone's column position.
+const composer = new Composer({
+  settingsPanel: ui.settingsPanel,
+  form: ui.composer,
+  prompt: ui.prompt,
+  actions: ui.composer.querySelector(".composer-actions"),
+  maxFrameBytes: config.max_frame_bytes,
+  onChange: () => {
+    updateSummary();
+    updateControls();
+    save();
+  },
+  onError: (message) => showBanner(message),
+});
+new ScrollSync(ui.columns, document.querySelector(".stage-actions"));
+new ColumnPager(ui.columns);
+
 
 function loadSaved() {
   try {
@@ -94,6 +128,7 @@ function save() {
         system: ui.system.value,
         temperature: ui.temperature.value,
         maxTokens: ui.maxTokens.value,
+        ...composer.saved(),
       }),
     );
   } catch {
@@ -139,7 +174,9 @@ function capOf(key) {
 }
 
 function defaultSelection(key) {
-  const names = key.models.map((model) => model.name);
+  // Models whose every provider is marked down are left out, unless nothing else is left.
+  const up = key.models.filter((model) => !model.down);
+  const names = (up.length ? up : key.models).map((model) => model.name);
   return names.slice(0, Math.min(2, capOf(key)));
 }
 
@@ -150,6 +187,7 @@ function selectKey(key, preferred) {
   let selection = (preferred || []).filter((name) => names.has(name)).slice(0, capOf(key));
   if (!selection.length) selection = defaultSelection(key);
   state.selected = selection;
+  arena.setModels(key.models);
   renderModelPicker();
   syncColumns();
 }
@@ -176,6 +214,11 @@ function renderModelPicker() {
     price.textContent = formatModelPrice(model);
     text.append(name, price);
     label.append(input, text);
+    if (model.down) {
+      label.classList.add("is-down");
+      label.title = "Every provider serving this model is marked down by the health checks";
+      price.textContent = `Provider down · ${price.textContent}`;
+    }
     ui.modelOptions.append(label);
   }
   updateModelCap();
@@ -228,7 +271,12 @@ function removeModel(name) {
 function columnFor(model) {
   let column = state.columns.get(model.name);
   if (!column) {
-    column = new ModelColumn(model, { onRemove: removeModel });
+    column = new ModelColumn(model, {
+      onRemove: removeModel,
+      onRegenerate: regenerate,
+      onCopy: (name, kind) => showSnippet(kind, name),
+      onChange: updateControls,
+    });
     state.columns.set(model.name, column);
   }
   return column;
@@ -236,7 +284,7 @@ function columnFor(model) {
 
 function syncColumns() {
   const models = state.key.models.filter((model) => state.selected.includes(model.name));
-  const wanted = models.map(columnFor);
+  const wanted = arena.on ? arena.columns : models.map(columnFor);
   const children = [...ui.columns.children];
   if (wanted.length !== children.length || wanted.some((column, i) => column.element !== children[i])) {
     ui.columns.replaceChildren(...wanted.map((column) => column.element));
@@ -244,6 +292,7 @@ function syncColumns() {
   if (!wanted.length) ui.columns.append(emptyColumnsNote());
   ui.columns.dataset.count = String(wanted.length);
   for (const column of wanted) column.setRemovable(wanted.length > 1 && !state.run);
+  composer.setModels(arena.on ? [] : models);
   updateControls();
 }
 
@@ -306,13 +355,18 @@ function updateSummary() {
   if (settings.system) parts.push("system prompt");
   if (settings.temperature != null) parts.push(`temp ${settings.temperature}`);
   if (settings.maxTokens != null) parts.push(`max ${settings.maxTokens} tokens`);
+  parts.push(...composer.summaryParts());
   ui.settingsSummary.textContent = parts.length ? parts.join(" · ") : "Defaults";
 }
 
 
 function updateControls() {
   const running = Boolean(state.run);
-  ui.send.disabled = running || !ui.prompt.value.trim() || state.selected.length === 0;
+  const input = ui.prompt.value.trim() || (!arena.on && composer.hasInput(selectedColumns()));
+  ui.send.disabled = running || !input || (state.selected.length === 0 && !arena.on);
+  arena.setRunning(running);
+  composer.setRunning(running);
+  for (const column of state.columns.values()) column.setIdle(!running);
   ui.stop.disabled = !running || state.run.stopping;
   ui.newChat.disabled = running;
   ui.keyPicker.disabled = running;
@@ -326,23 +380,38 @@ function autosizePrompt() {
 }
 
 
-function buildRequest(prompt) {
+/** `only`: the models to send to, when not every selected one (a turn of tool results, one model's snippet). */
+function buildRequest(prompt, only = null) {
   const settings = readSettings();
-  const models = state.selected.length ? [...state.selected] : state.key.models.slice(0, 1).map((m) => m.name);
+  if (arena.on) return arena.request(prompt, settings, state.key.id);
+  const models = only && only.length
+    ? [...only]
+    : state.selected.length ? [...state.selected] : state.key.models.slice(0, 1).map((m) => m.name);
+  const images = composer.images();
   const messagesByModel = {};
   for (const name of models) {
     const column = state.columns.get(name);
     messagesByModel[name] = column
-      ? column.messagesFor(prompt, settings.system)
+      ? column.messagesFor(prompt, settings.system, { images })
       : [
           ...(settings.system ? [{ role: "system", content: settings.system }] : []),
           { role: "user", content: prompt },
         ];
   }
-  return { keyId: state.key.id, models, messagesByModel, temperature: settings.temperature, maxTokens: settings.maxTokens };
+  const columns = models.map((name) => state.columns.get(name)).filter(Boolean);
+  return {
+    keyId: state.key.id,
+    models,
+    messagesByModel,
+    temperature: settings.temperature,
+    maxTokens: settings.maxTokens,
+    images,
+    ...composer.requestFields(columns),
+  };
 }
 
 function chatFrame(request) {
+  if (request.arena) return arena.chatFrame(request, state.runId);
   const frame = {
     type: "chat",
     key_id: request.keyId,
@@ -351,6 +420,7 @@ function chatFrame(request) {
   };
   if (request.temperature != null) frame.temperature = request.temperature;
   if (request.maxTokens != null) frame.max_tokens = request.maxTokens;
+  Object.assign(frame, composer.frameFields(request));
   // The next turn of the open conversation; without it the server starts a new one.
   if (state.runId != null) frame.run_id = state.runId;
   return frame;
@@ -359,7 +429,8 @@ function chatFrame(request) {
 async function send() {
   if (state.run) return;
   const prompt = ui.prompt.value.trim();
-  if (!prompt || !state.selected.length) return;
+  const picked = arena.on ? [] : selectedColumns();
+  if (!(prompt || composer.hasInput(picked)) || (!state.selected.length && !arena.on)) return;
   const settings = readSettings();
   if (settings.problem) {
     showBanner(settings.problem.message);
@@ -367,14 +438,31 @@ async function send() {
     settings.problem.input.focus();
     return;
   }
+  // With an empty prompt, only the models whose tool calls have their results typed take a turn.
+  const only = arena.on ? null : composer.models(prompt, picked);
+  const problem = arena.on ? null : composer.problem(only.map((name) => state.columns.get(name)));
+  if (problem) {
+    showBanner(problem.message);
+    if (problem.settings) openSettings();
+    problem.focus();
+    return;
+  }
+  const request = buildRequest(prompt, only);
+  const frame = chatFrame(request);
+  const tooBig = arena.on ? null : composer.frameProblem(frame);
+  if (tooBig) {
+    showBanner(tooBig);
+    return;
+  }
   hideBanner();
 
-  const request = buildRequest(prompt);
   const sentAt = performance.now();
-  const columns = request.models.map((name) => state.columns.get(name));
+  const columns = request.arena ? arena.columns : request.models.map((name) => state.columns.get(name));
   state.run = newRun({ models: request.models, columns, sentAt, prompt, started: false });
+  state.run.images = request.images || [];
   state.lastRequest = request;
-  for (const column of columns) column.beginTurn(prompt, sentAt);
+  for (const column of columns) column.beginTurn(prompt, sentAt, { images: state.run.images });
+  if (!arena.on) composer.clearImages();
   ui.prompt.value = "";
   autosizePrompt();
   closeSettings();
@@ -386,7 +474,50 @@ async function send() {
   );
 
   try {
-    await socket.send(chatFrame(request));
+    await socket.send(frame);
+    if (state.run && !state.run.started) setStatus("Waiting for the first token…", "busy");
+  } catch (error) {
+    rollbackRun(error.message);
+  }
+}
+
+/** Run one model's last turn again, alone: its new answer replaces the old one, in the saved run too. */
+async function regenerate(name) {
+  const column = state.columns.get(name);
+  if (state.run || arena.on || !column || !column.canRegenerate()) return;
+  const settings = readSettings();
+  const problem = settings.problem
+    ? { message: settings.problem.message, focus: () => settings.problem.input.focus(), settings: true }
+    : composer.settingsProblem([column]);
+  if (problem) {
+    showBanner(problem.message);
+    if (problem.settings) openSettings();
+    problem.focus();
+    return;
+  }
+  const request = {
+    keyId: state.key.id,
+    models: [name],
+    messagesByModel: { [name]: column.regenerateMessages(settings.system) },
+    temperature: settings.temperature,
+    maxTokens: settings.maxTokens,
+    ...composer.requestFields([column]),
+  };
+  const frame = { ...chatFrame(request), regenerate: true };
+  const tooBig = composer.frameProblem(frame);
+  if (tooBig) {
+    showBanner(tooBig);
+    return;
+  }
+  hideBanner();
+  const sentAt = performance.now();
+  state.run = newRun({ models: [name], columns: [column], sentAt, prompt: "", started: false });
+  column.beginRegenerate(sentAt);
+  syncColumns();
+  updateModelCap();
+  setStatus(`Asking ${name} again…`, "busy");
+  try {
+    await socket.send(frame);
     if (state.run && !state.run.started) setStatus("Waiting for the first token…", "busy");
   } catch (error) {
     rollbackRun(error.message);
@@ -398,6 +529,7 @@ function rollbackRun(message, code) {
   const run = state.run;
   if (!run) return;
   for (const column of run.columns) column.rollbackTurn();
+  composer.restoreImages(run.images);
   if (!ui.prompt.value.trim()) {
     ui.prompt.value = run.prompt;
     autosizePrompt();
@@ -457,6 +589,7 @@ function abortRun(message) {
 function newChat() {
   if (state.run) return;
   for (const column of state.columns.values()) column.clear();
+  arena.clear();
   state.lastRequest = null;
   setRunId(null);
   hideBanner();
@@ -465,10 +598,12 @@ function newChat() {
 }
 
 
-function onFrame(frame) {
+function onFrame(received) {
+  // A battle's frames name a side, which the arena turns into its column's label.
+  const frame = arena.receive(received);
   const run = state.run;
   const column = run && typeof frame.model === "string" && run.models.has(frame.model)
-    ? state.columns.get(frame.model)
+    ? run.columns.find((item) => item.model === frame.model) || null
     : null;
   if (run && typeof frame.seq === "number") {
     // A frame of the run's stream: after a resume the server may send again what the page already has.
@@ -504,13 +639,19 @@ function onFrame(frame) {
     case "chunk":
       if (column) {
         run.started = true;
-        column.appendChunk(frame.content);
+        column.appendChunk(frame.content, frame);
       }
       return;
     case "reasoning":
       if (column) {
         run.started = true;
-        column.appendReasoning(frame.content);
+        column.appendReasoning(frame.content, frame);
+      }
+      return;
+    case "tool_call":
+      if (column) {
+        run.started = true;
+        column.appendToolCall(frame);
       }
       return;
     case "done":
@@ -657,6 +798,7 @@ function setRunId(id) {
   else url.searchParams.set("run", String(id));
   url.searchParams.delete("log");
   window.history.replaceState(null, "", url);
+  share.setRun(id);
   renderHistoryList();
 }
 
@@ -704,7 +846,9 @@ function restoreRun(saved, { resume }) {
   const key = config.keys.find((item) => item.id === options.key_id) || state.key;
   const turns = Array.isArray(saved.turns) ? saved.turns : [];
   const last = turns[turns.length - 1];
-  selectKey(key, last && Array.isArray(last.models) ? last.models : saved.models);
+  // The models of the last turn with a prompt: a turn of tool results alone went to some of them only.
+  const prompted = [...turns].reverse().find((turn) => turn.prompt) || last;
+  selectKey(key, saved.arena ? state.selected : prompted && Array.isArray(prompted.models) ? prompted.models : saved.models);
   ui.system.value = typeof options.system === "string" ? options.system : "";
   ui.temperature.value = options.temperature != null ? String(options.temperature) : "";
   ui.maxTokens.value = options.max_tokens != null ? String(options.max_tokens) : "";
@@ -715,9 +859,14 @@ function restoreRun(saved, { resume }) {
   for (const column of state.columns.values()) column.clear();
   const running = resume && Boolean(saved.active_stream_id) && last && last.status === "running";
   const missing = new Set();
+  // An arena run fills the arena's own two columns (and turns the toggle on); any other run turns it off.
+  const battle = arena.restore(saved, { running });
   turns.forEach((turn, index) => {
-    if (running && index === turns.length - 1) return; // begun by resumeTurn
+    if (battle) return;
+    // Begun by resumeTurn: the running turn's models (or the one model it runs again, the others as saved).
+    const resumed = running && index === turns.length - 1 ? turn.rerun || turn.models || [] : [];
     for (const name of turn.models || []) {
+      if (resumed.includes(name)) continue;
       const model = key.models.find((item) => item.name === name);
       if (!model) {
         missing.add(name);
@@ -730,7 +879,7 @@ function restoreRun(saved, { resume }) {
           error: { message: "This turn is still running and cannot be followed here. Reopen the run once it has finished." },
         });
       } else {
-        columnFor(model).restoreTurn(turn.prompt, answer);
+        columnFor(model).restoreTurn(turn.prompt, answer, { results: (turn.results || {})[name] });
       }
     }
   });
@@ -749,8 +898,8 @@ function restoreRun(saved, { resume }) {
 
 /** The saved run's last turn is still streaming on the server: rebuild it from its first frame. */
 function resumeTurn(turn) {
-  const models = (turn.models || []).filter((name) => state.selected.includes(name));
-  const columns = models.map((name) => state.columns.get(name));
+  const models = arena.on ? arena.labels : (turn.rerun || turn.models || []).filter((name) => state.selected.includes(name));
+  const columns = arena.on ? arena.columns : models.map((name) => state.columns.get(name));
   let elapsed = Date.now() - Date.parse(turn.started_at);
   if (!Number.isFinite(elapsed) || elapsed < 0) elapsed = 0;
   const sentAt = performance.now() - elapsed;
@@ -763,19 +912,23 @@ function resumeTurn(turn) {
 }
 
 
-function snippetRequest() {
+/** `model`: one model's request (its column's copy buttons) instead of the comparison's. */
+function snippetRequest(model = null) {
   const prompt = ui.prompt.value.trim();
-  if (prompt) return { request: buildRequest(prompt), note: "The request the prompt box would send now." };
-  if (state.lastRequest) return { request: state.lastRequest, note: "The last request sent." };
-  return { request: buildRequest(EXAMPLE_PROMPT), note: "The prompt box is empty, so this uses an example message." };
+  const only = model ? [model] : null;
+  if (prompt) return { request: buildRequest(prompt, only), note: "The request the prompt box would send now." };
+  if (state.lastRequest && (!model || state.lastRequest.models.includes(model))) {
+    return { request: state.lastRequest, note: "The last request sent." };
+  }
+  return { request: buildRequest(EXAMPLE_PROMPT, only), note: "The prompt box is empty, so this uses an example message." };
 }
 
-async function showSnippet(kind) {
-  const { request, note } = snippetRequest();
+async function showSnippet(kind, model = null) {
+  const { request, note } = snippetRequest(model);
   const key = config.keys.find((item) => item.id === request.keyId) || state.key;
-  const args = { apiBase: config.api_base, key, request };
+  const args = { apiBase: config.api_base, key, request, model };
   const text = kind === "curl" ? curlSnippet(args) : pythonSnippet(args);
-  ui.snippetTitle.textContent = kind === "curl" ? "Copy as curl" : "Copy as Python";
+  ui.snippetTitle.textContent = `${kind === "curl" ? "Copy as curl" : "Copy as Python"}${model ? ` · ${model}` : ""}`;
   ui.snippet.textContent = text;
   ui.snippetNote.textContent = note;
   if (!ui.dialog.open) ui.dialog.showModal();
@@ -851,6 +1004,7 @@ function init() {
   ui.system.value = typeof saved.system === "string" ? saved.system : "";
   ui.temperature.value = typeof saved.temperature === "string" ? saved.temperature : "";
   ui.maxTokens.value = typeof saved.maxTokens === "string" ? saved.maxTokens : "";
+  composer.restore(saved);
   const key = savedKey || config.keys[0];
   selectKey(key, (saved.modelsByKey || {})[key.id]);
   syncTemperatureRange();
