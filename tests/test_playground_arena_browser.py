@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from accounts.models import ArenaVote, PlaygroundRun, Team, Tier
 from accounts.services import api_key_issue
-from tests.support.browser import ARTIFACTS
+from tests.support.browser import ARTIFACTS, send
 from tests.support.data import model_create, provider_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,12 +57,6 @@ def login(context, base: str, username: str, path: str = "/playground/"):
     page.click("button[type=submit]")
     page.wait_for_url(re.compile(re.escape(base + path.split("?")[0])))
     return page
-
-
-def send(page, text: str) -> None:
-    prompt = page.get_by_test_id("prompt")
-    prompt.fill(text)
-    prompt.press("Enter")
 
 
 def states(page) -> dict:

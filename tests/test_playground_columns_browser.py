@@ -19,7 +19,7 @@ from playwright.sync_api import expect
 from accounts.models import PlaygroundRun, Tier
 from accounts.services import api_key_issue
 from providers.models import HealthStatus, Provider
-from tests.support.browser import ARTIFACTS
+from tests.support.browser import ARTIFACTS, choose_models, send
 from tests.support.data import model_create, provider_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -76,21 +76,6 @@ def login(page, base: str) -> None:
     expect(page).to_have_url(base + "/playground/")
     # The page's script has drawn the model picker and connected.
     expect(page.get_by_test_id("status")).to_have_text("Connected")
-
-
-def choose_models(page, names: list[str]) -> None:
-    for option in page.get_by_test_id("model-option").all():
-        if option.get_attribute("value") not in names and option.is_checked():
-            option.uncheck()
-    for name in names:
-        page.locator(f'[data-testid="model-option"][value="{name}"]').check()
-    expect(page.get_by_test_id("column")).to_have_count(len(names))
-
-
-def send(page, text: str) -> None:
-    prompt = page.get_by_test_id("prompt")
-    prompt.fill(text)
-    prompt.press("Enter")
 
 
 def column(page, model: str):

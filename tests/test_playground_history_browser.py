@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 
 from accounts.models import PlaygroundRun, Tier
 from accounts.services import api_key_issue
-from tests.support.browser import ARTIFACTS
+from tests.support.browser import ARTIFACTS, choose_models, send
 from tests.support.data import model_create, provider_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -44,21 +44,6 @@ def login(page, base: str) -> None:
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
     expect(page).to_have_url(base + "/playground/")
-
-
-def choose_models(page, names: list[str]) -> None:
-    for option in page.get_by_test_id("model-option").all():
-        if option.get_attribute("value") not in names and option.is_checked():
-            option.uncheck()
-    for name in names:
-        page.locator(f'[data-testid="model-option"][value="{name}"]').check()
-    expect(page.get_by_test_id("column")).to_have_count(len(names))
-
-
-def send(page, text: str) -> None:
-    prompt = page.get_by_test_id("prompt")
-    prompt.fill(text)
-    prompt.press("Enter")
 
 
 def columns(page) -> dict:
