@@ -111,7 +111,9 @@ def _item_listed(item: dict) -> dict:
         listed["content"] = content
         listed.setdefault("status", "completed")
     if not isinstance(listed.get("id"), str) or not listed["id"]:
-        listed["id"] = _ITEM_ID_PREFIXES.get(kind, "item_") + uuid.uuid4().hex
+        # A type of the wrong kind (a list, a number) is the dialect's to refuse; it still gets an id here.
+        prefix = _ITEM_ID_PREFIXES.get(kind, "item_") if isinstance(kind, str) else "item_"
+        listed["id"] = prefix + uuid.uuid4().hex
     return listed
 
 
