@@ -121,7 +121,7 @@ def _starting_after(request) -> int:
     raw = request.GET.get("starting_after")
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise GatewayError(400, "invalid_request", "'starting_after' must be a non-negative integer",
                            param="starting_after")  # fmt: skip
     # Sequence numbers count from 0, the buffer's event ids from 1.

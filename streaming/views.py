@@ -259,7 +259,7 @@ def last_event_id(request) -> int:
     if raw is None:
         raw = dict(parse_qsl(request.META.get("QUERY_STRING", ""))).get("after", "0")
     raw = raw.strip() or "0"
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise GatewayError(
             400, "invalid_request", f"the last event id must be a non-negative integer, got {raw[:40]!r}"
         )

@@ -132,8 +132,9 @@ def test_background_refusals_and_another_owners_id(gateway, models):
     ):
         with pytest.raises(openai.NotFoundError):
             call()
-    with pytest.raises(openai.BadRequestError, match="starting_after"):
-        list(client.responses.retrieve(created.id, stream=True, extra_query={"starting_after": "x"}))
+    for bad in ("x", "²"):
+        with pytest.raises(openai.BadRequestError, match="starting_after"):
+            list(client.responses.retrieve(created.id, stream=True, extra_query={"starting_after": bad}))
     client.responses.cancel(created.id)
     foreground = client.responses.create(model="bg-openai", input="x")
     with pytest.raises(openai.BadRequestError, match="background"):

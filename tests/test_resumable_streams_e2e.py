@@ -223,6 +223,11 @@ def test_a_stream_is_resumable_only_by_its_own_key_and_bad_ids_are_refused_in_th
             f"{gateway.url}/v1/streams/{stream_id}", headers={"Authorization": f"Bearer {key}", "Last-Event-ID": "x"}
         )
         assert bad.status_code == 400 and "last event id" in bad.json()["error"]["message"]
+        # A digit str.isdigit() takes but int() refuses is refused the same way, never a 500.
+        superscript = client.get(
+            f"{gateway.url}/v1/streams/{stream_id}?after=%C2%B2", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert superscript.status_code == 400, superscript.text
         anthropic = client.get(f"{gateway.url}/v1/streams/rs_nope", headers=_headers(key))
         assert anthropic.status_code == 404 and anthropic.json()["error"]["type"] == "not_found_error"
         header = client.post(
