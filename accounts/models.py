@@ -391,6 +391,18 @@ class StoredResponse(models.Model):
         return self.response_id
 
 
+def nul_free(value):
+    """`value` (text, or JSON-like data) with each NUL character replaced by U+FFFD: PostgreSQL's text and jsonb
+    refuse NUL, and a prompt or a model's answer may hold one."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [nul_free(item) for item in value]
+    if isinstance(value, dict):
+        return {nul_free(key): nul_free(item) for key, item in value.items()}
+    return value
+
+
 class PlaygroundRun(models.Model):
     """One conversation of the browser playground, kept per user so a reload (or another device) reopens it:
     its models, its turns (each prompt and every model's answer with its stats), and the stream id of a turn
@@ -414,6 +426,12 @@ class PlaygroundRun(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"run {self.pk}"
+
+    def save(self, *args, **kwargs) -> None:
+        # What users typed and models wrote, storable on every database (see nul_free).
+        self.title, self.model_names = nul_free(self.title), nul_free(self.model_names)
+        self.turns, self.options = nul_free(self.turns), nul_free(self.options)
+        super().save(*args, **kwargs)
 
 
 class ArenaVote(models.Model):
