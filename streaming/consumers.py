@@ -27,6 +27,7 @@ import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
 
 from accounts.arena import Battle, arena_answer_record_async
 from accounts.auth import key_context_for_owner, key_context_resolve
@@ -477,6 +478,11 @@ class PlaygroundConsumer(AsyncJsonWebsocketConsumer):
                 run, turn_index = await _turn_start(**turn, results=playground_turn_results(content))
         except GatewayError as error:  # deleted meanwhile; no battle without Redis
             await self._refuse(error, ctx, content)
+            return
+        except DatabaseError as exc:
+            # The turn could not be saved: nothing has run; the socket stays open.
+            logger.warning("playground turn not saved: %s", type(exc).__name__)
+            await self._refuse(GatewayError(503, "run_not_saved", "the run could not be saved; try again"))
             return
         compare = CompareRun(prepared)
         _compare_runs[stream_id] = compare
